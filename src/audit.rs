@@ -1,0 +1,81 @@
+//! The audit log: one JSON line per event (open, issue, reuse, revoke, expire, deny, error) — who, what, outcome, never a value.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::secret::Requester;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Event<'a> {
+    pub event: &'a str,
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<&'a str>,
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
+}
+
+pub struct Audit {
+    file: Option<Mutex<File>>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+}
+
+impl Audit {
+    pub fn disabled() -> Self {
+        Audit { file: None }
+    }
+
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Audit {
+            file: Some(Mutex::new(f)),
+        })
+    }
+
+    /// Records an event. `who` is absent for events the daemon does itself (expiry, recovery).
+    pub fn record(&self, ev: &Event<'_>, who: Option<&Requester>) {
+        let Some(f) = &self.file else { return };
+        let line = Line {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            event: ev,
+            uid: who.map(|r| r.uid),
+            gid: who.map(|r| r.gid),
+            pid: who.map(|r| r.pid),
+            comm: who.map(|r| r.comm.as_str()),
+        };
+        let mut text = match serde_json::to_vec(&line) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        text.push(b'\n');
+        let mut g = f.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = g.write_all(&text) {
+            tracing::warn!(error = %e, "cannot write the audit log");
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Configuration file: sources, defaults, state and audit paths; parsed with serde_json, durations like "90s".
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as `"90s"`, `"15m"`, `"1h30m"`, `"500ms"` or a number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+/// Parses `"90s"`, `"15m"`, `"1h30m"`, `"250ms"`, `"2d"`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {text:?}: expected a number before the unit"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            "" => {
+                return Err(format!(
+                    "invalid duration {text:?}: missing unit (ms, s, m, h, d)"
+                ));
+            }
+            other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"90s\", \"15m\" or \"1h\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
+                Ok(Dur(Duration::from_secs(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How a live lease may be shared between opens (SPEC §3).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Reuse {
+    #[default]
+    None,
+    Uid,
+    Pid,
+}
+
+impl Reuse {
+    pub fn parse(s: &str) -> Option<Reuse> {
+        match s {
+            "none" => Some(Reuse::None),
+            "uid" => Some(Reuse::Uid),
+            "pid" => Some(Reuse::Pid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub ttl: Dur,
+    pub max_ttl: Dur,
+    pub cache_ttl: Dur,
+    pub max_stale: Dur,
+    pub issue_timeout: Dur,
+    pub reuse: Reuse,
+    pub min_remaining: Dur,
+    pub refresh: Dur,
+    pub revoke_on_shutdown: bool,
+    pub revoke_on_close: bool,
+    /// How long the kernel may cache names and attributes (never contents).
+    pub attr_ttl: Dur,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            ttl: Dur::secs(15 * 60),
+            max_ttl: Dur::secs(3600),
+            cache_ttl: Dur::secs(30),
+            max_stale: Dur::secs(600),
+            issue_timeout: Dur::secs(10),
+            reuse: Reuse::None,
+            min_remaining: Dur::secs(30),
+            refresh: Dur::secs(60),
+            revoke_on_shutdown: true,
+            revoke_on_close: false,
+            attr_ttl: Dur::secs(1),
+        }
+    }
+}
+
+/// Owner, group and mode applied to a source's entries unless a document says otherwise.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ownership {
+    pub owner: Option<serde_json::Value>,
+    pub group: Option<serde_json::Value>,
+    pub mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    Local {
+        #[serde(default = "root_prefix")]
+        prefix: String,
+        path: PathBuf,
+        #[serde(default)]
+        owner: Option<serde_json::Value>,
+        #[serde(default)]
+        group: Option<serde_json::Value>,
+        #[serde(default)]
+        mode: Option<String>,
+    },
+    Openbao {
+        #[serde(default = "root_prefix")]
+        prefix: String,
+        address: String,
+        token_file: PathBuf,
+        #[serde(default)]
+        kv_mounts: Vec<String>,
+        #[serde(default)]
+        dynamic_mounts: Vec<String>,
+        #[serde(default)]
+        owner: Option<serde_json::Value>,
+        #[serde(default)]
+        group: Option<serde_json::Value>,
+        #[serde(default)]
+        mode: Option<String>,
+    },
+}
+
+fn root_prefix() -> String {
+    "/".into()
+}
+
+impl SourceConfig {
+    pub fn prefix(&self) -> &str {
+        match self {
+            SourceConfig::Local { prefix, .. } | SourceConfig::Openbao { prefix, .. } => prefix,
+        }
+    }
+    pub fn ownership(&self) -> Ownership {
+        let (owner, group, mode) = match self {
+            SourceConfig::Local {
+                owner, group, mode, ..
+            }
+            | SourceConfig::Openbao {
+                owner, group, mode, ..
+            } => (owner, group, mode),
+        };
+        Ownership {
+            owner: owner.clone(),
+            group: group.clone(),
+            mode: mode.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_other: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/leasefs")
+}
+
+/// An error that names the file and, where known, the line and column.
+#[derive(Debug, Clone)]
+pub struct FileError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+impl FileError {
+    pub fn whole(file: &Path, message: impl Into<String>) -> Self {
+        FileError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
+    }
+    pub fn from_json(file: &Path, e: &serde_json::Error) -> Self {
+        // serde_json appends " at line L column C" to its message; keep only the cause.
+        let text = e.to_string();
+        let message = match text.rfind(" at line ") {
+            Some(i) => text[..i].to_string(),
+            None => text,
+        };
+        FileError {
+            file: file.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message,
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(file: &Path, text: &str) -> Result<Config, FileError> {
+        let cfg: Config = serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    pub fn load(file: &Path) -> Result<Config, FileError> {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| FileError::whole(file, e.to_string()))?;
+        Config::parse(file, &text)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), FileError> {
+        if self.sources.is_empty() {
+            return Err(FileError::whole(
+                file,
+                "\"sources\" must list at least one source",
+            ));
+        }
+        let d = &self.defaults;
+        if d.ttl > d.max_ttl {
+            return Err(FileError::whole(
+                file,
+                "defaults.ttl is longer than defaults.max_ttl",
+            ));
+        }
+        if d.issue_timeout.0.is_zero() {
+            return Err(FileError::whole(
+                file,
+                "defaults.issue_timeout must be above zero",
+            ));
+        }
+        for s in &self.sources {
+            let p = s.prefix();
+            if !p.starts_with('/') {
+                return Err(FileError::whole(
+                    file,
+                    format!("source prefix {p:?} must start with '/'"),
+                ));
+            }
+            crate::secret::split_path(p.trim_start_matches('/'), true)
+                .map_err(|e| FileError::whole(file, format!("source prefix {p:?}: {e}")))?;
+            if let Some(m) = s.ownership().mode {
+                crate::secret::parse_mode(&m)
+                    .map_err(|e| FileError::whole(file, format!("source mode {m:?}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("10x").is_err());
+    }
+
+    #[test]
+    fn config_errors_name_line_and_column() {
+        let text = "{\n  \"sources\": [\n    {\"type\": \"local\", \"path\": 7}\n  ]\n}";
+        let e = Config::parse(Path::new("c.json"), text).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.to_string().starts_with("c.json:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = r#"{"sources": [{"type": "local", "path": "/x"}], "defualts": {}}"#;
+        let e = Config::parse(Path::new("c.json"), text).unwrap_err();
+        assert!(e.message.contains("defualts"), "{e}");
+        let text = r#"{"sources": [{"type": "local", "path": "/x", "pth": 1}]}"#;
+        assert!(Config::parse(Path::new("c.json"), text).is_err());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"{
+          "sources": [
+            {"type": "local", "prefix": "/", "path": "/etc/leasefs/secrets"},
+            {"type": "openbao", "prefix": "/bao", "address": "http://127.0.0.1:8200",
+             "token_file": "/etc/leasefs/bao-token", "kv_mounts": ["secret"],
+             "dynamic_mounts": ["database"]}
+          ],
+          "defaults": {"ttl": "15m", "max_ttl": "1h", "cache_ttl": "30s",
+                       "max_stale": "10m", "issue_timeout": "10s", "reuse": "none",
+                       "min_remaining": "30s", "refresh": "60s",
+                       "revoke_on_shutdown": true},
+          "state_dir": "/var/lib/leasefs",
+          "audit_log": "/var/log/leasefs/audit.jsonl",
+          "allow_other": true
+        }"#;
+        let c = Config::parse(Path::new("c.json"), text).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.defaults.ttl, Dur::secs(900));
+        assert!(c.allow_other);
+    }
+}
+
+/// Refuses a config file that group or others can read when it may hold credentials (like ssh).
+pub fn check_config_perms(file: &Path) -> Result<(), FileError> {
+    let meta = std::fs::metadata(file).map_err(|e| FileError::whole(file, e.to_string()))?;
+    crate::source::local::check_private(file, &meta)
+        .map_err(|m| FileError::whole(file, m.replace(&format!("{} ", file.display()), "")))
+}

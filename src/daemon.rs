@@ -1,0 +1,270 @@
+//! The mount lifecycle: build sources and the filesystem, recover a dead mountpoint, mount, serve signals (HUP reload, TERM/INT stop), unmount.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fuser::{MountOption, SessionACL};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::audit::Audit;
+use crate::config::{Config, SourceConfig};
+use crate::fs::tree::Owner;
+use crate::fs::{LeaseFs, Settings, SourceSpec};
+use crate::fuse::FuseAdapter;
+use crate::secret::{parse_mode, resolve_group, resolve_user, split_path};
+use crate::source::Source;
+use crate::source::local::LocalSource;
+
+/// Options that come from the command line rather than the config file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub insecure_perms: bool,
+    /// Printed once the mount is ready (the demo's hints).
+    pub banner: Option<String>,
+}
+
+fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Builds the configured sources, in order, with their prefixes and default ownership.
+pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<SourceSpec>> {
+    let (uid, gid) = effective_ids();
+    let mut out = Vec::new();
+    for sc in &cfg.sources {
+        let own = sc.ownership();
+        let owner = Owner {
+            uid: own
+                .owner
+                .as_ref()
+                .map(resolve_user)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or(uid),
+            gid: own
+                .group
+                .as_ref()
+                .map(resolve_group)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or(gid),
+            file_mode: own
+                .mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or(0o400),
+            dir_mode: 0o555,
+        };
+        let prefix =
+            split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
+        let source: Arc<dyn Source> = match sc {
+            SourceConfig::Local { path, .. } => {
+                Arc::new(LocalSource::new(path.clone(), !opts.insecure_perms))
+            }
+            SourceConfig::Openbao { .. } => {
+                bail!("the openbao source is not available in this build yet")
+            }
+        };
+        out.push(SourceSpec {
+            source,
+            prefix,
+            owner,
+        });
+    }
+    Ok(out)
+}
+
+pub fn build_fs(cfg: &Config, opts: &RunOptions) -> anyhow::Result<LeaseFs> {
+    let (uid, gid) = effective_ids();
+    let audit = match &cfg.audit_log {
+        Some(p) => {
+            Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?
+        }
+        None => Audit::disabled(),
+    };
+    let settings = Settings {
+        defaults: cfg.defaults.clone(),
+        root_owner: Owner {
+            uid,
+            gid,
+            file_mode: 0o400,
+            dir_mode: 0o555,
+        },
+        control: true,
+    };
+    Ok(LeaseFs::new(
+        settings,
+        build_sources(cfg, opts)?,
+        Arc::new(audit),
+    ))
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// Lazily detaches a mount (works while files are still open, unlike fuser 0.18's own unmount).
+/// Without privilege, `fusermount3 -u -z` does the same.
+pub fn detach(p: &Path) -> std::io::Result<()> {
+    // SAFETY: umount2 with a valid C string.
+    let rc = unsafe { libc::umount2(cpath(p).as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EPERM) {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(p)
+            .status()?;
+        if st.success() {
+            return Ok(());
+        }
+    }
+    Err(err)
+}
+
+/// Whether `p` is a mount point listed in /proc/mounts.
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/mounts") else {
+        return false;
+    };
+    let want = p.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// Makes the mountpoint usable: creates it if missing, detaches a mount left dead by a killed daemon,
+/// and refuses one that is live.
+pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
+    match std::fs::metadata(p) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %p.display(), "found a dead mount left by a previous run; detaching it");
+            detach(p)
+                .with_context(|| format!("cannot detach the dead mount at {}", p.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(p)
+                .with_context(|| format!("cannot create the mountpoint {}", p.display()))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot use the mountpoint {}", p.display()));
+        }
+        Ok(m) if !m.is_dir() => bail!("{} is not a directory", p.display()),
+        Ok(_) => {}
+    }
+    let abs =
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
+    if is_mounted(&abs) {
+        bail!(
+            "{} is already a mount point (is another leasefs running there?)",
+            abs.display()
+        );
+    }
+    Ok(abs)
+}
+
+/// Mounts and serves until SIGTERM/SIGINT (or an external unmount), then unmounts cleanly.
+pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
+    crate::memlock::harden_process();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("leasefs-rt")
+        .build()?;
+    let fs = Arc::new(build_fs(&cfg, &opts)?);
+    let mountpoint = prepare_mountpoint(mountpoint)?;
+
+    rt.block_on(async {
+        // Signals are registered before mounting so that none is lost once the mount is visible.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+
+        let problems = fs.refresh().await;
+        for p in &problems {
+            tracing::warn!("skipped: {p}");
+        }
+        let counts = fs.tree().counts;
+        tracing::info!(
+            static_secrets = counts.static_secrets,
+            dynamic_secrets = counts.dynamic_secrets,
+            skipped = problems.len(),
+            "catalog loaded"
+        );
+
+        let mut fcfg = fuser::Config::default();
+        fcfg.mount_options = vec![
+            MountOption::FSName("leasefs".into()),
+            MountOption::Subtype("leasefs".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+        ];
+        fcfg.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
+        fcfg.n_threads = Some(2);
+        fcfg.clone_fd = true;
+        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
+        let mut session = fuser::Session::new(adapter, &mountpoint, &fcfg)
+            .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+        let mut unmounter = session.unmount_callable();
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("leasefs-fuse".into()).spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(());
+            r
+        })?;
+        tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+        if let Some(b) = &opts.banner {
+            println!("{b}");
+        }
+
+        let refresh_every = cfg.defaults.refresh.0.max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    for p in fs.refresh().await { tracing::warn!("skipped: {p}"); }
+                }
+                _ = tick.tick() => {
+                    for p in fs.refresh().await { tracing::debug!("skipped: {p}"); }
+                }
+                _ = &mut done_rx => { tracing::warn!("the mount went away (unmounted from outside); exiting"); break; }
+            }
+        }
+
+        // A plain unmount first (it succeeds when nothing is open, and takes fuser's own handle so it
+        // never retries); with files still open it fails with EBUSY and we detach lazily instead.
+        if let Err(e) = unmounter.unmount() {
+            tracing::debug!(error = %e, "plain unmount failed; detaching lazily");
+        }
+        if is_mounted(&mountpoint) {
+            if let Err(e) = detach(&mountpoint) {
+                tracing::warn!(error = %e, "lazy unmount failed");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            tracing::info!("files are still open on the detached mount; they will fail once the process exits");
+        }
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

@@ -1,0 +1,636 @@
+//! The filesystem logic — inodes, handles, open/read/readdir/xattr — with no FUSE types, so it is tested without a mount.
+
+pub mod error;
+pub mod tree;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
+
+pub use error::FsError;
+use tree::{Control, InoMap, Node, NodeKind, Owner, SourceListing, Tree};
+
+use crate::audit::{Audit, Event};
+use crate::config::{Defaults, FileError};
+use crate::render::{Format, render_static};
+use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta, SharedBytes};
+use crate::source::{Source, SourceError};
+
+pub use tree::ROOT;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+}
+
+/// Attributes of an entry, as `stat` shows them.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub kind: EntryKind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub nlink: u32,
+}
+
+/// A directory entry handed to the adapter; `next` is the offset of the entry after it.
+pub struct DirEntry<'a> {
+    pub ino: u64,
+    pub name: &'a str,
+    pub attr: Attr,
+    pub next: u64,
+}
+
+/// A source as mounted: where, with which default owner, and what it last listed.
+pub struct SourceSpec {
+    pub source: Arc<dyn Source>,
+    pub prefix: Vec<String>,
+    pub owner: Owner,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+pub struct Health {
+    pub up: bool,
+    pub last_ok: Option<String>,
+    pub last_error: Option<String>,
+    pub secrets: usize,
+    pub problems: usize,
+}
+
+struct Slot {
+    spec: SourceSpec,
+    last: Mutex<(Arc<Vec<Arc<SecretMeta>>>, Health)>,
+}
+
+/// Settings the filesystem needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub defaults: Defaults,
+    pub root_owner: Owner,
+    /// Whether `/.leasefs/` is shown.
+    pub control: bool,
+}
+
+struct Cached {
+    fetched: Instant,
+    fields: Arc<SecretFields>,
+}
+
+struct Handle {
+    ino: u64,
+    bytes: Arc<SharedBytes>,
+}
+
+/// What `open` returns to the adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// Serve with direct I/O: contents never enter the page cache.
+    pub direct_io: bool,
+}
+
+pub struct LeaseFs {
+    settings: Settings,
+    tree: RwLock<Arc<Tree>>,
+    inos: Mutex<InoMap>,
+    slots: Vec<Slot>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    cache: Mutex<LruCache<u64, Cached>>,
+    audit: Arc<Audit>,
+    started: SystemTime,
+}
+
+const CACHE_ENTRIES: usize = 4096;
+
+impl LeaseFs {
+    pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>) -> Self {
+        let slots = sources
+            .into_iter()
+            .map(|spec| Slot {
+                spec,
+                last: Mutex::new((Arc::new(Vec::new()), Health::default())),
+            })
+            .collect();
+        let fs = LeaseFs {
+            settings,
+            tree: RwLock::new(Arc::new(Tree::default())),
+            inos: Mutex::new(InoMap::default()),
+            slots,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            cache: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).unwrap())),
+            audit,
+            started: SystemTime::now(),
+        };
+        fs.rebuild();
+        fs
+    }
+
+    pub fn defaults(&self) -> &Defaults {
+        &self.settings.defaults
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    pub fn tree(&self) -> Arc<Tree> {
+        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Lists every source again (each bounded by `issue_timeout`). A source that fails keeps its last
+    /// listing. Returns the problems found (bad documents, conflicts), for logging and `check`.
+    pub async fn refresh(&self) -> Vec<FileError> {
+        let mut problems = Vec::new();
+        let timeout = self.settings.defaults.issue_timeout.0;
+        for slot in &self.slots {
+            let result = match tokio::time::timeout(timeout, slot.spec.source.list()).await {
+                Ok(r) => r,
+                Err(_) => Err(SourceError::Unavailable(format!(
+                    "listing took longer than {timeout:?}"
+                ))),
+            };
+            let mut g = slot.last.lock().unwrap_or_else(|e| e.into_inner());
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            match result {
+                Ok(listing) => {
+                    g.1.up = true;
+                    g.1.last_ok = Some(now);
+                    g.1.secrets = listing.secrets.len();
+                    g.1.problems = listing.problems.len();
+                    g.0 = Arc::new(listing.secrets.into_iter().map(Arc::new).collect());
+                    problems.extend(listing.problems);
+                }
+                Err(e) => {
+                    if g.1.up || g.1.last_error.is_none() {
+                        tracing::warn!(source = %slot.spec.source.describe(), error = %e, "source unavailable; serving its last listing");
+                    }
+                    g.1.up = false;
+                    g.1.last_error = Some(format!("{now}: {e}"));
+                }
+            }
+        }
+        problems.extend(self.rebuild());
+        problems
+    }
+
+    fn rebuild(&self) -> Vec<FileError> {
+        let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> = self
+            .slots
+            .iter()
+            .map(|s| s.last.lock().unwrap_or_else(|e| e.into_inner()).0.clone())
+            .collect();
+        let listings: Vec<SourceListing<'_>> = self
+            .slots
+            .iter()
+            .zip(&lasts)
+            .map(|(s, l)| SourceListing {
+                prefix: s.spec.prefix.clone(),
+                owner: s.spec.owner,
+                secrets: l,
+            })
+            .collect();
+        let (tree, problems) = {
+            let mut inos = self.inos.lock().unwrap_or_else(|e| e.into_inner());
+            Tree::build(
+                &mut inos,
+                &listings,
+                self.settings.root_owner,
+                self.settings.control,
+            )
+        };
+        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tree);
+        problems
+    }
+
+    pub fn health(&self) -> Vec<(String, Health)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                (
+                    s.spec.source.describe(),
+                    s.last.lock().unwrap_or_else(|e| e.into_inner()).1.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn attr_of(&self, ino: u64, n: &Node) -> Attr {
+        let (kind, size, nlink) = match &n.kind {
+            NodeKind::Dir(_) => (EntryKind::Dir, 0, 2),
+            NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.unwrap_or(0), 1),
+            NodeKind::Control(_) => (EntryKind::File, 0, 1),
+        };
+        Attr {
+            ino,
+            size,
+            kind,
+            perm: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            mtime: n.mtime,
+            nlink,
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let tree = self.tree();
+        let p = tree.node(parent).ok_or_else(FsError::enoent)?;
+        if !p.is_dir() {
+            return Err(FsError::not_dir());
+        }
+        let ino = p.child(name).ok_or_else(FsError::enoent)?;
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        Ok(self.attr_of(ino, n))
+    }
+
+    /// `stat`; with an open handle (`fstat`), the size is the real size of that handle's contents.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        let mut a = self.attr_of(ino, n);
+        if let Some(fh) = fh {
+            if let Some(h) = self
+                .handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&fh)
+            {
+                a.size = h.bytes.len().unwrap_or(0) as u64;
+            }
+        }
+        Ok(a)
+    }
+
+    /// Calls `add` for each entry from `offset` on, until it returns true (buffer full).
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<(), FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        let NodeKind::Dir(children) = &n.kind else {
+            return Err(FsError::not_dir());
+        };
+        let parent_ino = if ino == ROOT { ROOT } else { n.parent };
+        let total = children.len() as u64 + 2;
+        for i in offset..total {
+            let (cino, name) = match i {
+                0 => (ino, "."),
+                1 => (parent_ino, ".."),
+                _ => {
+                    let (name, cino) = &children[(i - 2) as usize];
+                    (*cino, &**name)
+                }
+            };
+            let Some(cn) = tree.node(cino) else { continue };
+            let attr = self.attr_of(cino, cn);
+            if add(DirEntry {
+                ino: cino,
+                name,
+                attr,
+                next: i + 1,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Defence in depth beside the kernel's `default_permissions`: checks the mode bits again for the requester.
+    fn check_access(
+        &self,
+        path: &str,
+        n: &Node,
+        who: &Requester,
+        want_write: bool,
+    ) -> Result<(), FsError> {
+        if who.uid == 0 {
+            return Ok(());
+        }
+        let bits = if who.uid == n.uid {
+            (n.mode >> 6) & 7
+        } else if who.gid == n.gid || supplementary_groups(who.pid).contains(&n.gid) {
+            (n.mode >> 3) & 7
+        } else {
+            n.mode & 7
+        };
+        let need = if want_write { 2 } else { 4 };
+        if bits & need == 0 {
+            self.audit.record(
+                &Event {
+                    event: "deny",
+                    path,
+                    lease_id: None,
+                    issuer: None,
+                    outcome: "denied",
+                    detail: Some("permission"),
+                },
+                Some(who),
+            );
+            return Err(FsError::eacces("permission denied"));
+        }
+        Ok(())
+    }
+
+    /// Opens an entry: fetches a static payload (cached for `cache_ttl`) or renders a control file.
+    pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        let path = tree.path_of(ino);
+        let acc = flags & libc::O_ACCMODE;
+        let writes =
+            acc != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
+        match &n.kind {
+            NodeKind::Dir(_) => Err(FsError::is_dir()),
+            NodeKind::Control(c) => {
+                if who.uid != 0 {
+                    return Err(FsError::eacces("the control directory is for root only"));
+                }
+                if *c == Control::Revoke {
+                    if acc == libc::O_RDONLY {
+                        return Err(FsError::eacces("revoke is write-only"));
+                    }
+                    return Ok(self.new_handle(ino, SharedBytes::new(Default::default())));
+                }
+                if writes {
+                    return Err(FsError::erofs());
+                }
+                let bytes = self.control_contents(*c);
+                Ok(self.new_handle(ino, SharedBytes::new(bytes)))
+            }
+            NodeKind::Secret { source, meta } => {
+                if writes {
+                    return Err(FsError::erofs());
+                }
+                self.check_access(&path, n, &who, false)?;
+                match &meta.kind {
+                    SecretKind::Static | SecretKind::Base { .. } => {
+                        let result = self.open_static(ino, *source, meta).await;
+                        let outcome = if result.is_ok() { "ok" } else { "error" };
+                        let detail = result.as_ref().err().map(|e| e.message.clone());
+                        self.audit.record(
+                            &Event {
+                                event: "open",
+                                path: &path,
+                                lease_id: None,
+                                issuer: None,
+                                outcome,
+                                detail: detail.as_deref(),
+                            },
+                            Some(&who),
+                        );
+                        let bytes = result?;
+                        Ok(self.new_handle(ino, SharedBytes::new(bytes)))
+                    }
+                    SecretKind::Dynamic { .. } => Err(FsError::eio(
+                        "dynamic secrets are served by the lease manager",
+                    )),
+                }
+            }
+        }
+    }
+
+    fn new_handle(&self, ino: u64, bytes: SharedBytes) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                fh,
+                Handle {
+                    ino,
+                    bytes: Arc::new(bytes),
+                },
+            );
+        Opened {
+            fh,
+            direct_io: true,
+        }
+    }
+
+    async fn open_static(
+        &self,
+        ino: u64,
+        source: usize,
+        meta: &Arc<SecretMeta>,
+    ) -> Result<crate::render::Bytes, FsError> {
+        let d = &self.settings.defaults;
+        let format = match meta.attr_str("format") {
+            Some(f) => Some(Format::parse(f).map_err(FsError::eio)?),
+            None => None,
+        };
+        let cached = {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.get(&ino).map(|e| (e.fetched.elapsed(), e.fields.clone()))
+        };
+        let fields = match cached {
+            Some((age, f)) if age < d.cache_ttl.0 => f,
+            stale => {
+                let src = &self.slots[source].spec.source;
+                let fetched = match tokio::time::timeout(d.issue_timeout.0, src.read(meta)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SourceError::Unavailable(format!(
+                        "reading took longer than {:?}",
+                        d.issue_timeout.0
+                    ))),
+                };
+                match fetched {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                            ino,
+                            Cached {
+                                fetched: Instant::now(),
+                                fields: f.clone(),
+                            },
+                        );
+                        f
+                    }
+                    Err(SourceError::Unavailable(msg)) => match stale {
+                        Some((age, f)) if age < d.cache_ttl.0 + d.max_stale.0 => {
+                            tracing::warn!(path = %meta.path(), error = %msg, age_s = age.as_secs(), "source unavailable; serving the cached value");
+                            f
+                        }
+                        _ => {
+                            self.cache
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .pop(&ino);
+                            return Err(FsError::eio(msg));
+                        }
+                    },
+                    Err(SourceError::Invalid(msg)) => {
+                        self.cache
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pop(&ino);
+                        tracing::warn!(path = %meta.path(), error = %msg, "cannot read secret");
+                        return Err(FsError::eio(msg));
+                    }
+                }
+            }
+        };
+        render_static(&fields, format.as_ref()).map_err(|e| {
+            tracing::warn!(path = %meta.path(), error = %e, "cannot render secret");
+            FsError::eio(e)
+        })
+    }
+
+    /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`.
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(Result<&[u8], FsError>) -> R,
+    ) -> R {
+        let bytes = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .map(|h| h.bytes.clone());
+        match bytes {
+            None => f(Err(FsError::bad_handle())),
+            Some(b) => b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired))),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        drop(h);
+    }
+
+    /// Writes reach only `/.leasefs/revoke`; everything else is read-only.
+    pub async fn write(&self, ino: u64, _data: &[u8], who: Requester) -> Result<usize, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        match n.kind {
+            NodeKind::Control(Control::Revoke) if who.uid == 0 => {
+                Err(FsError::eio("no lease manager"))
+            }
+            _ => Err(FsError::erofs()),
+        }
+    }
+
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn xattrs(&self, n: &Node) -> Vec<(&'static str, String)> {
+        let NodeKind::Secret { source, meta } = &n.kind else {
+            return Vec::new();
+        };
+        let mut v = vec![("user.leasefs.id", meta.id.clone())];
+        match &meta.kind {
+            SecretKind::Dynamic { link } => {
+                v.insert(0, ("user.leasefs.kind", "dynamic".into()));
+                v.push(("user.leasefs.link", link.replace('/', ":")));
+                let ttl = meta
+                    .attr_str("ttl")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format_duration(self.settings.defaults.ttl.0));
+                v.push(("user.leasefs.ttl", ttl));
+                let issuer = self.tree().base(*source, link).and_then(|b| match &b.kind {
+                    SecretKind::Base { issuer, .. } => Some(issuer.clone()),
+                    _ => None,
+                });
+                v.push((
+                    "user.leasefs.issuer",
+                    issuer.unwrap_or_else(|| "unresolved".into()),
+                ));
+            }
+            _ => v.insert(0, ("user.leasefs.kind", "static".into())),
+        }
+        v
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        self.xattrs(n)
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.into_bytes())
+            .ok_or_else(|| FsError::new(libc::ENODATA, "no such attribute"))
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        let mut out = Vec::new();
+        for (k, _) in self.xattrs(n) {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    fn control_contents(&self, c: Control) -> crate::render::Bytes {
+        let text = match c {
+            Control::Status => {
+                let tree = self.tree();
+                let sources: Vec<serde_json::Value> = self
+                    .health()
+                    .into_iter()
+                    .map(|(name, h)| serde_json::json!({"source": name, "health": h}))
+                    .collect();
+                let v = serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "started": chrono::DateTime::<chrono::Utc>::from(self.started).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "sources": sources,
+                    "counts": tree.counts,
+                    "open_handles": self.open_handles(),
+                });
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+            }
+            Control::Leases => "[]\n".to_string(),
+            Control::Metrics => String::new(),
+            Control::Revoke => String::new(),
+        };
+        zeroize::Zeroizing::new(text.into_bytes())
+    }
+}
+
+/// Formats a duration the way the configuration writes them (`"15m"`).
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The supplementary groups of a process, from `/proc/PID/status`.
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

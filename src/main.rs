@@ -1,0 +1,215 @@
+//! The `leasefs` command line (clap): parses arguments and calls into the library; no filesystem logic here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use leasefs::config::Config;
+use leasefs::daemon::{self, RunOptions};
+
+const ABOUT: &str = "A FUSE filesystem that exposes secrets as files.
+
+Listing is metadata-only; a static secret's bytes are fetched when it is opened; opening a
+dynamic secret issues a fresh short-lived credential whose bytes vanish when its lease expires.";
+
+const AFTER: &str = "EXAMPLES:
+    leasefs demo                                   # mount a sample catalog at ./secrets
+    leasefs mount /secrets --config /etc/leasefs/config.json
+    leasefs check --config /etc/leasefs/config.json
+
+EXIT STATUS:
+    0  success
+    1  check found invalid files, or the daemon failed while running
+    2  the command line or the configuration is invalid
+
+See docs/ in the source tree for the configuration reference and the security model.";
+
+#[derive(Parser)]
+#[command(name = "leasefs", version, about = ABOUT, long_about = ABOUT, after_long_help = AFTER)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter such as leasefs=debug).
+    #[arg(long, global = true, default_value = "info", env = "LEASEFS_LOG")]
+    log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount a secret catalog and serve it in the foreground until SIGTERM or SIGINT.
+    ///
+    /// The mount is ready when it appears in /proc/mounts. SIGHUP reloads the documents
+    /// without unmounting. A mountpoint left dead by a killed daemon is detached and reused.
+    Mount {
+        /// Where to mount (created if missing).
+        mountpoint: PathBuf,
+        /// The configuration file (JSON; see docs/configuration.md).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Accept document and config files readable by group or others.
+        #[arg(long)]
+        insecure_perms: bool,
+    },
+    /// Mount an embedded sample catalog (no configuration needed) and print commands to try.
+    Demo {
+        /// Where to mount.
+        #[arg(default_value = "./secrets")]
+        mountpoint: PathBuf,
+    },
+    /// Validate the configuration and every document; name each bad file with line and column.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        insecure_perms: bool,
+    },
+}
+
+fn init_logs(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Mount {
+            mountpoint,
+            config,
+            insecure_perms,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("leasefs: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !insecure_perms {
+                if let Err(e) = leasefs::config::check_config_perms(&config) {
+                    eprintln!("leasefs: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            finish(daemon::run(
+                &mountpoint,
+                cfg,
+                RunOptions {
+                    insecure_perms,
+                    banner: None,
+                },
+            ))
+        }
+        Command::Demo { mountpoint } => {
+            let dir = match tempfile::Builder::new().prefix("leasefs-demo-").tempdir() {
+                Ok(d) => d,
+                Err(e) => return finish(Err(e.into())),
+            };
+            let cfg = match leasefs::demo::write_catalog(dir.path()) {
+                Ok(c) => c,
+                Err(e) => return finish(Err(e.into())),
+            };
+            let banner = leasefs::demo::banner(&mountpoint, dir.path());
+            finish(daemon::run(
+                &mountpoint,
+                cfg,
+                RunOptions {
+                    insecure_perms: false,
+                    banner: Some(banner),
+                },
+            ))
+        }
+        Command::Check {
+            config,
+            insecure_perms,
+        } => check(&config, insecure_perms),
+    }
+}
+
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leasefs: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut bad = 0usize;
+    if !insecure_perms {
+        if let Err(e) = leasefs::config::check_config_perms(config) {
+            eprintln!("{e}");
+            bad += 1;
+        }
+    }
+    let opts = RunOptions {
+        insecure_perms,
+        banner: None,
+    };
+    let fs = match daemon::build_fs(&cfg, &opts) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{}: {e:#}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return finish(Err(e.into())),
+    };
+    let problems = rt.block_on(fs.refresh());
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    bad += problems.len();
+    for (name, h) in fs.health() {
+        if !h.up {
+            eprintln!("{name}: {}", h.last_error.unwrap_or_default());
+            bad += 1;
+        }
+    }
+    let c = fs.tree().counts;
+    if bad == 0 {
+        println!(
+            "ok: {} static, {} dynamic, {} base secrets",
+            c.static_secrets, c.dynamic_secrets, c.base_secrets
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "{bad} problem(s); {} static, {} dynamic, {} base secrets are valid",
+            c.static_secrets, c.dynamic_secrets, c.base_secrets
+        );
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,483 @@
+//! The model shared by sources, issuers and the filesystem: secret metadata, secret-holding fields, requesters, path rules.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
+
+/// Longest path segment accepted (Linux NAME_MAX).
+pub const MAX_SEGMENT: usize = 255;
+/// Longest whole path accepted.
+pub const MAX_PATH: usize = 4096;
+
+/// Splits a secret path (`dynamic:aws:temp-api` or `dynamic/aws/temp-api`) into its segments,
+/// refusing anything that could escape or confuse the tree.
+pub fn split_path(path: &str, allow_empty: bool) -> Result<Vec<String>, String> {
+    if path.len() > MAX_PATH {
+        return Err(format!(
+            "path is {} bytes long (limit {MAX_PATH})",
+            path.len()
+        ));
+    }
+    if path.is_empty() {
+        return if allow_empty {
+            Ok(Vec::new())
+        } else {
+            Err("path is empty".into())
+        };
+    }
+    if path.contains(':') && path.contains('/') {
+        return Err("path mixes ':' and '/' separators".into());
+    }
+    let sep = if path.contains(':') { ':' } else { '/' };
+    let mut out = Vec::new();
+    for seg in path.split(sep) {
+        if seg.is_empty() {
+            return Err("path has an empty segment".into());
+        }
+        if seg == "." || seg == ".." {
+            return Err(format!("path segment {seg:?} is not allowed"));
+        }
+        if seg.len() > MAX_SEGMENT {
+            return Err(format!(
+                "path segment is {} bytes long (limit {MAX_SEGMENT})",
+                seg.len()
+            ));
+        }
+        if seg.contains('/') {
+            return Err("path segment contains '/'".into());
+        }
+        if seg.chars().any(|c| c == '\0' || c.is_control()) {
+            return Err("path contains a NUL or control character".into());
+        }
+        if seg == ".leasefs" {
+            return Err("path segment \".leasefs\" is reserved for the control directory".into());
+        }
+        out.push(seg.to_string());
+    }
+    Ok(out)
+}
+
+/// Parses an octal mode string such as `"0440"`.
+pub fn parse_mode(text: &str) -> Result<u16, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let m = u32::from_str_radix(digits, 8).map_err(|_| format!("{text:?} is not an octal mode"))?;
+    if m > 0o7777 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    if m & 0o7000 != 0 {
+        return Err(format!(
+            "{text:?}: setuid, setgid and sticky bits are not allowed"
+        ));
+    }
+    Ok(m as u16)
+}
+
+/// Resolves an owner given as a number, a numeric string or a user name.
+pub fn resolve_user(v: &serde_json::Value) -> Result<u32, String> {
+    resolve_id(v, true)
+}
+
+/// Resolves a group given as a number, a numeric string or a group name.
+pub fn resolve_group(v: &serde_json::Value) -> Result<u32, String> {
+    resolve_id(v, false)
+}
+
+fn resolve_id(v: &serde_json::Value, user: bool) -> Result<u32, String> {
+    let what = if user { "user" } else { "group" };
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("{what} id {n} is out of range")),
+        serde_json::Value::String(s) => {
+            if let Ok(n) = s.parse::<u32>() {
+                return Ok(n);
+            }
+            lookup_name(s, user).ok_or_else(|| format!("unknown {what} {s:?}"))
+        }
+        other => Err(format!("{what} must be a number or a name, not {other}")),
+    }
+}
+
+fn lookup_name(name: &str, user: bool) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: the *_r functions write only into the structs and buffer we pass, whose sizes we give.
+    unsafe {
+        if user {
+            let mut pw: libc::passwd = std::mem::zeroed();
+            let mut out: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwnam_r(
+                c.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            );
+            (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
+        } else {
+            let mut gr: libc::group = std::mem::zeroed();
+            let mut out: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrnam_r(
+                c.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            );
+            (rc == 0 && !out.is_null()).then_some(gr.gr_gid)
+        }
+    }
+}
+
+/// What kind of entry a secret is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// `data` holds the payload, fetched on open.
+    Static,
+    /// Opening issues a credential through the issuer of the base secret at `link` (source-relative path).
+    Dynamic { link: String },
+    /// Holds an issuer's long-lived credential; `issuer` is `attributes.type`.
+    Base { issuer: String, expose: bool },
+}
+
+/// Metadata of one secret. Never holds a value.
+#[derive(Debug)]
+pub struct SecretMeta {
+    pub id: String,
+    /// Source-relative path segments.
+    pub segments: Vec<String>,
+    pub kind: SecretKind,
+    /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: Option<u16>,
+    /// Size in bytes when the source knows it without reading the value.
+    pub size: Option<u64>,
+    pub mtime: SystemTime,
+    /// Where the source finds the payload (source-specific, e.g. file and index).
+    pub locator: Locator,
+}
+
+impl SecretMeta {
+    pub fn path(&self) -> String {
+        self.segments.join("/")
+    }
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).and_then(|v| v.as_str())
+    }
+    pub fn is_listed(&self) -> bool {
+        !matches!(self.kind, SecretKind::Base { expose: false, .. })
+    }
+}
+
+/// Where a source finds a payload again.
+#[derive(Clone, Debug)]
+pub enum Locator {
+    /// A local document file and the index of the document within it.
+    File {
+        file: Arc<std::path::Path>,
+        index: usize,
+    },
+    /// A key in a remote store (OpenBao KV path or dynamic path).
+    Remote(String),
+    /// Fields that the source embeds itself (the demo catalog's jwt key, generated at start).
+    None,
+}
+
+/// One field value, held as a secret. `json` marks a value kept as JSON text (numbers, arrays, objects).
+pub struct FieldValue {
+    pub text: SecretString,
+    pub json: bool,
+}
+
+impl FieldValue {
+    pub fn string(s: impl Into<String>) -> Self {
+        FieldValue {
+            text: SecretString::from(s.into()),
+            json: false,
+        }
+    }
+}
+
+impl fmt::Debug for FieldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A set of named secret values (a static payload, a base secret's data, an issued credential).
+/// Every value is zeroized when dropped; `Debug` prints only the names.
+#[derive(Default)]
+pub struct SecretFields {
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+impl fmt::Debug for SecretFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.fields.keys()).finish()
+    }
+}
+
+impl SecretFields {
+    /// Builds fields from a JSON object, keeping nested values as JSON text.
+    pub fn from_json_object(text: &str) -> Result<SecretFields, serde_json::Error> {
+        let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
+        let mut fields = BTreeMap::new();
+        for (k, raw) in map {
+            let r = raw.get();
+            let v = if r.starts_with('"') {
+                FieldValue {
+                    text: SecretString::from(serde_json::from_str::<String>(r)?),
+                    json: false,
+                }
+            } else {
+                FieldValue {
+                    text: SecretString::from(r.to_string()),
+                    json: true,
+                }
+            };
+            fields.insert(k, v);
+        }
+        Ok(SecretFields { fields })
+    }
+
+    pub fn insert(&mut self, key: &str, value: impl Into<String>) {
+        self.fields
+            .insert(key.to_string(), FieldValue::string(value));
+    }
+
+    pub fn insert_json(&mut self, key: &str, value: &serde_json::Value) {
+        let text = match value {
+            serde_json::Value::String(s) => return self.insert(key, s.clone()),
+            other => other.to_string(),
+        };
+        self.fields.insert(
+            key.to_string(),
+            FieldValue {
+                text: SecretString::from(text),
+                json: true,
+            },
+        );
+    }
+
+    /// A field as text (strings as they are, other values as JSON).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(|v| v.text.expose_secret())
+    }
+
+    /// Case-insensitive lookup, for formats that accept `AccessKeyId` or `access_key_id`.
+    pub fn get_any(&self, keys: &[&str]) -> Option<&str> {
+        for k in keys {
+            if let Some(v) = self.get(k) {
+                return Some(v);
+            }
+        }
+        let norm = |s: &str| {
+            s.chars()
+                .filter(|c| *c != '_')
+                .collect::<String>()
+                .to_ascii_lowercase()
+        };
+        let wanted: Vec<String> = keys.iter().map(|k| norm(k)).collect();
+        self.fields
+            .iter()
+            .find(|(k, _)| wanted.contains(&norm(k)))
+            .map(|(_, v)| v.text.expose_secret())
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Every value, for scanning logs in tests and for redaction.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.fields.values().map(|v| v.text.expose_secret())
+    }
+}
+
+/// Serializes the fields as one JSON object; values go straight from their secret boxes to the writer.
+impl Serialize for SecretFields {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.fields.len()))?;
+        for (k, v) in &self.fields {
+            let text = v.text.expose_secret();
+            if v.json {
+                match serde_json::from_str::<&RawValue>(text) {
+                    Ok(raw) => m.serialize_entry(k, raw)?,
+                    Err(_) => m.serialize_entry(k, text)?,
+                }
+            } else {
+                m.serialize_entry(k, text)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Who asked: copied out of the FUSE request.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Requester {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// The process's command name (`/proc/PID/comm`), when it could be read.
+    pub comm: String,
+}
+
+impl Requester {
+    pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default();
+        Requester {
+            uid,
+            gid,
+            pid,
+            comm,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_on_colon_or_slash() {
+        assert_eq!(
+            split_path("dynamic:aws:temp-api", false).unwrap(),
+            ["dynamic", "aws", "temp-api"]
+        );
+        assert_eq!(
+            split_path("app/db/password", false).unwrap(),
+            ["app", "db", "password"]
+        );
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for bad in [
+            "",
+            "a::b",
+            "a:..:b",
+            "..",
+            ".",
+            "a/../b",
+            "/abs",
+            "a/",
+            "a\0b",
+            "a\nb",
+            "a\x1bb",
+            "a:b/c",
+            ".leasefs/status.json",
+        ] {
+            assert!(split_path(bad, false).is_err(), "{bad:?} accepted");
+        }
+        assert!(split_path(&"x".repeat(300), false).is_err());
+        assert!(split_path(&"a:".repeat(3000), false).is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0440").unwrap(), 0o440);
+        assert_eq!(parse_mode("400").unwrap(), 0o400);
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("4755").is_err());
+    }
+
+    #[test]
+    fn ids_resolve_by_number_and_name() {
+        assert_eq!(resolve_user(&serde_json::json!(0)).unwrap(), 0);
+        assert_eq!(resolve_user(&serde_json::json!("root")).unwrap(), 0);
+        assert_eq!(resolve_group(&serde_json::json!("1000")).unwrap(), 1000);
+        assert!(resolve_user(&serde_json::json!("no-such-user-here")).is_err());
+        assert!(resolve_user(&serde_json::json!(-1)).is_err());
+    }
+
+    #[test]
+    fn fields_debug_never_shows_values() {
+        let f = SecretFields::from_json_object(r#"{"password": "hunter2", "port": 5432}"#).unwrap();
+        let dbg = format!("{f:?}");
+        assert!(!dbg.contains("hunter2"));
+        assert_eq!(f.get("port"), Some("5432"));
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"password":"hunter2","port":5432}"#
+        );
+    }
+}
+
+/// Rendered contents shared by the handles of one open (and, for dynamic secrets, by the lease).
+/// `expire` zeroizes the bytes; reads after that fail with `EKEYEXPIRED`.
+pub struct SharedBytes {
+    inner: std::sync::RwLock<Option<zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedBytes({:?} bytes)", self.len())
+    }
+}
+
+impl SharedBytes {
+    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
+        crate::memlock::lock(&bytes);
+        SharedBytes {
+            inner: std::sync::RwLock::new(Some(bytes)),
+        }
+    }
+
+    /// The length, or `None` once expired.
+    pub fn len(&self) -> Option<usize> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|b| b.len())
+    }
+
+    /// Calls `f` with the requested slice, or `None` once expired.
+    pub fn with_slice<R>(&self, offset: u64, size: u32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            None => f(None),
+            Some(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                f(Some(&b[start..end]))
+            }
+        }
+    }
+
+    /// Zeroizes the bytes now; later reads see `None`.
+    pub fn expire(&self) {
+        let taken = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(b) = taken {
+            crate::memlock::unlock(&b);
+            drop(b);
+        }
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.len().is_none()
+    }
+}
+
+impl Drop for SharedBytes {
+    fn drop(&mut self) {
+        self.expire();
+    }
+}

@@ -1,0 +1,529 @@
+//! Secret documents on disk: one DSV-shaped document, an array of them, or a Royal JSON `{"Objects": [...]}`; metadata parsing never keeps a value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::config::FileError;
+use crate::secret::{
+    Locator, SecretFields, SecretKind, SecretMeta, parse_mode, resolve_group, resolve_user,
+    split_path,
+};
+
+/// Issuer kinds a base secret may name in `attributes.type`.
+pub const ISSUER_KINDS: &[&str] = &["exec", "jwt", "postgres", "aws", "openbao"];
+
+/// `data` must be an object; its contents are skipped without being copied.
+struct ObjectShape;
+
+impl<'de> Deserialize<'de> for ObjectShape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ObjectShape;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ObjectShape, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(ObjectShape)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct DocMeta {
+    #[serde(default)]
+    id: Option<String>,
+    path: String,
+    #[serde(default)]
+    attributes: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: Option<ObjectShape>,
+}
+
+#[derive(Deserialize)]
+struct DocData<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoyalObject {
+    #[serde(rename = "Type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "ID", default)]
+    id: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(rename = "linkedSecret", default)]
+    linked_secret: Option<String>,
+    #[serde(rename = "format", default)]
+    format: Option<String>,
+}
+
+/// The result of reading one file: the secrets it defines and what was wrong in it.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    pub secrets: Vec<SecretMeta>,
+    pub problems: Vec<FileError>,
+}
+
+enum Layout<'a> {
+    Docs(Vec<&'a RawValue>),
+    Royal {
+        objects: Vec<&'a RawValue>,
+        linked: Option<String>,
+    },
+}
+
+fn position(text: &str, slice: &str) -> (usize, usize) {
+    let offset = (slice.as_ptr() as usize)
+        .saturating_sub(text.as_ptr() as usize)
+        .min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// An error at `slice` (a part of `text`), or inside it at the serde error's position.
+fn problem_at(
+    file: &Path,
+    text: &str,
+    slice: &str,
+    e: Option<&serde_json::Error>,
+    msg: String,
+) -> FileError {
+    let (line, col) = position(text, slice);
+    let (line, column) = match e {
+        Some(e) if e.line() == 1 => (line, col + e.column() - 1),
+        Some(e) if e.line() > 1 => (line + e.line() - 1, e.column()),
+        _ => (line, col),
+    };
+    FileError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message: msg,
+    }
+}
+
+fn json_cause(e: &serde_json::Error) -> String {
+    let t = e.to_string();
+    match t.rfind(" at line ") {
+        Some(i) => t[..i].to_string(),
+        None => t,
+    }
+}
+
+fn layout<'a>(file: &Path, text: &'a str) -> Result<Layout<'a>, FileError> {
+    let first = text.trim_start().chars().next();
+    match first {
+        Some('[') => serde_json::from_str::<Vec<&RawValue>>(text)
+            .map(Layout::Docs)
+            .map_err(|e| FileError::from_json(file, &e)),
+        Some('{') => {
+            let top: BTreeMap<String, &RawValue> =
+                serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
+            if let Some(objs) = top.get("Objects") {
+                let objects: Vec<&RawValue> = serde_json::from_str(objs.get())
+                    .map_err(|e| problem_at(file, text, objs.get(), Some(&e), json_cause(&e)))?;
+                let linked = match top.get("linkedSecret") {
+                    Some(l) => Some(serde_json::from_str::<String>(l.get()).map_err(|e| {
+                        problem_at(
+                            file,
+                            text,
+                            l.get(),
+                            Some(&e),
+                            format!("linkedSecret: {}", json_cause(&e)),
+                        )
+                    })?),
+                    None => None,
+                };
+                Ok(Layout::Royal { objects, linked })
+            } else {
+                let raw: &RawValue =
+                    serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
+                Ok(Layout::Docs(vec![raw]))
+            }
+        }
+        None => Err(FileError::whole(file, "file is empty")),
+        Some(_) => serde_json::from_str::<IgnoredAny>(text)
+            .map_err(|e| FileError::from_json(file, &e))
+            .and_then(|_| {
+                Err(FileError::whole(
+                    file,
+                    "expected a document object, an array or {\"Objects\": [...]}",
+                ))
+            }),
+    }
+}
+
+struct Ownership {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: Option<u16>,
+}
+
+fn ownership(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Ownership, String> {
+    let uid = attrs
+        .get("owner")
+        .map(resolve_user)
+        .transpose()
+        .map_err(|e| format!("attributes.owner: {e}"))?;
+    let gid = attrs
+        .get("group")
+        .map(resolve_group)
+        .transpose()
+        .map_err(|e| format!("attributes.group: {e}"))?;
+    let mode = match attrs.get("mode") {
+        None => None,
+        Some(serde_json::Value::String(m)) => {
+            Some(parse_mode(m).map_err(|e| format!("attributes.mode: {e}"))?)
+        }
+        Some(other) => {
+            return Err(format!(
+                "attributes.mode must be an octal string like \"0440\", not {other}"
+            ));
+        }
+    };
+    Ok(Ownership { uid, gid, mode })
+}
+
+fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretKind, String> {
+    if let Some(link) = attrs.get("linkConfig") {
+        let lt = link.get("linkType").and_then(|v| v.as_str());
+        if lt == Some("dynamic") {
+            let target = link
+                .get("linkedSecret")
+                .and_then(|v| v.as_str())
+                .ok_or("attributes.linkConfig.linkedSecret must name the base secret")?;
+            split_path(target, false)
+                .map_err(|e| format!("attributes.linkConfig.linkedSecret: {e}"))?;
+            return Ok(SecretKind::Dynamic {
+                link: target.replace(':', "/"),
+            });
+        }
+        return Err(format!(
+            "attributes.linkConfig.linkType {:?} is not supported (use \"dynamic\")",
+            lt.unwrap_or("")
+        ));
+    }
+    if let Some(t) = attrs.get("type") {
+        let issuer = t.as_str().ok_or("attributes.type must be a string")?;
+        if !ISSUER_KINDS.contains(&issuer) {
+            return Err(format!(
+                "attributes.type {issuer:?} is not an issuer kind ({})",
+                ISSUER_KINDS.join(", ")
+            ));
+        }
+        let expose = match attrs.get("expose") {
+            None => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or("attributes.expose must be true or false")?,
+        };
+        return Ok(SecretKind::Base {
+            issuer: issuer.to_string(),
+            expose,
+        });
+    }
+    Ok(SecretKind::Static)
+}
+
+fn check_attr_types(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+    for key in ["ttl", "max_ttl", "min_remaining"] {
+        if let Some(v) = attrs.get(key) {
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("attributes.{key} must be a duration string"))?;
+            crate::config::parse_duration(s).map_err(|e| format!("attributes.{key}: {e}"))?;
+        }
+    }
+    if let Some(v) = attrs.get("reuse") {
+        let s = v.as_str().unwrap_or("");
+        crate::config::Reuse::parse(s)
+            .ok_or("attributes.reuse must be \"none\", \"uid\" or \"pid\"")?;
+    }
+    if let Some(v) = attrs.get("format") {
+        let s = v.as_str().ok_or("attributes.format must be a string")?;
+        crate::render::Format::parse(s).map_err(|e| format!("attributes.format: {e}"))?;
+    }
+    for key in ["revoke_on_close", "renew_while_open"] {
+        if let Some(v) = attrs.get(key) {
+            v.as_bool()
+                .ok_or_else(|| format!("attributes.{key} must be true or false"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the metadata of every secret in a file. Values are skipped, never copied.
+pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
+    let mut out = ParsedFile::default();
+    let shared: Arc<Path> = Arc::from(file);
+    let layout = match layout(file, text) {
+        Ok(l) => l,
+        Err(e) => {
+            out.problems.push(e);
+            return out;
+        }
+    };
+    match layout {
+        Layout::Docs(docs) => {
+            for (index, raw) in docs.into_iter().enumerate() {
+                let slice = raw.get();
+                let doc: DocMeta = match serde_json::from_str(slice) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        out.problems
+                            .push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
+                        continue;
+                    }
+                };
+                let built = (|| -> Result<SecretMeta, String> {
+                    let segments = split_path(&doc.path, false)
+                        .map_err(|e| format!("path {:?}: {e}", doc.path))?;
+                    let kind = kind_of(&doc.attributes)?;
+                    check_attr_types(&doc.attributes)?;
+                    let own = ownership(&doc.attributes)?;
+                    Ok(SecretMeta {
+                        id: doc.id.clone().unwrap_or_else(|| doc.path.clone()),
+                        segments,
+                        kind,
+                        attributes: doc.attributes.clone(),
+                        uid: own.uid,
+                        gid: own.gid,
+                        mode: own.mode,
+                        size: None,
+                        mtime,
+                        locator: Locator::File {
+                            file: shared.clone(),
+                            index,
+                        },
+                    })
+                })();
+                match built {
+                    Ok(m) => out.secrets.push(m),
+                    Err(msg) => out.problems.push(problem_at(file, text, slice, None, msg)),
+                }
+            }
+        }
+        Layout::Royal { objects, linked } => {
+            for (index, raw) in objects.into_iter().enumerate() {
+                let slice = raw.get();
+                let obj: RoyalObject = match serde_json::from_str(slice) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        out.problems
+                            .push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
+                        continue;
+                    }
+                };
+                if obj.kind != "DynamicCredential" {
+                    tracing::debug!(file = %file.display(), index, kind = %obj.kind, "royal object is not a DynamicCredential; ignored");
+                    continue;
+                }
+                let built = (|| -> Result<SecretMeta, String> {
+                    let name = obj
+                        .name
+                        .clone()
+                        .ok_or("DynamicCredential needs a \"Name\"")?;
+                    let id = obj.id.clone().ok_or("DynamicCredential needs an \"ID\"")?;
+                    let folder = obj.path.clone().unwrap_or_else(|| "credentials".into());
+                    let mut segments = split_path(folder.trim_matches('/'), true)
+                        .map_err(|e| format!("Path {folder:?}: {e}"))?;
+                    segments.extend(
+                        split_path(&name, false).map_err(|e| format!("Name {name:?}: {e}"))?,
+                    );
+                    let link = obj.linked_secret.clone().or_else(|| linked.clone()).ok_or(
+                        "DynamicCredential needs \"linkedSecret\" (on the object or the file) naming an exec base secret",
+                    )?;
+                    split_path(&link, false).map_err(|e| format!("linkedSecret: {e}"))?;
+                    let mut attributes = serde_json::Map::new();
+                    if let Some(f) = &obj.format {
+                        crate::render::Format::parse(f).map_err(|e| format!("format: {e}"))?;
+                        attributes.insert("format".into(), f.clone().into());
+                    }
+                    attributes.insert("royal".into(), true.into());
+                    Ok(SecretMeta {
+                        id,
+                        segments,
+                        kind: SecretKind::Dynamic {
+                            link: link.replace(':', "/"),
+                        },
+                        attributes,
+                        uid: None,
+                        gid: None,
+                        mode: None,
+                        size: Some(0),
+                        mtime,
+                        locator: Locator::File {
+                            file: shared.clone(),
+                            index,
+                        },
+                    })
+                })();
+                match built {
+                    Ok(m) => out.secrets.push(m),
+                    Err(msg) => out.problems.push(problem_at(file, text, slice, None, msg)),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads the `data` of the document at `index`, checking that it is still the secret at `path`.
+pub fn read_data(
+    file: &Path,
+    text: &str,
+    index: usize,
+    path: &str,
+) -> Result<SecretFields, String> {
+    let docs = match layout(file, text).map_err(|e| e.to_string())? {
+        Layout::Docs(d) => d,
+        Layout::Royal { .. } => return Ok(SecretFields::default()),
+    };
+    let matches = |raw: &&&RawValue| {
+        serde_json::from_str::<DocMeta>(raw.get())
+            .ok()
+            .and_then(|d| split_path(&d.path, false).ok())
+            .map(|s| s.join("/") == path)
+            .unwrap_or(false)
+    };
+    // The document usually stays where it was; if the file was edited, look for it by path.
+    let raw = match docs.get(index).filter(|r| matches(&r)) {
+        Some(r) => *r,
+        None => *docs
+            .iter()
+            .find(matches)
+            .ok_or_else(|| format!("{}: secret {path:?} is no longer there", file.display()))?,
+    };
+    let d: DocData<'_> = serde_json::from_str(raw.get())
+        .map_err(|e| format!("{}: {}", file.display(), json_cause(&e)))?;
+    match d.data {
+        None => Ok(SecretFields::default()),
+        Some(data) => SecretFields::from_json_object(data.get())
+            .map_err(|e| format!("{}: data: {}", file.display(), json_cause(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> ParsedFile {
+        parse_file(Path::new("t.json"), text, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn dsv_document() {
+        let p = parse(
+            r#"{"id": "cc61", "path": "dynamic:aws:temp-api", "description": "",
+            "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:aws:creds:api-account"},
+                           "ttl": "15m", "format": "credential_process"}, "data": {}}"#,
+        );
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let s = &p.secrets[0];
+        assert_eq!(s.path(), "dynamic/aws/temp-api");
+        assert_eq!(
+            s.kind,
+            SecretKind::Dynamic {
+                link: "base/aws/creds/api-account".into()
+            }
+        );
+    }
+
+    #[test]
+    fn array_with_bad_member_keeps_the_good_ones() {
+        let text = "[\n {\"path\": \"a:b\", \"data\": {\"value\": \"x\"}},\n {\"path\": \"a:..:c\"},\n {\"path\": 5},\n {\"path\": \"ok\"}\n]";
+        let p = parse(text);
+        assert_eq!(p.secrets.len(), 2);
+        assert_eq!(p.problems.len(), 2);
+        assert_eq!((p.problems[0].line, p.problems[0].column), (3, 2));
+        assert_eq!(p.problems[1].line, 4);
+        assert!(
+            p.problems[1].message.contains("invalid type"),
+            "{}",
+            p.problems[1]
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let p = parse("{\n  \"path\": \"a\",\n  \"data\": {\"value\": }\n}");
+        assert_eq!(p.problems.len(), 1);
+        assert_eq!(p.problems[0].line, 3);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = format!(
+            "{{\"path\": \"a\", \"data\": {{\"v\": {}{}}}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let p = parse(&text);
+        assert!(p.secrets.is_empty());
+        assert_eq!(p.problems.len(), 1);
+    }
+
+    #[test]
+    fn royal_json_objects() {
+        let p = parse(
+            r#"{"linkedSecret": "base:royal", "Objects": [
+            {"Type": "DynamicCredential", "Name": "User 1", "ID": "Cred01", "Path": "team/ops"},
+            {"Type": "Credential", "Name": "plain"},
+            {"Type": "DynamicCredential", "Name": "User 2", "ID": "Cred02"}]}"#,
+        );
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.secrets.len(), 2);
+        assert_eq!(p.secrets[0].path(), "team/ops/User 1");
+        assert_eq!(p.secrets[0].id, "Cred01");
+        assert_eq!(p.secrets[1].path(), "credentials/User 2");
+        assert_eq!(
+            p.secrets[1].kind,
+            SecretKind::Dynamic {
+                link: "base/royal".into()
+            }
+        );
+    }
+
+    #[test]
+    fn read_data_finds_the_value_even_after_edits() {
+        let text =
+            r#"[{"path": "a", "data": {"value": "one"}}, {"path": "b", "data": {"value": "two"}}]"#;
+        let f = read_data(Path::new("t.json"), text, 1, "b").unwrap();
+        assert_eq!(f.get("value"), Some("two"));
+        let f = read_data(Path::new("t.json"), text, 0, "b").unwrap();
+        assert_eq!(f.get("value"), Some("two"));
+        assert!(read_data(Path::new("t.json"), text, 0, "c").is_err());
+    }
+
+    #[test]
+    fn base_secrets_are_hidden_unless_exposed() {
+        let p = parse(
+            r#"[{"path": "base:x", "attributes": {"type": "exec"}, "data": {"command": ["/bin/true"]}},
+                          {"path": "base:y", "attributes": {"type": "exec", "expose": true}},
+                          {"path": "base:z", "attributes": {"type": "nope"}}]"#,
+        );
+        assert_eq!(p.secrets.len(), 2);
+        assert!(!p.secrets[0].is_listed());
+        assert!(p.secrets[1].is_listed());
+        assert!(p.problems[0].message.contains("not an issuer kind"));
+    }
+}

@@ -1,0 +1,158 @@
+//! The `local` source: a directory of secret documents (`*.json`, recursive); metadata at listing, the payload re-read on open.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use super::document::{parse_file, read_data};
+use super::{Listing, Source, SourceError};
+use crate::config::FileError;
+use crate::secret::{Locator, SecretFields, SecretMeta};
+
+/// Documents larger than this are refused (a secret catalog is small; this bounds memory).
+pub const MAX_DOCUMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+pub struct LocalSource {
+    root: PathBuf,
+    /// Refuse documents readable by group or others (`--insecure-perms` turns this off).
+    strict_perms: bool,
+}
+
+impl LocalSource {
+    pub fn new(root: PathBuf, strict_perms: bool) -> Self {
+        LocalSource { root, strict_perms }
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, depth: usize) {
+    if depth > 32 {
+        problems.push(FileError::whole(
+            dir,
+            "directory nesting deeper than 32 levels; not read",
+        ));
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(FileError::whole(dir, format!("cannot read directory: {e}")));
+            return;
+        }
+    };
+    let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            collect(&path, out, problems, depth + 1);
+        } else if path.extension().is_some_and(|x| x == "json")
+            && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
+        {
+            out.push(path);
+        }
+    }
+}
+
+/// Refuses a document that others can read when it holds data (like ssh with private keys).
+pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable or writable by group or others (mode {:04o}); chmod 600 it, or start with --insecure-perms",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+fn read_text(path: &Path, strict: bool) -> Result<(Zeroizing<String>, std::fs::Metadata), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "{}: {} bytes is over the {} byte limit",
+            path.display(),
+            meta.len(),
+            MAX_DOCUMENT_BYTES
+        ));
+    }
+    if strict {
+        check_private(path, &meta)?;
+    }
+    let bytes =
+        Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let text =
+        std::str::from_utf8(&bytes).map_err(|e| format!("{}: not UTF-8 ({e})", path.display()))?;
+    Ok((Zeroizing::new(text.to_string()), meta))
+}
+
+fn list_dir(root: &Path, strict: bool) -> Result<Listing, SourceError> {
+    if !root.is_dir() {
+        return Err(SourceError::Unavailable(format!(
+            "{} is not a readable directory",
+            root.display()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut listing = Listing::default();
+    collect(root, &mut files, &mut listing.problems, 0);
+    for f in files {
+        match read_text(&f, strict) {
+            Ok((text, meta)) => {
+                let mtime = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                let parsed = parse_file(&f, &text, mtime);
+                listing.secrets.extend(parsed.secrets);
+                listing.problems.extend(parsed.problems);
+            }
+            Err(msg) => listing.problems.push(FileError::whole(
+                &f,
+                msg.split_once(": ").map(|x| x.1).unwrap_or(&msg),
+            )),
+        }
+    }
+    Ok(listing)
+}
+
+#[async_trait]
+impl Source for LocalSource {
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+
+    async fn list(&self) -> Result<Listing, SourceError> {
+        let root = self.root.clone();
+        let strict = self.strict_perms;
+        tokio::task::spawn_blocking(move || list_dir(&root, strict))
+            .await
+            .map_err(|e| SourceError::Unavailable(e.to_string()))?
+    }
+
+    async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError> {
+        let Locator::File { file, index } = &secret.locator else {
+            return Err(SourceError::Invalid(format!(
+                "{} has no document file",
+                secret.path()
+            )));
+        };
+        let (file, index, path, strict) = (file.clone(), *index, secret.path(), self.strict_perms);
+        tokio::task::spawn_blocking(move || {
+            let (text, _) = read_text(&file, strict).map_err(|m| {
+                if file.exists() {
+                    SourceError::Invalid(m)
+                } else {
+                    SourceError::Unavailable(m)
+                }
+            })?;
+            read_data(&file, &text, index, &path).map_err(SourceError::Invalid)
+        })
+        .await
+        .map_err(|e| SourceError::Unavailable(e.to_string()))?
+    }
+}

@@ -1,0 +1,38 @@
+//! Where metadata and static payloads come from: the `Source` trait, and one implementation per kind (`local`, …).
+
+pub mod document;
+pub mod local;
+
+use async_trait::async_trait;
+
+use crate::config::FileError;
+use crate::secret::{SecretFields, SecretMeta};
+
+/// Everything a source knows about its secrets, without any value.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub secrets: Vec<SecretMeta>,
+    /// Documents that were skipped, each naming file, line and column.
+    pub problems: Vec<FileError>,
+}
+
+/// Why a source could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// The source is down or unreachable: callers keep what they had.
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    /// The secret is gone or its document no longer parses.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// A short description for logs and `status.json` (never a credential).
+    fn describe(&self) -> String;
+    /// Lists metadata only: never reads or keeps a value.
+    async fn list(&self) -> Result<Listing, SourceError>;
+    /// Reads one secret's payload (a static value, or a base secret's data).
+    async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError>;
+}
