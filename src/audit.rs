@@ -47,14 +47,8 @@ impl Audit {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(Audit {
-            file: Some(Mutex::new(f)),
-        })
+        let f = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        Ok(Audit { file: Some(Mutex::new(f)) })
     }
 
     /// Records an event. `who` is absent for events the daemon does itself (expiry, recovery).

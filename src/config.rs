@@ -28,21 +28,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number before the unit"
-            ));
+            return Err(format!("invalid duration {text:?}: expected a number before the unit"));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -52,9 +44,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86400)),
             "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: missing unit (ms, s, m, h, d)"
-                ));
+                return Err(format!("invalid duration {text:?}: missing unit (ms, s, m, h, d)"));
             }
             other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
         };
@@ -147,36 +137,41 @@ pub struct Ownership {
     pub mode: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Local,
+    Openbao,
+}
+
+/// One entry of `sources`. A flat struct rather than a tagged enum, so that serde reports errors at
+/// their exact line and column; `validate` checks the keys each kind needs.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SourceConfig {
-    Local {
-        #[serde(default = "root_prefix")]
-        prefix: String,
-        path: PathBuf,
-        #[serde(default)]
-        owner: Option<serde_json::Value>,
-        #[serde(default)]
-        group: Option<serde_json::Value>,
-        #[serde(default)]
-        mode: Option<String>,
-    },
-    Openbao {
-        #[serde(default = "root_prefix")]
-        prefix: String,
-        address: String,
-        token_file: PathBuf,
-        #[serde(default)]
-        kv_mounts: Vec<String>,
-        #[serde(default)]
-        dynamic_mounts: Vec<String>,
-        #[serde(default)]
-        owner: Option<serde_json::Value>,
-        #[serde(default)]
-        group: Option<serde_json::Value>,
-        #[serde(default)]
-        mode: Option<String>,
-    },
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    #[serde(default = "root_prefix")]
+    pub prefix: String,
+    /// `local`: the directory of documents.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `openbao`: the server address.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `openbao`: a file holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub kv_mounts: Vec<String>,
+    #[serde(default)]
+    pub dynamic_mounts: Vec<String>,
+    #[serde(default)]
+    pub owner: Option<serde_json::Value>,
+    #[serde(default)]
+    pub group: Option<serde_json::Value>,
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 fn root_prefix() -> String {
@@ -184,25 +179,25 @@ fn root_prefix() -> String {
 }
 
 impl SourceConfig {
-    pub fn prefix(&self) -> &str {
-        match self {
-            SourceConfig::Local { prefix, .. } | SourceConfig::Openbao { prefix, .. } => prefix,
+    pub fn local(path: PathBuf) -> Self {
+        SourceConfig {
+            kind: SourceKind::Local,
+            prefix: root_prefix(),
+            path: Some(path),
+            address: None,
+            token_file: None,
+            kv_mounts: Vec::new(),
+            dynamic_mounts: Vec::new(),
+            owner: None,
+            group: None,
+            mode: None,
         }
     }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     pub fn ownership(&self) -> Ownership {
-        let (owner, group, mode) = match self {
-            SourceConfig::Local {
-                owner, group, mode, ..
-            }
-            | SourceConfig::Openbao {
-                owner, group, mode, ..
-            } => (owner, group, mode),
-        };
-        Ownership {
-            owner: owner.clone(),
-            group: group.clone(),
-            mode: mode.clone(),
-        }
+        Ownership { owner: self.owner.clone(), group: self.group.clone(), mode: self.mode.clone() }
     }
 }
 
@@ -236,14 +231,7 @@ pub struct FileError {
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
         } else {
             write!(f, "{}: {}", self.file.display(), self.message)
         }
@@ -254,12 +242,7 @@ impl std::error::Error for FileError {}
 
 impl FileError {
     pub fn whole(file: &Path, message: impl Into<String>) -> Self {
-        FileError {
-            file: file.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: message.into(),
-        }
+        FileError { file: file.to_path_buf(), line: 0, column: 0, message: message.into() }
     }
     pub fn from_json(file: &Path, e: &serde_json::Error) -> Self {
         // serde_json appends " at line L column C" to its message; keep only the cause.
@@ -268,12 +251,7 @@ impl FileError {
             Some(i) => text[..i].to_string(),
             None => text,
         };
-        FileError {
-            file: file.to_path_buf(),
-            line: e.line(),
-            column: e.column(),
-            message,
-        }
+        FileError { file: file.to_path_buf(), line: e.line(), column: e.column(), message }
     }
 }
 
@@ -285,48 +263,55 @@ impl Config {
     }
 
     pub fn load(file: &Path) -> Result<Config, FileError> {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| FileError::whole(file, e.to_string()))?;
+        let text = std::fs::read_to_string(file).map_err(|e| FileError::whole(file, e.to_string()))?;
         Config::parse(file, &text)
     }
 
     fn validate(&self, file: &Path) -> Result<(), FileError> {
         if self.sources.is_empty() {
-            return Err(FileError::whole(
-                file,
-                "\"sources\" must list at least one source",
-            ));
+            return Err(FileError::whole(file, "\"sources\" must list at least one source"));
         }
         let d = &self.defaults;
         if d.ttl > d.max_ttl {
-            return Err(FileError::whole(
-                file,
-                "defaults.ttl is longer than defaults.max_ttl",
-            ));
+            return Err(FileError::whole(file, "defaults.ttl is longer than defaults.max_ttl"));
         }
         if d.issue_timeout.0.is_zero() {
-            return Err(FileError::whole(
-                file,
-                "defaults.issue_timeout must be above zero",
-            ));
+            return Err(FileError::whole(file, "defaults.issue_timeout must be above zero"));
         }
-        for s in &self.sources {
+        for (i, s) in self.sources.iter().enumerate() {
+            let need = |ok: bool, key: &str| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(FileError::whole(file, format!("sources[{i}] ({:?}) needs \"{key}\"", s.kind)))
+                }
+            };
+            match s.kind {
+                SourceKind::Local => need(s.path.is_some(), "path")?,
+                SourceKind::Openbao => {
+                    need(s.address.is_some(), "address")?;
+                    need(s.token_file.is_some(), "token_file")?;
+                }
+            }
             let p = s.prefix();
             if !p.starts_with('/') {
-                return Err(FileError::whole(
-                    file,
-                    format!("source prefix {p:?} must start with '/'"),
-                ));
+                return Err(FileError::whole(file, format!("source prefix {p:?} must start with '/'")));
             }
             crate::secret::split_path(p.trim_start_matches('/'), true)
                 .map_err(|e| FileError::whole(file, format!("source prefix {p:?}: {e}")))?;
             if let Some(m) = s.ownership().mode {
-                crate::secret::parse_mode(&m)
-                    .map_err(|e| FileError::whole(file, format!("source mode {m:?}: {e}")))?;
+                crate::secret::parse_mode(&m).map_err(|e| FileError::whole(file, format!("source mode {m:?}: {e}")))?;
             }
         }
         Ok(())
     }
+}
+
+/// Refuses a config file that group or others can read when it may hold credentials (like ssh).
+pub fn check_config_perms(file: &Path) -> Result<(), FileError> {
+    let meta = std::fs::metadata(file).map_err(|e| FileError::whole(file, e.to_string()))?;
+    crate::source::local::check_private(&meta)
+        .map_err(|m| FileError::whole(file, m.replace(&format!("{} ", file.display()), "")))
 }
 
 #[cfg(test)]
@@ -385,11 +370,4 @@ mod tests {
         assert_eq!(c.defaults.ttl, Dur::secs(900));
         assert!(c.allow_other);
     }
-}
-
-/// Refuses a config file that group or others can read when it may hold credentials (like ssh).
-pub fn check_config_perms(file: &Path) -> Result<(), FileError> {
-    let meta = std::fs::metadata(file).map_err(|e| FileError::whole(file, e.to_string()))?;
-    crate::source::local::check_private(file, &meta)
-        .map_err(|m| FileError::whole(file, m.replace(&format!("{} ", file.display()), "")))
 }

@@ -11,7 +11,7 @@ use fuser::{MountOption, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::audit::Audit;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SourceKind};
 use crate::fs::tree::Owner;
 use crate::fs::{LeaseFs, Settings, SourceSpec};
 use crate::fuse::FuseAdapter;
@@ -39,44 +39,17 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
     for sc in &cfg.sources {
         let own = sc.ownership();
         let owner = Owner {
-            uid: own
-                .owner
-                .as_ref()
-                .map(resolve_user)
-                .transpose()
-                .map_err(anyhow::Error::msg)?
-                .unwrap_or(uid),
-            gid: own
-                .group
-                .as_ref()
-                .map(resolve_group)
-                .transpose()
-                .map_err(anyhow::Error::msg)?
-                .unwrap_or(gid),
-            file_mode: own
-                .mode
-                .as_deref()
-                .map(parse_mode)
-                .transpose()
-                .map_err(anyhow::Error::msg)?
-                .unwrap_or(0o400),
+            uid: own.owner.as_ref().map(resolve_user).transpose().map_err(anyhow::Error::msg)?.unwrap_or(uid),
+            gid: own.group.as_ref().map(resolve_group).transpose().map_err(anyhow::Error::msg)?.unwrap_or(gid),
+            file_mode: own.mode.as_deref().map(parse_mode).transpose().map_err(anyhow::Error::msg)?.unwrap_or(0o400),
             dir_mode: 0o555,
         };
-        let prefix =
-            split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
-        let source: Arc<dyn Source> = match sc {
-            SourceConfig::Local { path, .. } => {
-                Arc::new(LocalSource::new(path.clone(), !opts.insecure_perms))
-            }
-            SourceConfig::Openbao { .. } => {
-                bail!("the openbao source is not available in this build yet")
-            }
+        let prefix = split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
+        let source: Arc<dyn Source> = match sc.kind {
+            SourceKind::Local => Arc::new(LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms)),
+            SourceKind::Openbao => bail!("the openbao source is not available in this build yet"),
         };
-        out.push(SourceSpec {
-            source,
-            prefix,
-            owner,
-        });
+        out.push(SourceSpec { source, prefix, owner });
     }
     Ok(out)
 }
@@ -84,26 +57,15 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
 pub fn build_fs(cfg: &Config, opts: &RunOptions) -> anyhow::Result<LeaseFs> {
     let (uid, gid) = effective_ids();
     let audit = match &cfg.audit_log {
-        Some(p) => {
-            Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?
-        }
+        Some(p) => Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?,
         None => Audit::disabled(),
     };
     let settings = Settings {
         defaults: cfg.defaults.clone(),
-        root_owner: Owner {
-            uid,
-            gid,
-            file_mode: 0o400,
-            dir_mode: 0o555,
-        },
+        root_owner: Owner { uid, gid, file_mode: 0o400, dir_mode: 0o555 },
         control: true,
     };
-    Ok(LeaseFs::new(
-        settings,
-        build_sources(cfg, opts)?,
-        Arc::new(audit),
-    ))
+    Ok(LeaseFs::new(settings, build_sources(cfg, opts)?, Arc::new(audit)))
 }
 
 fn cpath(p: &Path) -> CString {
@@ -120,11 +82,7 @@ pub fn detach(p: &Path) -> std::io::Result<()> {
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EPERM) {
-        let st = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(p)
-            .status()?;
+        let st = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(p).status()?;
         if st.success() {
             return Ok(());
         }
@@ -138,8 +96,7 @@ pub fn is_mounted(p: &Path) -> bool {
         return false;
     };
     let want = p.to_string_lossy().replace(' ', "\\040");
-    text.lines()
-        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
 /// Makes the mountpoint usable: creates it if missing, detaches a mount left dead by a killed daemon,
@@ -148,12 +105,10 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
     match std::fs::metadata(p) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(mountpoint = %p.display(), "found a dead mount left by a previous run; detaching it");
-            detach(p)
-                .with_context(|| format!("cannot detach the dead mount at {}", p.display()))?;
+            detach(p).with_context(|| format!("cannot detach the dead mount at {}", p.display()))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(p)
-                .with_context(|| format!("cannot create the mountpoint {}", p.display()))?;
+            std::fs::create_dir_all(p).with_context(|| format!("cannot create the mountpoint {}", p.display()))?;
         }
         Err(e) => {
             return Err(e).with_context(|| format!("cannot use the mountpoint {}", p.display()));
@@ -161,13 +116,9 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
         Ok(m) if !m.is_dir() => bail!("{} is not a directory", p.display()),
         Ok(_) => {}
     }
-    let abs =
-        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
+    let abs = std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
     if is_mounted(&abs) {
-        bail!(
-            "{} is already a mount point (is another leasefs running there?)",
-            abs.display()
-        );
+        bail!("{} is already a mount point (is another leasefs running there?)", abs.display());
     }
     Ok(abs)
 }
@@ -175,10 +126,7 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
 /// Mounts and serves until SIGTERM/SIGINT (or an external unmount), then unmounts cleanly.
 pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     crate::memlock::harden_process();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("leasefs-rt")
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("leasefs-rt").build()?;
     let fs = Arc::new(build_fs(&cfg, &opts)?);
     let mountpoint = prepare_mountpoint(mountpoint)?;
 
@@ -211,9 +159,11 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
         fcfg.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
         fcfg.n_threads = Some(2);
         fcfg.clone_fd = true;
-        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current());
+        let notifier = Arc::new(std::sync::OnceLock::new());
+        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), notifier.clone());
         let mut session = fuser::Session::new(adapter, &mountpoint, &fcfg)
             .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+        let _ = notifier.set(session.notifier());
         let mut unmounter = session.unmount_callable();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("leasefs-fuse".into()).spawn(move || {

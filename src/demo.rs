@@ -33,18 +33,8 @@ pub fn write_catalog(dir: &Path) -> std::io::Result<Config> {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(Config {
-        sources: vec![SourceConfig::Local {
-            prefix: "/".into(),
-            path: docs,
-            owner: None,
-            group: None,
-            mode: None,
-        }],
-        defaults: Defaults {
-            refresh: Dur::secs(5),
-            cache_ttl: Dur::secs(5),
-            ..Defaults::default()
-        },
+        sources: vec![SourceConfig::local(docs)],
+        defaults: Defaults { refresh: Dur::secs(5), cache_ttl: Dur::secs(5), ..Defaults::default() },
         state_dir: dir.join("state"),
         audit_log: Some(dir.join("audit.jsonl")),
         allow_other: false,

@@ -1,14 +1,13 @@
 //! The fuser 0.18 adapter only: copies what it needs out of each request, runs slow work on the tokio runtime and replies from the task.
 
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -20,22 +19,20 @@ pub struct FuseAdapter {
     rt: Handle,
     /// How long the kernel may cache names and attributes (never contents: those are direct I/O).
     ttl: Duration,
+    /// Set once the session exists; used to drop cached attributes after an open.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<LeaseFs>, rt: Handle) -> Self {
+    pub fn new(fs: Arc<LeaseFs>, rt: Handle, notifier: Arc<OnceLock<Notifier>>) -> Self {
         let ttl = fs.defaults().attr_ttl.0;
-        FuseAdapter { fs, rt, ttl }
+        FuseAdapter { fs, rt, ttl, notifier }
     }
 }
 
 fn errno(e: &FsError) -> Errno {
     // Never send an errno the kernel would drop (>= 512): the caller would hang.
-    if e.errno <= 0 || e.errno >= 512 {
-        Errno::EIO
-    } else {
-        Errno::from_i32(e.errno)
-    }
+    if e.errno <= 0 || e.errno >= 512 { Errno::EIO } else { Errno::from_i32(e.errno) }
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -67,11 +64,8 @@ fn who(req: &Request) -> Requester {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for flag in [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-        ] {
+        for flag in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO]
+        {
             if let Err(unsupported) = config.add_capabilities(flag) {
                 tracing::debug!(?unsupported, "kernel lacks a FUSE capability");
             }
@@ -104,11 +98,11 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            // An open handle's size is exact only for that handle: do not let the kernel cache it.
-            Ok(a) if fh.is_some() => reply.attr(&Duration::ZERO, &file_attr(&a)),
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0, fh.map(|f| f.0), req.pid()) {
+            // A handle's size is true only for its holder: do not let the kernel cache it.
+            Ok((a, true)) => reply.attr(&Duration::ZERO, &file_attr(&a)),
+            Ok((a, false)) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -134,16 +128,7 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS)
     }
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _r: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
         reply.error(Errno::EROFS)
     }
 
@@ -159,14 +144,7 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS)
     }
 
-    fn symlink(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _l: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _l: &std::path::Path, reply: ReplyEntry) {
         reply.error(Errno::EROFS)
     }
 
@@ -187,30 +165,28 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS)
     }
 
-    fn create(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
-        reply: ReplyCreate,
-    ) {
+    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: ReplyCreate) {
         reply.error(Errno::EROFS)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let who = who(req);
+        let notifier = self.notifier.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, flags.0, who).await {
                 Ok(o) => {
+                    // The kernel answers fstat from its attribute cache; drop the cached attributes
+                    // (offset -1: not the page cache) before the open returns, so that fstat asks us
+                    // and gets this handle's size.
+                    if let Some(n) = notifier.get() {
+                        let _ = n.inval_inode(ino, -1, 0);
+                    }
                     let mut f = FopenFlags::empty();
                     if o.direct_io {
                         f |= FopenFlags::FOPEN_DIRECT_IO;
                     }
-                    reply.opened(FileHandle(o.fh), f)
+                    reply.opened(FileHandle(o.fh), f);
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -258,14 +234,7 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lo: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
         reply.ok()
     }
 
@@ -287,20 +256,9 @@ impl Filesystem for FuseAdapter {
         reply.ok()
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let r = self.fs.readdir(ino.0, offset, |e| {
-            let kind = if e.attr.kind == EntryKind::Dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
+            let kind = if e.attr.kind == EntryKind::Dir { FileType::Directory } else { FileType::RegularFile };
             reply.add(INodeNo(e.ino), e.next, kind, e.name)
         });
         match r {
@@ -309,24 +267,10 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let ttl = self.ttl;
         let r = self.fs.readdir(ino.0, offset, |e| {
-            reply.add(
-                INodeNo(e.ino),
-                e.next,
-                e.name,
-                &ttl,
-                &file_attr(&e.attr),
-                Generation(0),
-            )
+            reply.add(INodeNo(e.ino), e.next, e.name, &ttl, &file_attr(&e.attr), Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -340,16 +284,7 @@ impl Filesystem for FuseAdapter {
         reply.statfs(0, 0, 0, n, 0, 4096, 255, 4096)
     }
 
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _i: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
-        reply: ReplyEmpty,
-    ) {
+    fn setxattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
         reply.error(Errno::EROFS)
     }
 

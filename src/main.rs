@@ -76,11 +76,9 @@ enum Command {
 }
 
 fn init_logs(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -91,11 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log_level, cli.log_format);
     match cli.command {
-        Command::Mount {
-            mountpoint,
-            config,
-            insecure_perms,
-        } => {
+        Command::Mount { mountpoint, config, insecure_perms } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -109,14 +103,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            finish(daemon::run(
-                &mountpoint,
-                cfg,
-                RunOptions {
-                    insecure_perms,
-                    banner: None,
-                },
-            ))
+            finish(daemon::run(&mountpoint, cfg, RunOptions { insecure_perms, banner: None }))
         }
         Command::Demo { mountpoint } => {
             let dir = match tempfile::Builder::new().prefix("leasefs-demo-").tempdir() {
@@ -128,19 +115,9 @@ fn main() -> ExitCode {
                 Err(e) => return finish(Err(e.into())),
             };
             let banner = leasefs::demo::banner(&mountpoint, dir.path());
-            finish(daemon::run(
-                &mountpoint,
-                cfg,
-                RunOptions {
-                    insecure_perms: false,
-                    banner: Some(banner),
-                },
-            ))
+            finish(daemon::run(&mountpoint, cfg, RunOptions { insecure_perms: false, banner: Some(banner) }))
         }
-        Command::Check {
-            config,
-            insecure_perms,
-        } => check(&config, insecure_perms),
+        Command::Check { config, insecure_perms } => check(&config, insecure_perms),
     }
 }
 
@@ -169,10 +146,7 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
             bad += 1;
         }
     }
-    let opts = RunOptions {
-        insecure_perms,
-        banner: None,
-    };
+    let opts = RunOptions { insecure_perms, banner: None };
     let fs = match daemon::build_fs(&cfg, &opts) {
         Ok(f) => f,
         Err(e) => {
@@ -180,10 +154,7 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return finish(Err(e.into())),
     };
@@ -200,10 +171,7 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
     }
     let c = fs.tree().counts;
     if bad == 0 {
-        println!(
-            "ok: {} static, {} dynamic, {} base secrets",
-            c.static_secrets, c.dynamic_secrets, c.base_secrets
-        );
+        println!("ok: {} static, {} dynamic, {} base secrets", c.static_secrets, c.dynamic_secrets, c.base_secrets);
         ExitCode::SUCCESS
     } else {
         println!(

@@ -62,11 +62,7 @@ pub type Bytes = Zeroizing<Vec<u8>>;
 
 fn buffer(fields: &SecretFields) -> Bytes {
     // Reserve enough up front so that the buffer never reallocates (and leaves copies behind).
-    let need: usize = fields
-        .fields
-        .iter()
-        .map(|(k, v)| k.len() * 2 + v.text_len() * 2 + 64)
-        .sum();
+    let need: usize = fields.fields.iter().map(|(k, v)| k.len() * 2 + v.text_len() * 2 + 64).sum();
     Zeroizing::new(Vec::with_capacity(need + 1024))
 }
 
@@ -85,12 +81,9 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn need<'a>(fields: &'a SecretFields, keys: &[&str], format: &str) -> Result<&'a str, String> {
-    fields.get_any(keys).ok_or_else(|| {
-        format!(
-            "format {format} needs a field {:?}; the credential has {:?}",
-            keys[0], fields
-        )
-    })
+    fields
+        .get_any(keys)
+        .ok_or_else(|| format!("format {format} needs a field {:?}; the credential has {:?}", keys[0], fields))
 }
 
 fn write_json<T: Serialize>(out: &mut Bytes, v: &T) -> Result<(), String> {
@@ -111,11 +104,7 @@ pub fn render_static(fields: &SecretFields, format: Option<&Format>) -> Result<B
 }
 
 /// Renders a credential in `format`. `expires_at` is the lease's expiry, used where the format carries one.
-pub fn render(
-    fields: &SecretFields,
-    format: &Format,
-    expires_at: Option<DateTime<Utc>>,
-) -> Result<Bytes, String> {
+pub fn render(fields: &SecretFields, format: &Format, expires_at: Option<DateTime<Utc>>) -> Result<Bytes, String> {
     let mut out = buffer(fields);
     let expiry = || -> Option<String> {
         fields
@@ -139,16 +128,8 @@ pub fn render(
             }
             let cp = Cp {
                 version: 1,
-                access_key_id: need(
-                    fields,
-                    &["access_key_id", "AccessKeyId"],
-                    "credential_process",
-                )?,
-                secret_access_key: need(
-                    fields,
-                    &["secret_access_key", "SecretAccessKey"],
-                    "credential_process",
-                )?,
+                access_key_id: need(fields, &["access_key_id", "AccessKeyId"], "credential_process")?,
+                secret_access_key: need(fields, &["secret_access_key", "SecretAccessKey"], "credential_process")?,
                 session_token: fields.get_any(&["session_token", "SessionToken"]),
                 expiration: expiry(),
             };
@@ -169,10 +150,7 @@ pub fn render(
             out.extend_from_slice(b"[default]\n");
             for (key, names) in [
                 ("aws_access_key_id", &["access_key_id", "AccessKeyId"][..]),
-                (
-                    "aws_secret_access_key",
-                    &["secret_access_key", "SecretAccessKey"][..],
-                ),
+                ("aws_secret_access_key", &["secret_access_key", "SecretAccessKey"][..]),
                 ("aws_session_token", &["session_token", "SessionToken"][..]),
             ] {
                 let v = if key == "aws_session_token" {
@@ -193,21 +171,9 @@ pub fn render(
         Format::Env => {
             for (k, v) in &fields.fields {
                 use secrecy::ExposeSecret;
-                let key: String = k
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() {
-                            c.to_ascii_uppercase()
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
-                let key = if key.starts_with(|c: char| c.is_ascii_digit()) {
-                    format!("_{key}")
-                } else {
-                    key
-                };
+                let key: String =
+                    k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+                let key = if key.starts_with(|c: char| c.is_ascii_digit()) { format!("_{key}") } else { key };
                 out.extend_from_slice(key.as_bytes());
                 out.extend_from_slice(b"='");
                 for b in v.text.expose_secret().bytes() {
@@ -221,27 +187,23 @@ pub fn render(
             }
         }
         Format::Raw(field) => {
-            let v = fields.get(field).ok_or_else(|| {
-                format!("format raw:{field}: no field {field:?}; the credential has {fields:?}")
-            })?;
+            let v = fields
+                .get(field)
+                .ok_or_else(|| format!("format raw:{field}: no field {field:?}; the credential has {fields:?}"))?;
             out.extend_from_slice(v.as_bytes());
         }
         Format::Template(t) => {
             let mut rest = t.as_str();
             while let Some(i) = rest.find("{{") {
-                out.extend_from_slice(rest[..i].as_bytes());
+                out.extend_from_slice(&rest.as_bytes()[..i]);
                 let after = &rest[i + 2..];
                 let end = after.find("}}").ok_or("template has an unclosed {{")?;
                 let name = after[..end].trim();
                 match fields.get(name) {
                     Some(v) => out.extend_from_slice(v.as_bytes()),
-                    None if name == "expires_at" => {
-                        out.extend_from_slice(expiry().unwrap_or_default().as_bytes())
-                    }
+                    None if name == "expires_at" => out.extend_from_slice(expiry().unwrap_or_default().as_bytes()),
                     None => {
-                        return Err(format!(
-                            "template names {{{{{name}}}}}, but the credential has {fields:?}"
-                        ));
+                        return Err(format!("template names {{{{{name}}}}}, but the credential has {fields:?}"));
                     }
                 }
                 rest = &after[end + 2..];
@@ -254,9 +216,7 @@ pub fn render(
 
 fn check_one_line(key: &str, v: &str) -> Result<(), String> {
     if v.contains('\n') || v.contains('\r') {
-        return Err(format!(
-            "{key} contains a line break and cannot be written as INI"
-        ));
+        return Err(format!("{key} contains a line break and cannot be written as INI"));
     }
     Ok(())
 }
@@ -292,28 +252,16 @@ mod tests {
     #[test]
     fn env_is_shell_safe() {
         let out = text(render(&aws(), &Format::Env, None).unwrap());
-        assert!(
-            out.contains("SECRET_ACCESS_KEY='s3cr3t'\\''quote'\n"),
-            "{out}"
-        );
+        assert!(out.contains("SECRET_ACCESS_KEY='s3cr3t'\\''quote'\n"), "{out}");
     }
 
     #[test]
     fn aws_ini_and_template_and_raw() {
         let out = text(render(&aws(), &Format::AwsIni, None).unwrap());
-        assert!(
-            out.starts_with("[default]\naws_access_key_id = ASIAEXAMPLE\n"),
-            "{out}"
-        );
+        assert!(out.starts_with("[default]\naws_access_key_id = ASIAEXAMPLE\n"), "{out}");
         let t = Format::parse("template:id={{access_key_id}} exp={{ expiration }}").unwrap();
-        assert_eq!(
-            text(render(&aws(), &t, None).unwrap()),
-            "id=ASIAEXAMPLE exp=2030-01-01T00:00:00Z"
-        );
-        assert_eq!(
-            text(render(&aws(), &Format::parse("raw:session_token").unwrap(), None).unwrap()),
-            "tok"
-        );
+        assert_eq!(text(render(&aws(), &t, None).unwrap()), "id=ASIAEXAMPLE exp=2030-01-01T00:00:00Z");
+        assert_eq!(text(render(&aws(), &Format::parse("raw:session_token").unwrap(), None).unwrap()), "tok");
     }
 
     #[test]
@@ -328,12 +276,9 @@ mod tests {
     fn exec_credential_shape() {
         let mut f = SecretFields::default();
         f.insert("token", "abc");
-        let when = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let when = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
         let v: serde_json::Value =
-            serde_json::from_slice(&render(&f, &Format::ExecCredential, Some(when)).unwrap())
-                .unwrap();
+            serde_json::from_slice(&render(&f, &Format::ExecCredential, Some(when)).unwrap()).unwrap();
         assert_eq!(v["apiVersion"], "client.authentication.k8s.io/v1");
         assert_eq!(v["kind"], "ExecCredential");
         assert_eq!(v["status"]["token"], "abc");
@@ -345,8 +290,7 @@ mod tests {
         let f = SecretFields::from_json_object(r#"{"value": "pw"}"#).unwrap();
         assert_eq!(text(render_static(&f, None).unwrap()), "pw");
         let f = SecretFields::from_json_object(r#"{"user": "u", "port": 5}"#).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&render_static(&f, None).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&render_static(&f, None).unwrap()).unwrap();
         assert_eq!(v["port"], 5);
     }
 

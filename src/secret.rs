@@ -19,17 +19,10 @@ pub const MAX_PATH: usize = 4096;
 /// refusing anything that could escape or confuse the tree.
 pub fn split_path(path: &str, allow_empty: bool) -> Result<Vec<String>, String> {
     if path.len() > MAX_PATH {
-        return Err(format!(
-            "path is {} bytes long (limit {MAX_PATH})",
-            path.len()
-        ));
+        return Err(format!("path is {} bytes long (limit {MAX_PATH})", path.len()));
     }
     if path.is_empty() {
-        return if allow_empty {
-            Ok(Vec::new())
-        } else {
-            Err("path is empty".into())
-        };
+        return if allow_empty { Ok(Vec::new()) } else { Err("path is empty".into()) };
     }
     if path.contains(':') && path.contains('/') {
         return Err("path mixes ':' and '/' separators".into());
@@ -44,10 +37,7 @@ pub fn split_path(path: &str, allow_empty: bool) -> Result<Vec<String>, String> 
             return Err(format!("path segment {seg:?} is not allowed"));
         }
         if seg.len() > MAX_SEGMENT {
-            return Err(format!(
-                "path segment is {} bytes long (limit {MAX_SEGMENT})",
-                seg.len()
-            ));
+            return Err(format!("path segment is {} bytes long (limit {MAX_SEGMENT})", seg.len()));
         }
         if seg.contains('/') {
             return Err("path segment contains '/'".into());
@@ -72,9 +62,7 @@ pub fn parse_mode(text: &str) -> Result<u16, String> {
         return Err(format!("{text:?} is out of range"));
     }
     if m & 0o7000 != 0 {
-        return Err(format!(
-            "{text:?}: setuid, setgid and sticky bits are not allowed"
-        ));
+        return Err(format!("{text:?}: setuid, setgid and sticky bits are not allowed"));
     }
     Ok(m as u16)
 }
@@ -92,10 +80,9 @@ pub fn resolve_group(v: &serde_json::Value) -> Result<u32, String> {
 fn resolve_id(v: &serde_json::Value, user: bool) -> Result<u32, String> {
     let what = if user { "user" } else { "group" };
     match v {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| format!("{what} id {n} is out of range")),
+        serde_json::Value::Number(n) => {
+            n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("{what} id {n} is out of range"))
+        }
         serde_json::Value::String(s) => {
             if let Ok(n) = s.parse::<u32>() {
                 return Ok(n);
@@ -114,24 +101,12 @@ fn lookup_name(name: &str, user: bool) -> Option<u32> {
         if user {
             let mut pw: libc::passwd = std::mem::zeroed();
             let mut out: *mut libc::passwd = std::ptr::null_mut();
-            let rc = libc::getpwnam_r(
-                c.as_ptr(),
-                &mut pw,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut out,
-            );
+            let rc = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out);
             (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
         } else {
             let mut gr: libc::group = std::mem::zeroed();
             let mut out: *mut libc::group = std::ptr::null_mut();
-            let rc = libc::getgrnam_r(
-                c.as_ptr(),
-                &mut gr,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut out,
-            );
+            let rc = libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut out);
             (rc == 0 && !out.is_null()).then_some(gr.gr_gid)
         }
     }
@@ -183,10 +158,7 @@ impl SecretMeta {
 #[derive(Clone, Debug)]
 pub enum Locator {
     /// A local document file and the index of the document within it.
-    File {
-        file: Arc<std::path::Path>,
-        index: usize,
-    },
+    File { file: Arc<std::path::Path>, index: usize },
     /// A key in a remote store (OpenBao KV path or dynamic path).
     Remote(String),
     /// Fields that the source embeds itself (the demo catalog's jwt key, generated at start).
@@ -201,10 +173,7 @@ pub struct FieldValue {
 
 impl FieldValue {
     pub fn string(s: impl Into<String>) -> Self {
-        FieldValue {
-            text: SecretString::from(s.into()),
-            json: false,
-        }
+        FieldValue { text: SecretString::from(s.into()), json: false }
     }
 }
 
@@ -235,15 +204,9 @@ impl SecretFields {
         for (k, raw) in map {
             let r = raw.get();
             let v = if r.starts_with('"') {
-                FieldValue {
-                    text: SecretString::from(serde_json::from_str::<String>(r)?),
-                    json: false,
-                }
+                FieldValue { text: SecretString::from(serde_json::from_str::<String>(r)?), json: false }
             } else {
-                FieldValue {
-                    text: SecretString::from(r.to_string()),
-                    json: true,
-                }
+                FieldValue { text: SecretString::from(r.to_string()), json: true }
             };
             fields.insert(k, v);
         }
@@ -251,8 +214,7 @@ impl SecretFields {
     }
 
     pub fn insert(&mut self, key: &str, value: impl Into<String>) {
-        self.fields
-            .insert(key.to_string(), FieldValue::string(value));
+        self.fields.insert(key.to_string(), FieldValue::string(value));
     }
 
     pub fn insert_json(&mut self, key: &str, value: &serde_json::Value) {
@@ -260,13 +222,7 @@ impl SecretFields {
             serde_json::Value::String(s) => return self.insert(key, s.clone()),
             other => other.to_string(),
         };
-        self.fields.insert(
-            key.to_string(),
-            FieldValue {
-                text: SecretString::from(text),
-                json: true,
-            },
-        );
+        self.fields.insert(key.to_string(), FieldValue { text: SecretString::from(text), json: true });
     }
 
     /// A field as text (strings as they are, other values as JSON).
@@ -281,17 +237,9 @@ impl SecretFields {
                 return Some(v);
             }
         }
-        let norm = |s: &str| {
-            s.chars()
-                .filter(|c| *c != '_')
-                .collect::<String>()
-                .to_ascii_lowercase()
-        };
+        let norm = |s: &str| s.chars().filter(|c| *c != '_').collect::<String>().to_ascii_lowercase();
         let wanted: Vec<String> = keys.iter().map(|k| norm(k)).collect();
-        self.fields
-            .iter()
-            .find(|(k, _)| wanted.contains(&norm(k)))
-            .map(|(_, v)| v.text.expose_secret())
+        self.fields.iter().find(|(k, _)| wanted.contains(&norm(k))).map(|(_, v)| v.text.expose_secret())
     }
 
     pub fn len(&self) -> usize {
@@ -339,15 +287,66 @@ pub struct Requester {
 
 impl Requester {
     pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|s| s.trim_end().to_string())
-            .unwrap_or_default();
-        Requester {
-            uid,
-            gid,
-            pid,
-            comm,
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_string()).unwrap_or_default();
+        Requester { uid, gid, pid, comm }
+    }
+}
+
+/// Rendered contents shared by the handles of one open (and, for dynamic secrets, by the lease).
+/// `expire` zeroizes the bytes; reads after that fail with `EKEYEXPIRED`.
+pub struct SharedBytes {
+    inner: std::sync::RwLock<Option<zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedBytes({:?} bytes)", self.len())
+    }
+}
+
+impl SharedBytes {
+    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
+        crate::memlock::lock(&bytes);
+        SharedBytes { inner: std::sync::RwLock::new(Some(bytes)) }
+    }
+
+    /// The length, or `None` once expired.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> Option<usize> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.len())
+    }
+
+    /// Calls `f` with the requested slice, or `None` once expired.
+    pub fn with_slice<R>(&self, offset: u64, size: u32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            None => f(None),
+            Some(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                f(Some(&b[start..end]))
+            }
         }
+    }
+
+    /// Zeroizes the bytes now; later reads see `None`.
+    pub fn expire(&self) {
+        let taken = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(b) = taken {
+            crate::memlock::unlock(&b);
+            drop(b);
+        }
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.len().is_none()
+    }
+}
+
+impl Drop for SharedBytes {
+    fn drop(&mut self) {
+        self.expire();
     }
 }
 
@@ -357,14 +356,8 @@ mod tests {
 
     #[test]
     fn paths_split_on_colon_or_slash() {
-        assert_eq!(
-            split_path("dynamic:aws:temp-api", false).unwrap(),
-            ["dynamic", "aws", "temp-api"]
-        );
-        assert_eq!(
-            split_path("app/db/password", false).unwrap(),
-            ["app", "db", "password"]
-        );
+        assert_eq!(split_path("dynamic:aws:temp-api", false).unwrap(), ["dynamic", "aws", "temp-api"]);
+        assert_eq!(split_path("app/db/password", false).unwrap(), ["app", "db", "password"]);
     }
 
     #[test]
@@ -413,71 +406,6 @@ mod tests {
         let dbg = format!("{f:?}");
         assert!(!dbg.contains("hunter2"));
         assert_eq!(f.get("port"), Some("5432"));
-        assert_eq!(
-            serde_json::to_string(&f).unwrap(),
-            r#"{"password":"hunter2","port":5432}"#
-        );
-    }
-}
-
-/// Rendered contents shared by the handles of one open (and, for dynamic secrets, by the lease).
-/// `expire` zeroizes the bytes; reads after that fail with `EKEYEXPIRED`.
-pub struct SharedBytes {
-    inner: std::sync::RwLock<Option<zeroize::Zeroizing<Vec<u8>>>>,
-}
-
-impl fmt::Debug for SharedBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SharedBytes({:?} bytes)", self.len())
-    }
-}
-
-impl SharedBytes {
-    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
-        crate::memlock::lock(&bytes);
-        SharedBytes {
-            inner: std::sync::RwLock::new(Some(bytes)),
-        }
-    }
-
-    /// The length, or `None` once expired.
-    pub fn len(&self) -> Option<usize> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|b| b.len())
-    }
-
-    /// Calls `f` with the requested slice, or `None` once expired.
-    pub fn with_slice<R>(&self, offset: u64, size: u32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        match g.as_ref() {
-            None => f(None),
-            Some(b) => {
-                let start = (offset as usize).min(b.len());
-                let end = start.saturating_add(size as usize).min(b.len());
-                f(Some(&b[start..end]))
-            }
-        }
-    }
-
-    /// Zeroizes the bytes now; later reads see `None`.
-    pub fn expire(&self) {
-        let taken = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(b) = taken {
-            crate::memlock::unlock(&b);
-            drop(b);
-        }
-    }
-
-    pub fn is_expired(&self) -> bool {
-        self.len().is_none()
-    }
-}
-
-impl Drop for SharedBytes {
-    fn drop(&mut self) {
-        self.expire();
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"password":"hunter2","port":5432}"#);
     }
 }

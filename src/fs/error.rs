@@ -10,10 +10,7 @@ pub struct FsError {
 
 impl FsError {
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        FsError {
-            errno,
-            message: message.into(),
-        }
+        FsError { errno, message: message.into() }
     }
     pub fn enoent() -> Self {
         FsError::new(libc::ENOENT, "no such entry")
@@ -43,12 +40,7 @@ impl FsError {
 
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({})",
-            self.message,
-            std::io::Error::from_raw_os_error(self.errno)
-        )
+        write!(f, "{} ({})", self.message, std::io::Error::from_raw_os_error(self.errno))
     }
 }
 

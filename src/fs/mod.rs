@@ -86,6 +86,8 @@ struct Cached {
 
 struct Handle {
     ino: u64,
+    /// The process that opened it: `fstat` reaches us without a handle, but with the caller's pid.
+    pid: u32,
     bytes: Arc<SharedBytes>,
 }
 
@@ -115,10 +117,7 @@ impl LeaseFs {
     pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>) -> Self {
         let slots = sources
             .into_iter()
-            .map(|spec| Slot {
-                spec,
-                last: Mutex::new((Arc::new(Vec::new()), Health::default())),
-            })
+            .map(|spec| Slot { spec, last: Mutex::new((Arc::new(Vec::new()), Health::default())) })
             .collect();
         let fs = LeaseFs {
             settings,
@@ -155,9 +154,7 @@ impl LeaseFs {
         for slot in &self.slots {
             let result = match tokio::time::timeout(timeout, slot.spec.source.list()).await {
                 Ok(r) => r,
-                Err(_) => Err(SourceError::Unavailable(format!(
-                    "listing took longer than {timeout:?}"
-                ))),
+                Err(_) => Err(SourceError::Unavailable(format!("listing took longer than {timeout:?}"))),
             };
             let mut g = slot.last.lock().unwrap_or_else(|e| e.into_inner());
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -184,29 +181,17 @@ impl LeaseFs {
     }
 
     fn rebuild(&self) -> Vec<FileError> {
-        let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> = self
-            .slots
-            .iter()
-            .map(|s| s.last.lock().unwrap_or_else(|e| e.into_inner()).0.clone())
-            .collect();
+        let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> =
+            self.slots.iter().map(|s| s.last.lock().unwrap_or_else(|e| e.into_inner()).0.clone()).collect();
         let listings: Vec<SourceListing<'_>> = self
             .slots
             .iter()
             .zip(&lasts)
-            .map(|(s, l)| SourceListing {
-                prefix: s.spec.prefix.clone(),
-                owner: s.spec.owner,
-                secrets: l,
-            })
+            .map(|(s, l)| SourceListing { prefix: s.spec.prefix.clone(), owner: s.spec.owner, secrets: l })
             .collect();
         let (tree, problems) = {
             let mut inos = self.inos.lock().unwrap_or_else(|e| e.into_inner());
-            Tree::build(
-                &mut inos,
-                &listings,
-                self.settings.root_owner,
-                self.settings.control,
-            )
+            Tree::build(&mut inos, &listings, self.settings.root_owner, self.settings.control)
         };
         *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tree);
         problems
@@ -215,12 +200,7 @@ impl LeaseFs {
     pub fn health(&self) -> Vec<(String, Health)> {
         self.slots
             .iter()
-            .map(|s| {
-                (
-                    s.spec.source.describe(),
-                    s.last.lock().unwrap_or_else(|e| e.into_inner()).1.clone(),
-                )
-            })
+            .map(|s| (s.spec.source.describe(), s.last.lock().unwrap_or_else(|e| e.into_inner()).1.clone()))
             .collect()
     }
 
@@ -230,16 +210,7 @@ impl LeaseFs {
             NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.unwrap_or(0), 1),
             NodeKind::Control(_) => (EntryKind::File, 0, 1),
         };
-        Attr {
-            ino,
-            size,
-            kind,
-            perm: n.mode,
-            uid: n.uid,
-            gid: n.gid,
-            mtime: n.mtime,
-            nlink,
-        }
+        Attr { ino, size, kind, perm: n.mode, uid: n.uid, gid: n.gid, mtime: n.mtime, nlink }
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
@@ -253,31 +224,37 @@ impl LeaseFs {
         Ok(self.attr_of(ino, n))
     }
 
-    /// `stat`; with an open handle (`fstat`), the size is the real size of that handle's contents.
-    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+    /// `stat`. For a process that holds this file open (`fstat`), the size is the real size of its
+    /// handle's contents; the second value says so, and such attributes must not be cached.
+    /// The kernel's getattr carries no file handle for `fstat`, so the handle is found by the caller's pid.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<(Attr, bool), FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let mut a = self.attr_of(ino, n);
-        if let Some(fh) = fh {
-            if let Some(h) = self
-                .handles
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&fh)
-            {
-                a.size = h.bytes.len().unwrap_or(0) as u64;
-            }
+        if a.kind == EntryKind::Dir {
+            return Ok((a, false));
         }
-        Ok(a)
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let own = match fh {
+            Some(fh) => handles.get(&fh).map(|h| h.bytes.clone()),
+            None => handles
+                .values()
+                .filter(|h| h.ino == ino && h.pid == pid)
+                .max_by_key(|h| h.bytes.len())
+                .map(|h| h.bytes.clone()),
+        };
+        drop(handles);
+        match own {
+            Some(b) => {
+                a.size = b.len().unwrap_or(0) as u64;
+                Ok((a, true))
+            }
+            None => Ok((a, false)),
+        }
     }
 
     /// Calls `add` for each entry from `offset` on, until it returns true (buffer full).
-    pub fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        mut add: impl FnMut(DirEntry<'_>) -> bool,
-    ) -> Result<(), FsError> {
+    pub fn readdir(&self, ino: u64, offset: u64, mut add: impl FnMut(DirEntry<'_>) -> bool) -> Result<(), FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let NodeKind::Dir(children) = &n.kind else {
@@ -296,12 +273,7 @@ impl LeaseFs {
             };
             let Some(cn) = tree.node(cino) else { continue };
             let attr = self.attr_of(cino, cn);
-            if add(DirEntry {
-                ino: cino,
-                name,
-                attr,
-                next: i + 1,
-            }) {
+            if add(DirEntry { ino: cino, name, attr, next: i + 1 }) {
                 break;
             }
         }
@@ -309,13 +281,7 @@ impl LeaseFs {
     }
 
     /// Defence in depth beside the kernel's `default_permissions`: checks the mode bits again for the requester.
-    fn check_access(
-        &self,
-        path: &str,
-        n: &Node,
-        who: &Requester,
-        want_write: bool,
-    ) -> Result<(), FsError> {
+    fn check_access(&self, path: &str, n: &Node, who: &Requester, want_write: bool) -> Result<(), FsError> {
         if who.uid == 0 {
             return Ok(());
         }
@@ -350,8 +316,7 @@ impl LeaseFs {
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let path = tree.path_of(ino);
         let acc = flags & libc::O_ACCMODE;
-        let writes =
-            acc != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
+        let writes = acc != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
         match &n.kind {
             NodeKind::Dir(_) => Err(FsError::is_dir()),
             NodeKind::Control(c) => {
@@ -362,13 +327,13 @@ impl LeaseFs {
                     if acc == libc::O_RDONLY {
                         return Err(FsError::eacces("revoke is write-only"));
                     }
-                    return Ok(self.new_handle(ino, SharedBytes::new(Default::default())));
+                    return Ok(self.new_handle(ino, who.pid, SharedBytes::new(Default::default())));
                 }
                 if writes {
                     return Err(FsError::erofs());
                 }
                 let bytes = self.control_contents(*c);
-                Ok(self.new_handle(ino, SharedBytes::new(bytes)))
+                Ok(self.new_handle(ino, who.pid, SharedBytes::new(bytes)))
             }
             NodeKind::Secret { source, meta } => {
                 if writes {
@@ -392,32 +357,18 @@ impl LeaseFs {
                             Some(&who),
                         );
                         let bytes = result?;
-                        Ok(self.new_handle(ino, SharedBytes::new(bytes)))
+                        Ok(self.new_handle(ino, who.pid, SharedBytes::new(bytes)))
                     }
-                    SecretKind::Dynamic { .. } => Err(FsError::eio(
-                        "dynamic secrets are served by the lease manager",
-                    )),
+                    SecretKind::Dynamic { .. } => Err(FsError::eio("dynamic secrets are served by the lease manager")),
                 }
             }
         }
     }
 
-    fn new_handle(&self, ino: u64, bytes: SharedBytes) -> Opened {
+    fn new_handle(&self, ino: u64, pid: u32, bytes: SharedBytes) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                fh,
-                Handle {
-                    ino,
-                    bytes: Arc::new(bytes),
-                },
-            );
-        Opened {
-            fh,
-            direct_io: true,
-        }
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Handle { ino, pid, bytes: Arc::new(bytes) });
+        Opened { fh, direct_io: true }
     }
 
     async fn open_static(
@@ -441,21 +392,17 @@ impl LeaseFs {
                 let src = &self.slots[source].spec.source;
                 let fetched = match tokio::time::timeout(d.issue_timeout.0, src.read(meta)).await {
                     Ok(r) => r,
-                    Err(_) => Err(SourceError::Unavailable(format!(
-                        "reading took longer than {:?}",
-                        d.issue_timeout.0
-                    ))),
+                    Err(_) => {
+                        Err(SourceError::Unavailable(format!("reading took longer than {:?}", d.issue_timeout.0)))
+                    }
                 };
                 match fetched {
                     Ok(f) => {
                         let f = Arc::new(f);
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
-                            ino,
-                            Cached {
-                                fetched: Instant::now(),
-                                fields: f.clone(),
-                            },
-                        );
+                        self.cache
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .put(ino, Cached { fetched: Instant::now(), fields: f.clone() });
                         f
                     }
                     Err(SourceError::Unavailable(msg)) => match stale {
@@ -464,18 +411,12 @@ impl LeaseFs {
                             f
                         }
                         _ => {
-                            self.cache
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .pop(&ino);
+                            self.cache.lock().unwrap_or_else(|e| e.into_inner()).pop(&ino);
                             return Err(FsError::eio(msg));
                         }
                     },
                     Err(SourceError::Invalid(msg)) => {
-                        self.cache
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .pop(&ino);
+                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).pop(&ino);
                         tracing::warn!(path = %meta.path(), error = %msg, "cannot read secret");
                         return Err(FsError::eio(msg));
                     }
@@ -489,19 +430,8 @@ impl LeaseFs {
     }
 
     /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`.
-    pub fn read<R>(
-        &self,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        f: impl FnOnce(Result<&[u8], FsError>) -> R,
-    ) -> R {
-        let bytes = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .map(|h| h.bytes.clone());
+    pub fn read<R>(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(Result<&[u8], FsError>) -> R) -> R {
+        let bytes = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).map(|h| h.bytes.clone());
         match bytes {
             None => f(Err(FsError::bad_handle())),
             Some(b) => b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired))),
@@ -509,11 +439,7 @@ impl LeaseFs {
     }
 
     pub fn release(&self, fh: u64) {
-        let h = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
         drop(h);
     }
 
@@ -522,9 +448,7 @@ impl LeaseFs {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         match n.kind {
-            NodeKind::Control(Control::Revoke) if who.uid == 0 => {
-                Err(FsError::eio("no lease manager"))
-            }
+            NodeKind::Control(Control::Revoke) if who.uid == 0 => Err(FsError::eio("no lease manager")),
             _ => Err(FsError::erofs()),
         }
     }
@@ -551,10 +475,7 @@ impl LeaseFs {
                     SecretKind::Base { issuer, .. } => Some(issuer.clone()),
                     _ => None,
                 });
-                v.push((
-                    "user.leasefs.issuer",
-                    issuer.unwrap_or_else(|| "unresolved".into()),
-                ));
+                v.push(("user.leasefs.issuer", issuer.unwrap_or_else(|| "unresolved".into())));
             }
             _ => v.insert(0, ("user.leasefs.kind", "static".into())),
         }
@@ -627,10 +548,6 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
     };
     text.lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default()
 }

@@ -55,10 +55,7 @@ impl Node {
     }
     pub fn child(&self, name: &str) -> Option<u64> {
         match &self.kind {
-            NodeKind::Dir(c) => c
-                .binary_search_by(|(n, _)| (**n).cmp(name))
-                .ok()
-                .map(|i| c[i].1),
+            NodeKind::Dir(c) => c.binary_search_by(|(n, _)| (**n).cmp(name)).ok().map(|i| c[i].1),
             _ => None,
         }
     }
@@ -154,10 +151,7 @@ impl Tree {
         control: bool,
     ) -> (Tree, Vec<FileError>) {
         let now = SystemTime::now();
-        let mut b = Building {
-            nodes: HashMap::new(),
-            children: HashMap::new(),
-        };
+        let mut b = Building { nodes: HashMap::new(), children: HashMap::new() };
         let mut tree = Tree::default();
         let mut problems = Vec::new();
         b.nodes.insert(ROOT, dir_node(ROOT, "", root_owner, now));
@@ -177,10 +171,7 @@ impl Tree {
                     kind: NodeKind::Dir(Vec::new()),
                 },
             );
-            b.children
-                .get_mut(&ROOT)
-                .unwrap()
-                .push((".leasefs".into(), ino));
+            b.children.get_mut(&ROOT).unwrap().push((".leasefs".into(), ino));
             let mut kids = Vec::new();
             for (c, name) in Control::ALL {
                 let fino = inos.get(&format!(".leasefs/{name}"));
@@ -217,10 +208,7 @@ impl Tree {
                 }
             }
             if !ok {
-                problems.push(FileError::whole(
-                    std::path::Path::new(&path),
-                    "source prefix collides with a file",
-                ));
+                problems.push(FileError::whole(std::path::Path::new(&path), "source prefix collides with a file"));
                 continue;
             }
             let prefix_ino = parent;
@@ -248,10 +236,8 @@ impl Tree {
                 }
                 let where_ = locate(meta);
                 if !ok {
-                    problems.push(where_.with(format!(
-                        "path {:?} runs through a secret of the same name",
-                        meta.path()
-                    )));
+                    problems
+                        .push(where_.with(format!("path {:?} runs through a secret of the same name", meta.path())));
                     continue;
                 }
                 if !path.is_empty() {
@@ -260,10 +246,9 @@ impl Tree {
                 path.push_str(last);
                 let ino = inos.get(&path);
                 if b.nodes.contains_key(&ino) {
-                    problems.push(where_.with(format!(
-                        "path {:?} is already defined (duplicate or a directory)",
-                        meta.path()
-                    )));
+                    problems.push(
+                        where_.with(format!("path {:?} is already defined (duplicate or a directory)", meta.path())),
+                    );
                     continue;
                 }
                 match meta.kind {
@@ -279,16 +264,10 @@ impl Tree {
                         gid: meta.gid.unwrap_or(src.owner.gid),
                         mode: meta.mode.unwrap_or(src.owner.file_mode),
                         mtime: meta.mtime,
-                        kind: NodeKind::Secret {
-                            source: si,
-                            meta: meta.clone(),
-                        },
+                        kind: NodeKind::Secret { source: si, meta: meta.clone() },
                     },
                 );
-                b.children
-                    .entry(parent)
-                    .or_default()
-                    .push((last.as_str().into(), ino));
+                b.children.entry(parent).or_default().push((last.as_str().into(), ino));
             }
         }
         for (ino, mut kids) in b.children {
@@ -351,10 +330,7 @@ fn ensure_dir(
         None => {
             b.nodes.insert(ino, dir_node(parent, seg, owner, now));
             b.children.insert(ino, Vec::new());
-            b.children
-                .entry(parent)
-                .or_default()
-                .push((seg.into(), ino));
+            b.children.entry(parent).or_default().push((seg.into(), ino));
             Some(ino)
         }
     }

@@ -12,8 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::config::FileError;
 use crate::secret::{
-    Locator, SecretFields, SecretKind, SecretMeta, parse_mode, resolve_group, resolve_user,
-    split_path,
+    Locator, SecretFields, SecretKind, SecretMeta, parse_mode, resolve_group, resolve_user, split_path,
 };
 
 /// Issuer kinds a base secret may name in `attributes.type`.
@@ -83,16 +82,11 @@ pub struct ParsedFile {
 
 enum Layout<'a> {
     Docs(Vec<&'a RawValue>),
-    Royal {
-        objects: Vec<&'a RawValue>,
-        linked: Option<String>,
-    },
+    Royal { objects: Vec<&'a RawValue>, linked: Option<String> },
 }
 
 fn position(text: &str, slice: &str) -> (usize, usize) {
-    let offset = (slice.as_ptr() as usize)
-        .saturating_sub(text.as_ptr() as usize)
-        .min(text.len());
+    let offset = (slice.as_ptr() as usize).saturating_sub(text.as_ptr() as usize).min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
@@ -100,25 +94,45 @@ fn position(text: &str, slice: &str) -> (usize, usize) {
 }
 
 /// An error at `slice` (a part of `text`), or inside it at the serde error's position.
-fn problem_at(
-    file: &Path,
-    text: &str,
-    slice: &str,
-    e: Option<&serde_json::Error>,
-    msg: String,
-) -> FileError {
+fn problem_at(file: &Path, text: &str, slice: &str, e: Option<&serde_json::Error>, msg: String) -> FileError {
     let (line, col) = position(text, slice);
     let (line, column) = match e {
         Some(e) if e.line() == 1 => (line, col + e.column() - 1),
         Some(e) if e.line() > 1 => (line + e.line() - 1, e.column()),
         _ => (line, col),
     };
-    FileError {
-        file: file.to_path_buf(),
-        line,
-        column,
-        message: msg,
+    FileError { file: file.to_path_buf(), line, column, message: msg }
+}
+
+/// Deepest nesting accepted inside one document (serde_json skips values without a limit).
+pub const MAX_DEPTH: usize = 64;
+
+/// Returns the position of the first bracket nested deeper than `MAX_DEPTH`, outside strings.
+fn too_deep(slice: &str) -> Option<usize> {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for (i, b) in slice.bytes().enumerate() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
+    None
 }
 
 fn json_cause(e: &serde_json::Error) -> String {
@@ -132,9 +146,9 @@ fn json_cause(e: &serde_json::Error) -> String {
 fn layout<'a>(file: &Path, text: &'a str) -> Result<Layout<'a>, FileError> {
     let first = text.trim_start().chars().next();
     match first {
-        Some('[') => serde_json::from_str::<Vec<&RawValue>>(text)
-            .map(Layout::Docs)
-            .map_err(|e| FileError::from_json(file, &e)),
+        Some('[') => {
+            serde_json::from_str::<Vec<&RawValue>>(text).map(Layout::Docs).map_err(|e| FileError::from_json(file, &e))
+        }
         Some('{') => {
             let top: BTreeMap<String, &RawValue> =
                 serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
@@ -143,32 +157,20 @@ fn layout<'a>(file: &Path, text: &'a str) -> Result<Layout<'a>, FileError> {
                     .map_err(|e| problem_at(file, text, objs.get(), Some(&e), json_cause(&e)))?;
                 let linked = match top.get("linkedSecret") {
                     Some(l) => Some(serde_json::from_str::<String>(l.get()).map_err(|e| {
-                        problem_at(
-                            file,
-                            text,
-                            l.get(),
-                            Some(&e),
-                            format!("linkedSecret: {}", json_cause(&e)),
-                        )
+                        problem_at(file, text, l.get(), Some(&e), format!("linkedSecret: {}", json_cause(&e)))
                     })?),
                     None => None,
                 };
                 Ok(Layout::Royal { objects, linked })
             } else {
-                let raw: &RawValue =
-                    serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
+                let raw: &RawValue = serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
                 Ok(Layout::Docs(vec![raw]))
             }
         }
         None => Err(FileError::whole(file, "file is empty")),
         Some(_) => serde_json::from_str::<IgnoredAny>(text)
             .map_err(|e| FileError::from_json(file, &e))
-            .and_then(|_| {
-                Err(FileError::whole(
-                    file,
-                    "expected a document object, an array or {\"Objects\": [...]}",
-                ))
-            }),
+            .and_then(|_| Err(FileError::whole(file, "expected a document object, an array or {\"Objects\": [...]}"))),
     }
 }
 
@@ -179,25 +181,13 @@ struct Ownership {
 }
 
 fn ownership(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Ownership, String> {
-    let uid = attrs
-        .get("owner")
-        .map(resolve_user)
-        .transpose()
-        .map_err(|e| format!("attributes.owner: {e}"))?;
-    let gid = attrs
-        .get("group")
-        .map(resolve_group)
-        .transpose()
-        .map_err(|e| format!("attributes.group: {e}"))?;
+    let uid = attrs.get("owner").map(resolve_user).transpose().map_err(|e| format!("attributes.owner: {e}"))?;
+    let gid = attrs.get("group").map(resolve_group).transpose().map_err(|e| format!("attributes.group: {e}"))?;
     let mode = match attrs.get("mode") {
         None => None,
-        Some(serde_json::Value::String(m)) => {
-            Some(parse_mode(m).map_err(|e| format!("attributes.mode: {e}"))?)
-        }
+        Some(serde_json::Value::String(m)) => Some(parse_mode(m).map_err(|e| format!("attributes.mode: {e}"))?),
         Some(other) => {
-            return Err(format!(
-                "attributes.mode must be an octal string like \"0440\", not {other}"
-            ));
+            return Err(format!("attributes.mode must be an octal string like \"0440\", not {other}"));
         }
     };
     Ok(Ownership { uid, gid, mode })
@@ -211,11 +201,8 @@ fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretK
                 .get("linkedSecret")
                 .and_then(|v| v.as_str())
                 .ok_or("attributes.linkConfig.linkedSecret must name the base secret")?;
-            split_path(target, false)
-                .map_err(|e| format!("attributes.linkConfig.linkedSecret: {e}"))?;
-            return Ok(SecretKind::Dynamic {
-                link: target.replace(':', "/"),
-            });
+            split_path(target, false).map_err(|e| format!("attributes.linkConfig.linkedSecret: {e}"))?;
+            return Ok(SecretKind::Dynamic { link: target.replace(':', "/") });
         }
         return Err(format!(
             "attributes.linkConfig.linkType {:?} is not supported (use \"dynamic\")",
@@ -225,21 +212,13 @@ fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretK
     if let Some(t) = attrs.get("type") {
         let issuer = t.as_str().ok_or("attributes.type must be a string")?;
         if !ISSUER_KINDS.contains(&issuer) {
-            return Err(format!(
-                "attributes.type {issuer:?} is not an issuer kind ({})",
-                ISSUER_KINDS.join(", ")
-            ));
+            return Err(format!("attributes.type {issuer:?} is not an issuer kind ({})", ISSUER_KINDS.join(", ")));
         }
         let expose = match attrs.get("expose") {
             None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or("attributes.expose must be true or false")?,
+            Some(v) => v.as_bool().ok_or("attributes.expose must be true or false")?,
         };
-        return Ok(SecretKind::Base {
-            issuer: issuer.to_string(),
-            expose,
-        });
+        return Ok(SecretKind::Base { issuer: issuer.to_string(), expose });
     }
     Ok(SecretKind::Static)
 }
@@ -247,16 +226,13 @@ fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretK
 fn check_attr_types(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
     for key in ["ttl", "max_ttl", "min_remaining"] {
         if let Some(v) = attrs.get(key) {
-            let s = v
-                .as_str()
-                .ok_or_else(|| format!("attributes.{key} must be a duration string"))?;
+            let s = v.as_str().ok_or_else(|| format!("attributes.{key} must be a duration string"))?;
             crate::config::parse_duration(s).map_err(|e| format!("attributes.{key}: {e}"))?;
         }
     }
     if let Some(v) = attrs.get("reuse") {
         let s = v.as_str().unwrap_or("");
-        crate::config::Reuse::parse(s)
-            .ok_or("attributes.reuse must be \"none\", \"uid\" or \"pid\"")?;
+        crate::config::Reuse::parse(s).ok_or("attributes.reuse must be \"none\", \"uid\" or \"pid\"")?;
     }
     if let Some(v) = attrs.get("format") {
         let s = v.as_str().ok_or("attributes.format must be a string")?;
@@ -264,8 +240,7 @@ fn check_attr_types(attrs: &serde_json::Map<String, serde_json::Value>) -> Resul
     }
     for key in ["revoke_on_close", "renew_while_open"] {
         if let Some(v) = attrs.get(key) {
-            v.as_bool()
-                .ok_or_else(|| format!("attributes.{key} must be true or false"))?;
+            v.as_bool().ok_or_else(|| format!("attributes.{key} must be true or false"))?;
         }
     }
     Ok(())
@@ -286,17 +261,20 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
         Layout::Docs(docs) => {
             for (index, raw) in docs.into_iter().enumerate() {
                 let slice = raw.get();
+                if let Some(at) = too_deep(slice) {
+                    let msg = format!("nested more than {MAX_DEPTH} levels deep");
+                    out.problems.push(problem_at(file, text, &slice[at..], None, msg));
+                    continue;
+                }
                 let doc: DocMeta = match serde_json::from_str(slice) {
                     Ok(d) => d,
                     Err(e) => {
-                        out.problems
-                            .push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
+                        out.problems.push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
                         continue;
                     }
                 };
                 let built = (|| -> Result<SecretMeta, String> {
-                    let segments = split_path(&doc.path, false)
-                        .map_err(|e| format!("path {:?}: {e}", doc.path))?;
+                    let segments = split_path(&doc.path, false).map_err(|e| format!("path {:?}: {e}", doc.path))?;
                     let kind = kind_of(&doc.attributes)?;
                     check_attr_types(&doc.attributes)?;
                     let own = ownership(&doc.attributes)?;
@@ -310,10 +288,7 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                         mode: own.mode,
                         size: None,
                         mtime,
-                        locator: Locator::File {
-                            file: shared.clone(),
-                            index,
-                        },
+                        locator: Locator::File { file: shared.clone(), index },
                     })
                 })();
                 match built {
@@ -325,11 +300,15 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
         Layout::Royal { objects, linked } => {
             for (index, raw) in objects.into_iter().enumerate() {
                 let slice = raw.get();
+                if let Some(at) = too_deep(slice) {
+                    let msg = format!("nested more than {MAX_DEPTH} levels deep");
+                    out.problems.push(problem_at(file, text, &slice[at..], None, msg));
+                    continue;
+                }
                 let obj: RoyalObject = match serde_json::from_str(slice) {
                     Ok(o) => o,
                     Err(e) => {
-                        out.problems
-                            .push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
+                        out.problems.push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
                         continue;
                     }
                 };
@@ -338,17 +317,12 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     continue;
                 }
                 let built = (|| -> Result<SecretMeta, String> {
-                    let name = obj
-                        .name
-                        .clone()
-                        .ok_or("DynamicCredential needs a \"Name\"")?;
+                    let name = obj.name.clone().ok_or("DynamicCredential needs a \"Name\"")?;
                     let id = obj.id.clone().ok_or("DynamicCredential needs an \"ID\"")?;
                     let folder = obj.path.clone().unwrap_or_else(|| "credentials".into());
-                    let mut segments = split_path(folder.trim_matches('/'), true)
-                        .map_err(|e| format!("Path {folder:?}: {e}"))?;
-                    segments.extend(
-                        split_path(&name, false).map_err(|e| format!("Name {name:?}: {e}"))?,
-                    );
+                    let mut segments =
+                        split_path(folder.trim_matches('/'), true).map_err(|e| format!("Path {folder:?}: {e}"))?;
+                    segments.extend(split_path(&name, false).map_err(|e| format!("Name {name:?}: {e}"))?);
                     let link = obj.linked_secret.clone().or_else(|| linked.clone()).ok_or(
                         "DynamicCredential needs \"linkedSecret\" (on the object or the file) naming an exec base secret",
                     )?;
@@ -362,19 +336,14 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     Ok(SecretMeta {
                         id,
                         segments,
-                        kind: SecretKind::Dynamic {
-                            link: link.replace(':', "/"),
-                        },
+                        kind: SecretKind::Dynamic { link: link.replace(':', "/") },
                         attributes,
                         uid: None,
                         gid: None,
                         mode: None,
                         size: Some(0),
                         mtime,
-                        locator: Locator::File {
-                            file: shared.clone(),
-                            index,
-                        },
+                        locator: Locator::File { file: shared.clone(), index },
                     })
                 })();
                 match built {
@@ -388,12 +357,7 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
 }
 
 /// Reads the `data` of the document at `index`, checking that it is still the secret at `path`.
-pub fn read_data(
-    file: &Path,
-    text: &str,
-    index: usize,
-    path: &str,
-) -> Result<SecretFields, String> {
+pub fn read_data(file: &Path, text: &str, index: usize, path: &str) -> Result<SecretFields, String> {
     let docs = match layout(file, text).map_err(|e| e.to_string())? {
         Layout::Docs(d) => d,
         Layout::Royal { .. } => return Ok(SecretFields::default()),
@@ -406,15 +370,15 @@ pub fn read_data(
             .unwrap_or(false)
     };
     // The document usually stays where it was; if the file was edited, look for it by path.
-    let raw = match docs.get(index).filter(|r| matches(&r)) {
+    let raw = match docs.get(index).filter(|r| matches(r)) {
         Some(r) => *r,
         None => *docs
             .iter()
             .find(matches)
             .ok_or_else(|| format!("{}: secret {path:?} is no longer there", file.display()))?,
     };
-    let d: DocData<'_> = serde_json::from_str(raw.get())
-        .map_err(|e| format!("{}: {}", file.display(), json_cause(&e)))?;
+    let d: DocData<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("{}: {}", file.display(), json_cause(&e)))?;
     match d.data {
         None => Ok(SecretFields::default()),
         Some(data) => SecretFields::from_json_object(data.get())
@@ -440,12 +404,7 @@ mod tests {
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         let s = &p.secrets[0];
         assert_eq!(s.path(), "dynamic/aws/temp-api");
-        assert_eq!(
-            s.kind,
-            SecretKind::Dynamic {
-                link: "base/aws/creds/api-account".into()
-            }
-        );
+        assert_eq!(s.kind, SecretKind::Dynamic { link: "base/aws/creds/api-account".into() });
     }
 
     #[test]
@@ -456,11 +415,7 @@ mod tests {
         assert_eq!(p.problems.len(), 2);
         assert_eq!((p.problems[0].line, p.problems[0].column), (3, 2));
         assert_eq!(p.problems[1].line, 4);
-        assert!(
-            p.problems[1].message.contains("invalid type"),
-            "{}",
-            p.problems[1]
-        );
+        assert!(p.problems[1].message.contains("invalid type"), "{}", p.problems[1]);
     }
 
     #[test]
@@ -472,11 +427,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let text = format!(
-            "{{\"path\": \"a\", \"data\": {{\"v\": {}{}}}}}",
-            "[".repeat(10_000),
-            "]".repeat(10_000)
-        );
+        let text = format!("{{\"path\": \"a\", \"data\": {{\"v\": {}{}}}}}", "[".repeat(10_000), "]".repeat(10_000));
         let p = parse(&text);
         assert!(p.secrets.is_empty());
         assert_eq!(p.problems.len(), 1);
@@ -495,18 +446,12 @@ mod tests {
         assert_eq!(p.secrets[0].path(), "team/ops/User 1");
         assert_eq!(p.secrets[0].id, "Cred01");
         assert_eq!(p.secrets[1].path(), "credentials/User 2");
-        assert_eq!(
-            p.secrets[1].kind,
-            SecretKind::Dynamic {
-                link: "base/royal".into()
-            }
-        );
+        assert_eq!(p.secrets[1].kind, SecretKind::Dynamic { link: "base/royal".into() });
     }
 
     #[test]
     fn read_data_finds_the_value_even_after_edits() {
-        let text =
-            r#"[{"path": "a", "data": {"value": "one"}}, {"path": "b", "data": {"value": "two"}}]"#;
+        let text = r#"[{"path": "a", "data": {"value": "one"}}, {"path": "b", "data": {"value": "two"}}]"#;
         let f = read_data(Path::new("t.json"), text, 1, "b").unwrap();
         assert_eq!(f.get("value"), Some("two"));
         let f = read_data(Path::new("t.json"), text, 0, "b").unwrap();

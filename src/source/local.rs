@@ -27,10 +27,7 @@ impl LocalSource {
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, depth: usize) {
     if depth > 32 {
-        problems.push(FileError::whole(
-            dir,
-            "directory nesting deeper than 32 levels; not read",
-        ));
+        problems.push(FileError::whole(dir, "directory nesting deeper than 32 levels; not read"));
         return;
     }
     let entries = match std::fs::read_dir(dir) {
@@ -51,22 +48,19 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, de
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             collect(&path, out, problems, depth + 1);
-        } else if path.extension().is_some_and(|x| x == "json")
-            && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
-        {
+        } else if path.extension().is_some_and(|x| x == "json") && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             out.push(path);
         }
     }
 }
 
 /// Refuses a document that others can read when it holds data (like ssh with private keys).
-pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+pub fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(format!(
-            "{} is readable or writable by group or others (mode {:04o}); chmod 600 it, or start with --insecure-perms",
-            path.display(),
+            "readable or writable by group or others (mode {:04o}); chmod 600 it, or start with --insecure-perms",
             mode & 0o7777
         ));
     }
@@ -74,31 +68,21 @@ pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String
 }
 
 fn read_text(path: &Path, strict: bool) -> Result<(Zeroizing<String>, std::fs::Metadata), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!(
-            "{}: {} bytes is over the {} byte limit",
-            path.display(),
-            meta.len(),
-            MAX_DOCUMENT_BYTES
-        ));
+        return Err(format!("{} bytes is over the {MAX_DOCUMENT_BYTES} byte limit", meta.len()));
     }
     if strict {
-        check_private(path, &meta)?;
+        check_private(&meta)?;
     }
-    let bytes =
-        Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
-    let text =
-        std::str::from_utf8(&bytes).map_err(|e| format!("{}: not UTF-8 ({e})", path.display()))?;
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| e.to_string())?);
+    let text = std::str::from_utf8(&bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
     Ok((Zeroizing::new(text.to_string()), meta))
 }
 
 fn list_dir(root: &Path, strict: bool) -> Result<Listing, SourceError> {
     if !root.is_dir() {
-        return Err(SourceError::Unavailable(format!(
-            "{} is not a readable directory",
-            root.display()
-        )));
+        return Err(SourceError::Unavailable(format!("{} is not a readable directory", root.display())));
     }
     let mut files = Vec::new();
     let mut listing = Listing::default();
@@ -111,10 +95,7 @@ fn list_dir(root: &Path, strict: bool) -> Result<Listing, SourceError> {
                 listing.secrets.extend(parsed.secrets);
                 listing.problems.extend(parsed.problems);
             }
-            Err(msg) => listing.problems.push(FileError::whole(
-                &f,
-                msg.split_once(": ").map(|x| x.1).unwrap_or(&msg),
-            )),
+            Err(msg) => listing.problems.push(FileError::whole(&f, msg)),
         }
     }
     Ok(listing)
@@ -136,20 +117,12 @@ impl Source for LocalSource {
 
     async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError> {
         let Locator::File { file, index } = &secret.locator else {
-            return Err(SourceError::Invalid(format!(
-                "{} has no document file",
-                secret.path()
-            )));
+            return Err(SourceError::Invalid(format!("{} has no document file", secret.path())));
         };
         let (file, index, path, strict) = (file.clone(), *index, secret.path(), self.strict_perms);
         tokio::task::spawn_blocking(move || {
-            let (text, _) = read_text(&file, strict).map_err(|m| {
-                if file.exists() {
-                    SourceError::Invalid(m)
-                } else {
-                    SourceError::Unavailable(m)
-                }
-            })?;
+            let (text, _) = read_text(&file, strict)
+                .map_err(|m| if file.exists() { SourceError::Invalid(m) } else { SourceError::Unavailable(m) })?;
             read_data(&file, &text, index, &path).map_err(SourceError::Invalid)
         })
         .await

@@ -1,0 +1,277 @@
+//! Test harness: a temp catalog, a real `leasefs mount` child process, and real programs to read it. Always detaches on drop.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_leasefs");
+
+pub fn is_mounted(p: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let want = p.to_string_lossy().replace(' ', "\\040");
+    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// statfs answers with FUSE's magic number only on a live FUSE mount.
+pub fn is_live_fuse(p: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC
+    }
+}
+
+pub fn detach(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: umount2 with a valid path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// A scratch directory with `docs/`, `mnt/`, `state/` and a config; detaches any mount before deleting.
+pub struct Env {
+    pub mount: Option<Mounted>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("leasefs-test-").tempdir().unwrap();
+        for d in ["docs", "mnt", "state"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::set_permissions(dir.path().join("docs"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Env { mount: None, dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn docs(&self) -> PathBuf {
+        self.path("docs")
+    }
+    pub fn mnt(&self) -> PathBuf {
+        self.path("mnt")
+    }
+    /// A path inside the mount.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt().join(rel)
+    }
+
+    /// Writes a document file (mode 0600) under docs/.
+    pub fn doc(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.docs().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    /// Writes config.json (mode 0600) with a local source over docs/ and the given extra top-level keys.
+    pub fn config(&self, extra: serde_json::Value) -> PathBuf {
+        let mut cfg = serde_json::json!({
+            "sources": [{"type": "local", "prefix": "/", "path": self.docs()}],
+            "state_dir": self.path("state"),
+            "audit_log": self.path("audit.jsonl"),
+        });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        let p = self.path("config.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    /// Mounts with the current config.json.
+    pub fn start(&mut self) -> &mut Mounted {
+        self.start_with(&[])
+    }
+
+    pub fn start_with(&mut self, args: &[&str]) -> &mut Mounted {
+        drop(self.mount.take());
+        let m = Mounted::start(&self.path("config.json"), &self.mnt(), &self.path("daemon.log"), args);
+        self.mount = Some(m);
+        self.mount.as_mut().unwrap()
+    }
+
+    pub fn daemon(&mut self) -> &mut Mounted {
+        self.mount.as_mut().expect("not mounted")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+        let mnt = self.mnt();
+        if is_mounted(&mnt) {
+            detach(&mnt);
+        }
+    }
+}
+
+/// A running `leasefs mount` process.
+pub struct Mounted {
+    /// After `kill9` the dead mount is left for the next daemon to recover.
+    pub leave_mount: bool,
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Mounted {
+    pub fn start(config: &Path, mnt: &Path, log: &Path, args: &[&str]) -> Mounted {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(BIN)
+            .arg("--log-level")
+            .arg(std::env::var("LEASEFS_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .arg("mount")
+            .arg(mnt)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn leasefs");
+        let mut m = Mounted { leave_mount: false, child: Some(child), mnt: mnt.to_path_buf(), log: log.to_path_buf() };
+        m.wait_ready();
+        m
+    }
+
+    /// Waits until the mountpoint is in /proc/mounts and is a live FUSE mount (a mount left dead by
+    /// a killed daemon is listed too, but statfs on it fails with ENOTCONN).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(is_mounted(&self.mnt) && is_live_fuse(&self.mnt)) {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("leasefs exited with {st} before mounting:\n{}", std::fs::read_to_string(&self.log).unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after 20 s:\n{}",
+                std::fs::read_to_string(&self.log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Sends SIGTERM and waits (at most 15 s) for the process to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(15)).expect("leasefs did not exit after SIGTERM")
+    }
+
+    /// `kill -9`: the mount is left dead, like after a crash.
+    pub fn kill9(&mut self) {
+        self.leave_mount = true;
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(5)).expect("SIGKILL");
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+            if self.wait(Duration::from_secs(10)).is_none() {
+                self.signal(libc::SIGKILL);
+                let _ = self.wait(Duration::from_secs(5));
+            }
+        }
+        if !self.leave_mount && is_mounted(&self.mnt) {
+            detach(&self.mnt);
+        }
+    }
+}
+
+/// Runs a program; returns its output.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// Runs a program and returns stdout, asserting success.
+pub fn ok(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(o.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a program expecting failure; returns stderr.
+pub fn fails(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(!o.status.success(), "{cmd} {args:?} unexpectedly succeeded");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn cat(p: &Path) -> String {
+    ok("cat", &[p.to_str().unwrap()])
+}
+
+/// Reads a whole file with std (one open, reads to EOF).
+pub fn read(p: &Path) -> std::io::Result<String> {
+    let mut s = String::new();
+    std::fs::File::open(p)?.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+pub fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// Runs a command as another user (via runuser), returning the output.
+pub fn as_user(user: &str, cmd: &[&str]) -> Output {
+    Command::new("runuser").arg("-u").arg(user).arg("--").args(cmd).output().expect("runuser")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
