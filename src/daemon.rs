@@ -15,6 +15,10 @@ use crate::config::{Config, SourceKind};
 use crate::fs::tree::Owner;
 use crate::fs::{LeaseFs, Settings, SourceSpec};
 use crate::fuse::FuseAdapter;
+use crate::issuer::Issuers;
+use crate::lease::LeaseManager;
+use crate::lease::journal::{Journal, Record};
+use crate::metrics::Metrics;
 use crate::secret::{parse_mode, resolve_group, resolve_user, split_path};
 use crate::source::Source;
 use crate::source::local::LocalSource;
@@ -54,18 +58,37 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
     Ok(out)
 }
 
-pub fn build_fs(cfg: &Config, opts: &RunOptions) -> anyhow::Result<LeaseFs> {
+/// Builds the filesystem. With `journal` the lease journal in `state_dir` is opened and replayed;
+/// the records it returns are the leases a previous run left behind.
+pub fn build_fs(cfg: &Config, opts: &RunOptions, journal: bool) -> anyhow::Result<(LeaseFs, Vec<Record>)> {
     let (uid, gid) = effective_ids();
-    let audit = match &cfg.audit_log {
+    let audit = Arc::new(match &cfg.audit_log {
         Some(p) => Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?,
         None => Audit::disabled(),
+    });
+    let (journal, pending) = if journal {
+        let (j, replay) = Journal::open(&cfg.state_dir)
+            .with_context(|| format!("cannot open the lease journal in {}", cfg.state_dir.display()))?;
+        for p in &replay.problems {
+            tracing::warn!("{}: {p}", j.path().display());
+        }
+        (Some(j), replay.pending)
+    } else {
+        (None, Vec::new())
     };
+    let leases = LeaseManager::new(
+        Issuers::builtin(),
+        journal,
+        cfg.defaults.clone(),
+        audit.clone(),
+        Arc::new(Metrics::default()),
+    );
     let settings = Settings {
         defaults: cfg.defaults.clone(),
         root_owner: Owner { uid, gid, file_mode: 0o400, dir_mode: 0o555 },
         control: true,
     };
-    Ok(LeaseFs::new(settings, build_sources(cfg, opts)?, Arc::new(audit)))
+    Ok((LeaseFs::new(settings, build_sources(cfg, opts)?, audit, leases), pending))
 }
 
 fn cpath(p: &Path) -> CString {
@@ -127,7 +150,8 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     crate::memlock::harden_process();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("leasefs-rt").build()?;
-    let fs = Arc::new(build_fs(&cfg, &opts)?);
+    let (fs, orphans) = build_fs(&cfg, &opts, true)?;
+    let fs = Arc::new(fs);
     let mountpoint = prepare_mountpoint(mountpoint)?;
 
     rt.block_on(async {
@@ -140,6 +164,8 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
         for p in &problems {
             tracing::warn!("skipped: {p}");
         }
+        // Leases a previous run left (crash, kill -9) are revoked before anything new is issued.
+        fs.leases().recover(orphans, |source, base| fs.resolve_base(source, base)).await;
         let counts = fs.tree().counts;
         tracing::info!(
             static_secrets = counts.static_secrets,
@@ -193,6 +219,7 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
             }
         }
 
+        fs.leases().shutdown(cfg.defaults.revoke_on_shutdown).await;
         // A plain unmount first (it succeeds when nothing is open, and takes fuser's own handle so it
         // never retries); with files still open it fails with EBUSY and we detach lazily instead.
         if let Err(e) = unmounter.unmount() {

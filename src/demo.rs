@@ -21,6 +21,23 @@ pub const CATALOG: &[(&str, &str)] = &[(
 "#,
 )];
 
+/// The demo's exec issuer: prints a RoyalJSONDynamicCredential; with `revoke`, records the revocation.
+const SCRIPT: &str = r#"#!/bin/sh
+# leasefs demo issuer. The request arrives as JSON on stdin; tokens in LEASEFS_* variables.
+here=$(dirname "$0")
+if [ "$1" = revoke ]; then
+  cat >> "$here/revoked.jsonl"; echo >> "$here/revoked.jsonl"; exit 0
+fi
+cat > /dev/null
+pw=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '{"Username": "demo-%s", "Password": "%s", "LeaseId": "%s"}\n' "$LEASEFS_UID" "$pw" "$LEASEFS_LEASE_ID"
+"#;
+
+fn write_private(p: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    std::fs::write(p, text)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
+
 /// Writes the catalog into `dir` (mode 0700, files 0600) and returns a config that serves it.
 pub fn write_catalog(dir: &Path) -> std::io::Result<Config> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -28,10 +45,32 @@ pub fn write_catalog(dir: &Path) -> std::io::Result<Config> {
     std::fs::create_dir_all(&docs)?;
     std::fs::set_permissions(&docs, std::fs::Permissions::from_mode(0o700))?;
     for (name, text) in CATALOG {
-        let p = docs.join(name);
-        std::fs::write(&p, text)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        write_private(&docs.join(name), text, 0o600)?;
     }
+    let script = dir.join("issuer.sh");
+    write_private(&script, SCRIPT, 0o700)?;
+    let dynamic = serde_json::json!([
+        {"id": "demo-base-jwt", "path": "base:jwt:demo",
+         "attributes": {"type": "jwt"},
+         "data": {"algorithm": "EdDSA", "issuer": "leasefs-demo",
+                  "private_key": crate::issuer::jwt::generate_ed25519_pem()}},
+        {"id": "demo-token", "path": "dynamic:token",
+         "description": "a signed session token, fresh on every open, valid 30 seconds",
+         "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:jwt:demo"},
+                        "ttl": "30s", "audience": "demo-api", "format": "json"}},
+        {"id": "demo-base-exec", "path": "base:exec:demo",
+         "attributes": {"type": "exec"},
+         "data": {"command": [script], "revoke_command": [script, "revoke"]}},
+        {"id": "demo-db-user", "path": "dynamic:db-user",
+         "description": "a credential minted by a script, revoked by it after 20 seconds",
+         "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:exec:demo"},
+                        "ttl": "20s", "format": "env"}}
+    ]);
+    write_private(&docs.join("dynamic.json"), &serde_json::to_string_pretty(&dynamic).unwrap_or_default(), 0o600)?;
+    let royal = serde_json::json!({"linkedSecret": "base:exec:demo", "Objects": [
+        {"Type": "DynamicCredential", "Name": "Ops admin", "ID": "Cred01", "Path": "royal"}
+    ]});
+    write_private(&docs.join("royal.json"), &serde_json::to_string_pretty(&royal).unwrap_or_default(), 0o600)?;
     Ok(Config {
         sources: vec![SourceConfig::local(docs)],
         defaults: Defaults { refresh: Dur::secs(5), cache_ttl: Dur::secs(5), ..Defaults::default() },
@@ -46,9 +85,19 @@ pub fn banner(mnt: &Path, dir: &Path) -> String {
     let m = mnt.display();
     format!(
         "leasefs demo is mounted at {m}. Try, in another terminal:\n\
-         \n  ls -lR {m}\n  cat {m}/app/db/password\n  cat {m}/app/db/connection\n  cat {m}/app/api/env\n\
-         \x20 getfattr -d {m}/app/db/password\n  tail -f {audit}\n\
-         \nPress Ctrl-C to unmount.",
+         \n  ls -lR {m}                       # listing issues nothing\n\
+         \x20 cat {m}/app/db/password           # a static secret\n\
+         \x20 cat {m}/app/db/connection\n\
+         \x20 cat {m}/dynamic/token; cat {m}/dynamic/token   # two opens, two fresh tokens\n\
+         \x20 cat {m}/dynamic/db-user           # minted by a script (env format)\n\
+         \x20 cat '{m}/royal/Ops admin'         # a Royal TS DynamicCredential\n\
+         \x20 getfattr -d {m}/dynamic/token\n\
+         \x20 leasefs leases {m}                # live leases (metadata only)\n\
+         \x20 exec 3< {m}/dynamic/token; sleep 31; cat <&3   # expired: \"Key has expired\"\n\
+         \x20 cat {dir}/revoked.jsonl           # what the script was asked to revoke\n\
+         \x20 tail -f {audit}\n\
+         \nPress Ctrl-C to unmount (live leases are revoked first).",
+        dir = dir.display(),
         audit = dir.join("audit.jsonl").display()
     )
 }

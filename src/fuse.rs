@@ -109,12 +109,12 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
@@ -125,6 +125,12 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if size == Some(0) && mode.is_none() && uid.is_none() && gid.is_none() {
+            match self.fs.truncate(ino.0, &who(req)) {
+                Ok(a) => return reply.attr(&Duration::ZERO, &file_attr(&a)),
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
         reply.error(Errno::EROFS)
     }
 

@@ -73,6 +73,23 @@ enum Command {
         #[arg(long)]
         insecure_perms: bool,
     },
+    /// List the live leases of a mounted leasefs (metadata only, never values).
+    Leases {
+        mountpoint: PathBuf,
+        /// Print the JSON of /.leasefs/leases.json instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a lease now (its file then reads "Key has expired"; the issuer revokes it).
+    Revoke {
+        mountpoint: PathBuf,
+        /// The lease id (see `leasefs leases`).
+        #[arg(required_unless_present = "all")]
+        lease_id: Option<String>,
+        /// Revoke every live lease.
+        #[arg(long, conflicts_with = "lease_id")]
+        all: bool,
+    },
 }
 
 fn init_logs(level: &str, format: LogFormat) {
@@ -118,7 +135,66 @@ fn main() -> ExitCode {
             finish(daemon::run(&mountpoint, cfg, RunOptions { insecure_perms: false, banner: Some(banner) }))
         }
         Command::Check { config, insecure_perms } => check(&config, insecure_perms),
+        Command::Leases { mountpoint, json } => leases(&mountpoint, json),
+        Command::Revoke { mountpoint, lease_id, all } => {
+            let target = if all { "all".to_string() } else { lease_id.unwrap_or_default() };
+            let path = mountpoint.join(".leasefs/revoke");
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{target}\n").as_bytes()))
+            {
+                Ok(()) => {
+                    println!("revoked {target}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && path.exists() => {
+                    eprintln!("leasefs: no live lease {target} at {}", mountpoint.display());
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("leasefs: {}: {e}", path.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
+}
+
+fn leases(mountpoint: &std::path::Path, json: bool) -> ExitCode {
+    let path = mountpoint.join(".leasefs/leases.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("leasefs: {}: {e} (is leasefs mounted there, and are you root?)", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    println!(
+        "{:<32}  {:<8}  {:>6}  {:>7}  {:<12}  {:>9}  PATH",
+        "LEASE", "ISSUER", "UID", "PID", "COMMAND", "REMAINING"
+    );
+    for l in &list {
+        let s = |k: &str| {
+            l.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default()
+        };
+        println!(
+            "{:<32}  {:<8}  {:>6}  {:>7}  {:<12}  {:>8}s  {}",
+            s("id"),
+            s("issuer"),
+            s("uid"),
+            s("pid"),
+            s("comm"),
+            s("remaining_seconds"),
+            s("path")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn finish(r: anyhow::Result<()>) -> ExitCode {
@@ -147,8 +223,8 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
         }
     }
     let opts = RunOptions { insecure_perms, banner: None };
-    let fs = match daemon::build_fs(&cfg, &opts) {
-        Ok(f) => f,
+    let fs = match daemon::build_fs(&cfg, &opts, false) {
+        Ok((f, _)) => f,
         Err(e) => {
             eprintln!("{}: {e:#}", config.display());
             return ExitCode::from(2);

@@ -16,6 +16,7 @@ use tree::{Control, InoMap, Node, NodeKind, Owner, SourceListing, Tree};
 
 use crate::audit::{Audit, Event};
 use crate::config::{Defaults, FileError};
+use crate::lease::{Lease, LeaseError, LeaseManager, OpenRequest};
 use crate::render::{Format, render_static};
 use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta, SharedBytes};
 use crate::source::{Source, SourceError};
@@ -86,6 +87,8 @@ struct Cached {
 
 struct Handle {
     ino: u64,
+    /// The lease behind a dynamic secret's handle.
+    lease: Option<Arc<Lease>>,
     /// The process that opened it: `fstat` reaches us without a handle, but with the caller's pid.
     pid: u32,
     bytes: Arc<SharedBytes>,
@@ -108,13 +111,14 @@ pub struct LeaseFs {
     next_fh: AtomicU64,
     cache: Mutex<LruCache<u64, Cached>>,
     audit: Arc<Audit>,
+    leases: Arc<LeaseManager>,
     started: SystemTime,
 }
 
 const CACHE_ENTRIES: usize = 4096;
 
 impl LeaseFs {
-    pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>) -> Self {
+    pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>, leases: Arc<LeaseManager>) -> Self {
         let slots = sources
             .into_iter()
             .map(|spec| Slot { spec, last: Mutex::new((Arc::new(Vec::new()), Health::default())) })
@@ -128,6 +132,7 @@ impl LeaseFs {
             next_fh: AtomicU64::new(1),
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).unwrap())),
             audit,
+            leases,
             started: SystemTime::now(),
         };
         fs.rebuild();
@@ -140,6 +145,34 @@ impl LeaseFs {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    pub fn leases(&self) -> &Arc<LeaseManager> {
+        &self.leases
+    }
+
+    /// Root, or the user the daemon runs as: who may use `/.leasefs/`.
+    fn is_admin(&self, who: &Requester) -> bool {
+        who.uid == 0 || who.uid == self.settings.root_owner.uid
+    }
+
+    fn count(&self, op: &AtomicU64) {
+        op.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The key the journal uses for a source: its prefix.
+    fn source_key(spec: &SourceSpec) -> String {
+        format!("/{}", spec.prefix.join("/"))
+    }
+
+    /// Finds a base secret by source prefix and path (journal recovery after a restart).
+    pub fn resolve_base(&self, source_key: &str, path: &str) -> Option<(Arc<SecretMeta>, Arc<dyn Source>)> {
+        let tree = self.tree();
+        self.slots
+            .iter()
+            .enumerate()
+            .find(|(_, s)| Self::source_key(&s.spec) == source_key)
+            .and_then(|(i, s)| tree.base(i, path).map(|b| (b.clone(), s.spec.source.clone())))
     }
 
     pub fn tree(&self) -> Arc<Tree> {
@@ -214,6 +247,7 @@ impl LeaseFs {
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        self.count(&self.leases.metrics.ops.lookup);
         let tree = self.tree();
         let p = tree.node(parent).ok_or_else(FsError::enoent)?;
         if !p.is_dir() {
@@ -228,6 +262,7 @@ impl LeaseFs {
     /// handle's contents; the second value says so, and such attributes must not be cached.
     /// The kernel's getattr carries no file handle for `fstat`, so the handle is found by the caller's pid.
     pub fn getattr(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<(Attr, bool), FsError> {
+        self.count(&self.leases.metrics.ops.getattr);
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let mut a = self.attr_of(ino, n);
@@ -255,6 +290,7 @@ impl LeaseFs {
 
     /// Calls `add` for each entry from `offset` on, until it returns true (buffer full).
     pub fn readdir(&self, ino: u64, offset: u64, mut add: impl FnMut(DirEntry<'_>) -> bool) -> Result<(), FsError> {
+        self.count(&self.leases.metrics.ops.readdir);
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let NodeKind::Dir(children) = &n.kind else {
@@ -312,6 +348,15 @@ impl LeaseFs {
 
     /// Opens an entry: fetches a static payload (cached for `cache_ttl`) or renders a control file.
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
+        self.count(&self.leases.metrics.ops.open);
+        let r = self.open_inner(ino, flags, who).await;
+        if r.is_err() {
+            self.count(&self.leases.metrics.ops.errors);
+        }
+        r
+    }
+
+    async fn open_inner(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let path = tree.path_of(ino);
@@ -320,20 +365,20 @@ impl LeaseFs {
         match &n.kind {
             NodeKind::Dir(_) => Err(FsError::is_dir()),
             NodeKind::Control(c) => {
-                if who.uid != 0 {
+                if !self.is_admin(&who) {
                     return Err(FsError::eacces("the control directory is for root only"));
                 }
                 if *c == Control::Revoke {
                     if acc == libc::O_RDONLY {
                         return Err(FsError::eacces("revoke is write-only"));
                     }
-                    return Ok(self.new_handle(ino, who.pid, SharedBytes::new(Default::default())));
+                    return Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(Default::default())), None));
                 }
                 if writes {
                     return Err(FsError::erofs());
                 }
                 let bytes = self.control_contents(*c);
-                Ok(self.new_handle(ino, who.pid, SharedBytes::new(bytes)))
+                Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
             }
             NodeKind::Secret { source, meta } => {
                 if writes {
@@ -357,17 +402,50 @@ impl LeaseFs {
                             Some(&who),
                         );
                         let bytes = result?;
-                        Ok(self.new_handle(ino, who.pid, SharedBytes::new(bytes)))
+                        Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
                     }
-                    SecretKind::Dynamic { .. } => Err(FsError::eio("dynamic secrets are served by the lease manager")),
+                    SecretKind::Dynamic { link } => {
+                        let slot = &self.slots[*source].spec;
+                        let Some(base) = tree.base(*source, link).cloned() else {
+                            let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
+                            tracing::warn!("{msg}");
+                            self.audit.record(
+                                &Event {
+                                    event: "error",
+                                    path: &path,
+                                    lease_id: None,
+                                    issuer: None,
+                                    outcome: "error",
+                                    detail: Some(&msg),
+                                },
+                                Some(&who),
+                            );
+                            return Err(FsError::eio(msg));
+                        };
+                        let req = OpenRequest {
+                            secret: meta.clone(),
+                            path: path.clone(),
+                            base,
+                            source: slot.source.clone(),
+                            source_key: Self::source_key(slot),
+                            requester: who.clone(),
+                        };
+                        match self.leases.open(req).await {
+                            Ok(lease) => Ok(self.new_handle(ino, who.pid, lease.bytes.clone(), Some(lease))),
+                            Err(LeaseError::Timeout(d)) => {
+                                Err(FsError::new(libc::ETIMEDOUT, format!("issuance timed out after {d:?}")))
+                            }
+                            Err(LeaseError::Failed(m)) => Err(FsError::eio(m)),
+                        }
+                    }
                 }
             }
         }
     }
 
-    fn new_handle(&self, ino: u64, pid: u32, bytes: SharedBytes) -> Opened {
+    fn new_handle(&self, ino: u64, pid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Handle { ino, pid, bytes: Arc::new(bytes) });
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Handle { ino, lease, pid, bytes });
         Opened { fh, direct_io: true }
     }
 
@@ -431,6 +509,7 @@ impl LeaseFs {
 
     /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`.
     pub fn read<R>(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(Result<&[u8], FsError>) -> R) -> R {
+        self.count(&self.leases.metrics.ops.read);
         let bytes = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).map(|h| h.bytes.clone());
         match bytes {
             None => f(Err(FsError::bad_handle())),
@@ -439,16 +518,42 @@ impl LeaseFs {
     }
 
     pub fn release(&self, fh: u64) {
+        self.count(&self.leases.metrics.ops.release);
         let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
-        drop(h);
+        if let Some(lease) = h.and_then(|h| h.lease) {
+            self.leases.closed(&lease);
+        }
     }
 
-    /// Writes reach only `/.leasefs/revoke`; everything else is read-only.
-    pub async fn write(&self, ino: u64, _data: &[u8], who: Requester) -> Result<usize, FsError> {
+    /// Writes reach only `/.leasefs/revoke` (a lease id per line, or `all`); everything else is read-only.
+    pub async fn write(&self, ino: u64, data: &[u8], who: Requester) -> Result<usize, FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         match n.kind {
-            NodeKind::Control(Control::Revoke) if who.uid == 0 => Err(FsError::eio("no lease manager")),
+            NodeKind::Control(Control::Revoke) if self.is_admin(&who) => {
+                let text =
+                    std::str::from_utf8(data).map_err(|_| FsError::new(libc::EINVAL, "write a lease id or \"all\""))?;
+                for word in text.split_whitespace() {
+                    if word == "all" {
+                        let n = self.leases.revoke_all("revoke").len();
+                        tracing::info!(count = n, comm = %who.comm, "revoke all requested");
+                    } else if !self.leases.revoke(word) {
+                        return Err(FsError::new(libc::ENOENT, "no live lease with that id"));
+                    }
+                }
+                Ok(data.len())
+            }
+            NodeKind::Control(Control::Revoke) => Err(FsError::eacces("the control directory is for root only")),
+            _ => Err(FsError::erofs()),
+        }
+    }
+
+    /// `setattr`: only truncating the revoke file (as `echo ID > revoke` does) is accepted.
+    pub fn truncate(&self, ino: u64, who: &Requester) -> Result<Attr, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        match n.kind {
+            NodeKind::Control(Control::Revoke) if self.is_admin(who) => Ok(self.attr_of(ino, n)),
             _ => Err(FsError::erofs()),
         }
     }
@@ -518,11 +623,15 @@ impl LeaseFs {
                     "sources": sources,
                     "counts": tree.counts,
                     "open_handles": self.open_handles(),
+                    "live_leases": self.leases.live(),
+                    "pending_revocations": self.leases.pending_revocations(),
                 });
                 serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
             }
-            Control::Leases => "[]\n".to_string(),
-            Control::Metrics => String::new(),
+            Control::Leases => serde_json::to_string_pretty(&self.leases.list()).unwrap_or_default() + "\n",
+            Control::Metrics => {
+                self.leases.metrics.render(self.leases.live(), self.leases.pending_revocations(), self.open_handles())
+            }
             Control::Revoke => String::new(),
         };
         zeroize::Zeroizing::new(text.into_bytes())

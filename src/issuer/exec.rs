@@ -1,0 +1,300 @@
+//! The `exec` issuer: runs the dynamic credential script contract (SPEC §4) — argv, cleared env, request JSON on stdin, credential JSON on stdout.
+
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest, parse_expiry};
+use crate::secret::{Requester, SecretFields};
+
+/// Output larger than this is refused (`EIO`).
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+/// How much of a failing script's stderr reaches the log.
+pub const STDERR_LOGGED: usize = 512;
+/// The only variable the cleared environment gets besides the `LEASEFS_*` tokens.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Output fields that identify (not unlock) a credential; they are kept for `revoke_command`.
+const IDENTIFYING: &[&str] =
+    &["LeaseId", "lease_id", "Username", "username", "user", "AccessKeyId", "access_key_id", "KeyFilePath", "id"];
+
+#[derive(Default)]
+pub struct ExecIssuer;
+
+/// Kills the script's whole process group unless it was reaped (timeouts drop the future mid-run).
+struct GroupGuard {
+    pgid: i32,
+    done: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !self.done && self.pgid > 0 {
+            // SAFETY: signalling a process group we created.
+            unsafe { libc::killpg(self.pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+struct Ran {
+    status: std::process::ExitStatus,
+    stdout: Zeroizing<Vec<u8>>,
+    stderr: String,
+}
+
+fn command_of(base: &SecretFields, key: &str) -> Result<Option<Vec<String>>, IssueError> {
+    let Some(text) = base.get(key) else { return Ok(None) };
+    let argv: Vec<String> = serde_json::from_str(text).map_err(|_| {
+        IssueError::Failed(format!("exec: base data \"{key}\" must be an array of strings (argv, no shell)"))
+    })?;
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(IssueError::Failed(format!("exec: base data \"{key}\" is empty")));
+    }
+    Ok(Some(argv))
+}
+
+fn sanitize(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(STDERR_LOGGED)];
+    let s: String =
+        String::from_utf8_lossy(cut).chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect();
+    if bytes.len() > STDERR_LOGGED {
+        format!("{}… ({} bytes)", s.trim_end(), bytes.len())
+    } else {
+        s.trim_end().to_string()
+    }
+}
+
+async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ran, IssueError> {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", PATH)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| IssueError::Failed(format!("exec: cannot run {:?}: {e}", argv[0])))?;
+    let mut guard = GroupGuard { pgid: child.id().map(|p| p as i32).unwrap_or(0), done: false };
+    let mut sin = child.stdin.take();
+    let mut sout = child.stdout.take().expect("piped");
+    let mut serr = child.stderr.take().expect("piped");
+    let write = async {
+        if let Some(s) = sin.as_mut() {
+            // A script that ignores stdin may close it early: that is not an error.
+            let _ = s.write_all(stdin).await;
+        }
+        drop(sin.take());
+    };
+    let read_out = async {
+        let mut buf = Zeroizing::new(Vec::with_capacity(64 * 1024));
+        let r = (&mut sout).take(MAX_OUTPUT as u64 + 1).read_to_end(&mut buf).await;
+        r.map(|_| buf)
+    };
+    let read_err = async {
+        let mut buf = Vec::new();
+        let _ = (&mut serr).take(64 * 1024).read_to_end(&mut buf).await;
+        buf
+    };
+    let ((), out, err) = tokio::join!(write, read_out, read_err);
+    let stdout = out.map_err(|e| IssueError::Failed(format!("exec: reading output: {e}")))?;
+    if stdout.len() > MAX_OUTPUT {
+        drop(guard); // kills the group
+        return Err(IssueError::Failed(format!("exec: {:?} printed more than {MAX_OUTPUT} bytes", argv[0])));
+    }
+    let status = child.wait().await.map_err(|e| IssueError::Failed(format!("exec: {e}")))?;
+    guard.done = true;
+    // Children the script left behind in its group are not ours to keep.
+    // SAFETY: signalling the process group we created; harmless if it is empty.
+    unsafe { libc::killpg(guard.pgid, libc::SIGKILL) };
+    Ok(Ran { status, stdout, stderr: sanitize(&err) })
+}
+
+fn tokens(lease_id: &str, id: &str, name: &str, path: &str, who: &Requester) -> Vec<(&'static str, String)> {
+    vec![
+        ("LEASEFS_SECRET_ID", id.to_string()),
+        ("LEASEFS_SECRET_NAME", name.to_string()),
+        ("LEASEFS_SECRET_PATH", path.to_string()),
+        ("LEASEFS_LEASE_ID", lease_id.to_string()),
+        ("LEASEFS_UID", who.uid.to_string()),
+        ("LEASEFS_GID", who.gid.to_string()),
+        ("LEASEFS_PID", who.pid.to_string()),
+    ]
+}
+
+/// Describes a JSON error by kind and position only: serde's messages can quote the input.
+fn json_problem(e: &serde_json::Error) -> String {
+    format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+}
+
+/// Parses what a script printed: AWS `credential_process` JSON, a RoyalJSONDynamicCredential, or plain fields.
+pub fn parse_output(
+    bytes: &[u8],
+) -> Result<(SecretFields, Option<chrono::DateTime<chrono::Utc>>, serde_json::Value), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("output is not UTF-8 (at byte {})", e.valid_up_to()))?;
+    if text.trim().is_empty() {
+        return Err("output is empty".into());
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err("output is not a JSON object".into());
+    }
+    let fields = SecretFields::from_json_object(text)
+        .map_err(|e| format!("output is not a JSON object: {}", json_problem(&e)))?;
+    if let Some(v) = fields.get("Version") {
+        if v != "1" {
+            return Err(format!("credential_process output has Version {v}, expected 1"));
+        }
+        for k in ["AccessKeyId", "SecretAccessKey"] {
+            if fields.get(k).is_none() {
+                return Err(format!("credential_process output lacks {k}"));
+            }
+        }
+    }
+    let expiry = match fields.get_any(&["Expiration", "ExpiresAt", "expires_at", "expiration"]) {
+        None | Some("") | Some("null") => None,
+        Some(t) => {
+            Some(parse_expiry(t).ok_or("the expiry (Expiration/ExpiresAt) is neither RFC 3339 nor epoch seconds")?)
+        }
+    };
+    let mut revocation = serde_json::Map::new();
+    for k in IDENTIFYING {
+        if let Some(v) = fields.get(k) {
+            revocation.insert((*k).to_string(), v.into());
+        }
+    }
+    Ok((fields, expiry, serde_json::Value::Object(revocation)))
+}
+
+#[derive(Serialize)]
+struct SecretInfo<'a> {
+    id: &'a str,
+    name: &'a str,
+    path: &'a str,
+    attributes: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    lease_id: &'a str,
+    secret: SecretInfo<'a>,
+    requester: &'a Requester,
+    ttl_seconds: u64,
+    base: &'a SecretFields,
+}
+
+#[derive(Serialize)]
+struct RevokeBody<'a> {
+    lease_id: &'a str,
+    secret_id: &'a str,
+    path: &'a str,
+    revocation: &'a serde_json::Value,
+    base: &'a SecretFields,
+}
+
+fn to_secret_json<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(16 * 1024));
+    let _ = serde_json::to_writer(&mut *out, v);
+    out
+}
+
+#[async_trait]
+impl Issuer for ExecIssuer {
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+        let argv = command_of(req.base, "command")?
+            .ok_or_else(|| IssueError::Failed("exec: the base secret has no \"command\"".into()))?;
+        let name = req.secret.segments.last().map(String::as_str).unwrap_or("");
+        let body = Request {
+            lease_id: req.lease_id,
+            secret: SecretInfo { id: &req.secret.id, name, path: req.path, attributes: &req.secret.attributes },
+            requester: req.requester,
+            ttl_seconds: req.ttl.as_secs(),
+            base: req.base,
+        };
+        let stdin = to_secret_json(&body);
+        let env = tokens(req.lease_id, &req.secret.id, name, req.path, req.requester);
+        let ran = run(&argv, &env, &stdin).await?;
+        if !ran.status.success() {
+            return Err(IssueError::Failed(format!(
+                "exec: {:?} failed ({}); stderr: {}",
+                argv[0], ran.status, ran.stderr
+            )));
+        }
+        let (fields, expires_at, revocation) =
+            parse_output(&ran.stdout).map_err(|m| IssueError::Failed(format!("exec: {:?}: {m}", argv[0])))?;
+        Ok(Issued { fields, expires_at, revocation })
+    }
+
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+        let Some(argv) = command_of(req.base, "revoke_command")? else { return Ok(()) };
+        let body = RevokeBody {
+            lease_id: req.lease_id,
+            secret_id: req.secret_id,
+            path: req.path,
+            revocation: req.revocation,
+            base: req.base,
+        };
+        let stdin = to_secret_json(&body);
+        let env = vec![
+            ("LEASEFS_LEASE_ID", req.lease_id.to_string()),
+            ("LEASEFS_SECRET_ID", req.secret_id.to_string()),
+            ("LEASEFS_SECRET_PATH", req.path.to_string()),
+        ];
+        let ran = run(&argv, &env, &stdin).await?;
+        if !ran.status.success() {
+            return Err(IssueError::Failed(format!(
+                "exec: revoke {:?} failed ({}); stderr: {}",
+                argv[0], ran.status, ran.stderr
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_process_output() {
+        let (f, exp, rev) = parse_output(
+            br#"{"Version": 1, "AccessKeyId": "ASIA1", "SecretAccessKey": "s", "SessionToken": "t", "Expiration": "2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.get("AccessKeyId"), Some("ASIA1"));
+        assert_eq!(exp.unwrap().to_rfc3339(), "2030-01-01T00:00:00+00:00");
+        assert_eq!(rev["AccessKeyId"], "ASIA1");
+        assert!(rev.get("SecretAccessKey").is_none());
+    }
+
+    #[test]
+    fn royal_output() {
+        let (f, exp, rev) =
+            parse_output(br#"{"Username": "u1", "Password": "p", "ExpiresAt": 1893456000, "LeaseId": "L1"}"#).unwrap();
+        assert_eq!(f.get("Password"), Some("p"));
+        assert_eq!(exp.unwrap().timestamp(), 1893456000);
+        assert_eq!(rev, serde_json::json!({"LeaseId": "L1", "Username": "u1"}));
+    }
+
+    #[test]
+    fn garbage_is_refused_without_quoting_it() {
+        for bad in [
+            &b"hunter2"[..],
+            b"",
+            b"\"hunter2\"",
+            b"{\"a\": hunter2}",
+            b"\xff\xfe",
+            b"[1,2]",
+            br#"{"Version": 2}"#,
+            br#"{"Version": 1, "AccessKeyId": "x"}"#,
+        ] {
+            let e = parse_output(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        assert!(parse_output(br#"{"a": 1, "Expiration": "soon"}"#).is_err());
+    }
+}

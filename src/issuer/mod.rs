@@ -1,0 +1,101 @@
+//! Issuers: one trait, one file per kind (`exec`, `jwt`, …). An issuer turns a base secret and a request into a credential, and revokes it.
+
+pub mod exec;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::secret::{Requester, SecretFields, SecretMeta};
+
+/// Everything an issuer may use to issue one credential.
+pub struct IssueRequest<'a> {
+    pub lease_id: &'a str,
+    /// The dynamic secret (its `attributes` are the per-entry parameters).
+    pub secret: &'a SecretMeta,
+    /// Its path in the mount (`/dynamic/aws/temp-api`).
+    pub path: &'a str,
+    /// The base secret's data: the issuer's long-lived credential.
+    pub base: &'a SecretFields,
+    pub requester: &'a Requester,
+    /// The lease length asked for (the entry's `ttl` or the default), already capped at `max_ttl`.
+    pub ttl: Duration,
+    /// What `prepare` chose, already journaled (e.g. a role name).
+    pub intent: Option<&'a serde_json::Value>,
+}
+
+/// What an issuer hands back.
+pub struct Issued {
+    pub fields: SecretFields,
+    /// The credential's own expiry, if it has one (the lease manager applies ttl / max_ttl).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A non-secret handle that `revoke` needs (role name, lease id, …); it is journaled.
+    pub revocation: serde_json::Value,
+}
+
+/// Everything an issuer may use to revoke.
+pub struct RevokeRequest<'a> {
+    pub lease_id: &'a str,
+    pub path: &'a str,
+    pub secret_id: &'a str,
+    pub base: &'a SecretFields,
+    pub revocation: &'a serde_json::Value,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IssueError {
+    /// The issuer did not answer in time (`ETIMEDOUT`).
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The issuer failed or answered something unusable (`EIO`).
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Issuer: Send + Sync {
+    /// For issuers whose credential name is chosen locally: choose it now, so that the lease
+    /// manager can journal the intent before `issue` creates anything.
+    fn prepare(&self, _req: &IssueRequest<'_>) -> Option<serde_json::Value> {
+        None
+    }
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError>;
+    /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError>;
+}
+
+/// The issuers by kind (`attributes.type` of a base secret).
+#[derive(Clone, Default)]
+pub struct Issuers {
+    by_kind: HashMap<String, Arc<dyn Issuer>>,
+}
+
+impl Issuers {
+    /// The issuers built into this binary.
+    pub fn builtin() -> Self {
+        let mut i = Issuers::default();
+        i.insert("exec", Arc::new(exec::ExecIssuer::default()));
+        i.insert("jwt", Arc::new(jwt::JwtIssuer));
+        i
+    }
+
+    pub fn insert(&mut self, kind: &str, issuer: Arc<dyn Issuer>) {
+        self.by_kind.insert(kind.to_string(), issuer);
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Issuer>> {
+        self.by_kind.get(kind).cloned()
+    }
+}
+
+/// Parses an expiry written by an issuer: RFC 3339, or seconds since the epoch.
+pub fn parse_expiry(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {
+        return Some(t.with_timezone(&Utc));
+    }
+    text.trim().parse::<i64>().ok().and_then(|s| DateTime::from_timestamp(s, 0))
+}

@@ -1,0 +1,149 @@
+//! Counters and histograms for `/.leasefs/metrics`, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the issuance latency histogram.
+pub const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    issued: BTreeMap<String, u64>,
+    failed: BTreeMap<(String, &'static str), u64>,
+    reused: BTreeMap<String, u64>,
+    revoked: BTreeMap<String, u64>,
+    revoke_failed: BTreeMap<String, u64>,
+    expired: u64,
+    latency: BTreeMap<String, Histogram>,
+}
+
+/// FUSE operations, counted by the filesystem logic.
+#[derive(Default)]
+pub struct Ops {
+    pub lookup: AtomicU64,
+    pub getattr: AtomicU64,
+    pub readdir: AtomicU64,
+    pub open: AtomicU64,
+    pub read: AtomicU64,
+    pub release: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    pub ops: Ops,
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn issued(&self, issuer: &str, took: Duration) {
+        self.with(|i| {
+            *i.issued.entry(issuer.into()).or_default() += 1;
+            let h = i.latency.entry(issuer.into()).or_default();
+            let s = took.as_secs_f64();
+            for (n, b) in BUCKETS.iter().enumerate() {
+                if s <= *b {
+                    h.counts[n] += 1;
+                }
+            }
+            h.sum += s;
+            h.count += 1;
+        })
+    }
+    pub fn failed(&self, issuer: &str, reason: &'static str) {
+        self.with(|i| *i.failed.entry((issuer.into(), reason)).or_default() += 1)
+    }
+    pub fn reused(&self, issuer: &str) {
+        self.with(|i| *i.reused.entry(issuer.into()).or_default() += 1)
+    }
+    pub fn revoked(&self, issuer: &str) {
+        self.with(|i| *i.revoked.entry(issuer.into()).or_default() += 1)
+    }
+    pub fn revoke_failed(&self, issuer: &str) {
+        self.with(|i| *i.revoke_failed.entry(issuer.into()).or_default() += 1)
+    }
+    pub fn expired(&self) {
+        self.with(|i| i.expired += 1)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, live_leases: usize, pending_revocations: usize, open_handles: usize) -> String {
+        let mut o = String::new();
+        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(&mut o, "leasefs_issuances_total", "counter", "Credentials issued, by issuer.");
+        for (k, v) in &i.issued {
+            let _ = writeln!(o, "leasefs_issuances_total{{issuer=\"{k}\"}} {v}");
+        }
+        family(&mut o, "leasefs_issuance_failures_total", "counter", "Issuances that failed, by issuer and reason.");
+        for ((k, r), v) in &i.failed {
+            let _ = writeln!(o, "leasefs_issuance_failures_total{{issuer=\"{k}\",reason=\"{r}\"}} {v}");
+        }
+        family(&mut o, "leasefs_reuses_total", "counter", "Opens served by a live lease, by issuer.");
+        for (k, v) in &i.reused {
+            let _ = writeln!(o, "leasefs_reuses_total{{issuer=\"{k}\"}} {v}");
+        }
+        family(&mut o, "leasefs_issue_duration_seconds", "histogram", "Time to issue a credential, by issuer.");
+        for (k, h) in &i.latency {
+            for (n, b) in BUCKETS.iter().enumerate() {
+                let _ =
+                    writeln!(o, "leasefs_issue_duration_seconds_bucket{{issuer=\"{k}\",le=\"{b}\"}} {}", h.counts[n]);
+            }
+            let _ = writeln!(o, "leasefs_issue_duration_seconds_bucket{{issuer=\"{k}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(o, "leasefs_issue_duration_seconds_sum{{issuer=\"{k}\"}} {}", h.sum);
+            let _ = writeln!(o, "leasefs_issue_duration_seconds_count{{issuer=\"{k}\"}} {}", h.count);
+        }
+        family(&mut o, "leasefs_revocations_total", "counter", "Leases revoked at their issuer, by issuer.");
+        for (k, v) in &i.revoked {
+            let _ = writeln!(o, "leasefs_revocations_total{{issuer=\"{k}\"}} {v}");
+        }
+        family(
+            &mut o,
+            "leasefs_revocation_failures_total",
+            "counter",
+            "Revocation attempts that failed (retried), by issuer.",
+        );
+        for (k, v) in &i.revoke_failed {
+            let _ = writeln!(o, "leasefs_revocation_failures_total{{issuer=\"{k}\"}} {v}");
+        }
+        family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
+        let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);
+        family(&mut o, "leasefs_leases_live", "gauge", "Live leases.");
+        let _ = writeln!(o, "leasefs_leases_live {live_leases}");
+        family(&mut o, "leasefs_revocations_pending", "gauge", "Leases whose revocation has not succeeded yet.");
+        let _ = writeln!(o, "leasefs_revocations_pending {pending_revocations}");
+        family(&mut o, "leasefs_open_handles", "gauge", "Open file handles.");
+        let _ = writeln!(o, "leasefs_open_handles {open_handles}");
+        family(&mut o, "leasefs_fuse_ops_total", "counter", "FUSE operations served, by operation.");
+        let ops = &self.ops;
+        for (name, c) in [
+            ("lookup", &ops.lookup),
+            ("getattr", &ops.getattr),
+            ("readdir", &ops.readdir),
+            ("open", &ops.open),
+            ("read", &ops.read),
+            ("release", &ops.release),
+        ] {
+            let _ = writeln!(o, "leasefs_fuse_ops_total{{op=\"{name}\"}} {}", c.load(Ordering::Relaxed));
+        }
+        family(&mut o, "leasefs_fuse_errors_total", "counter", "FUSE operations answered with an error.");
+        let _ = writeln!(o, "leasefs_fuse_errors_total {}", ops.errors.load(Ordering::Relaxed));
+        o
+    }
+}
