@@ -122,20 +122,29 @@ pub fn is_mounted(p: &Path) -> bool {
     text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
+/// `statfs` always reaches the filesystem (unlike `stat`, which the kernel may answer from its
+/// attribute cache), so it tells a dead FUSE mount (`ENOTCONN`) from a live one.
+fn statfs_errno(p: &Path) -> Option<i32> {
+    // SAFETY: statfs into a zeroed struct we own, with a valid C string.
+    let rc = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(cpath(p).as_ptr(), &mut st)
+    };
+    if rc == 0 { None } else { std::io::Error::last_os_error().raw_os_error() }
+}
+
 /// Makes the mountpoint usable: creates it if missing, detaches a mount left dead by a killed daemon,
 /// and refuses one that is live.
 pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
+    if statfs_errno(p) == Some(libc::ENOTCONN) {
+        tracing::warn!(mountpoint = %p.display(), "found a dead mount left by a previous run; detaching it");
+        detach(p).with_context(|| format!("cannot detach the dead mount at {}", p.display()))?;
+    }
     match std::fs::metadata(p) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(mountpoint = %p.display(), "found a dead mount left by a previous run; detaching it");
-            detach(p).with_context(|| format!("cannot detach the dead mount at {}", p.display()))?;
-        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(p).with_context(|| format!("cannot create the mountpoint {}", p.display()))?;
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot use the mountpoint {}", p.display()));
-        }
+        Err(e) => return Err(e).with_context(|| format!("cannot use the mountpoint {}", p.display())),
         Ok(m) if !m.is_dir() => bail!("{} is not a directory", p.display()),
         Ok(_) => {}
     }

@@ -254,6 +254,8 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Releasing may start a revocation (revoke_on_close), which runs on the runtime.
+        let _rt = self.rt.enter();
         self.fs.release(fh.0);
         reply.ok()
     }

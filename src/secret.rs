@@ -183,6 +183,30 @@ impl fmt::Debug for FieldValue {
     }
 }
 
+/// Drops the whitespace outside strings of a JSON text (documents are often pretty-printed;
+/// nested values are passed on as one line).
+fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_str, mut esc) = (false, false);
+    for c in json.chars() {
+        if in_str {
+            out.push(c);
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+        } else if !c.is_whitespace() {
+            if c == '"' {
+                in_str = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A set of named secret values (a static payload, a base secret's data, an issued credential).
 /// Every value is zeroized when dropped; `Debug` prints only the names.
 #[derive(Default)]
@@ -206,7 +230,7 @@ impl SecretFields {
             let v = if r.starts_with('"') {
                 FieldValue { text: SecretString::from(serde_json::from_str::<String>(r)?), json: false }
             } else {
-                FieldValue { text: SecretString::from(r.to_string()), json: true }
+                FieldValue { text: SecretString::from(minify(r)), json: true }
             };
             fields.insert(k, v);
         }
@@ -398,6 +422,12 @@ mod tests {
         assert_eq!(resolve_group(&serde_json::json!("1000")).unwrap(), 1000);
         assert!(resolve_user(&serde_json::json!("no-such-user-here")).is_err());
         assert!(resolve_user(&serde_json::json!(-1)).is_err());
+    }
+
+    #[test]
+    fn nested_values_are_kept_on_one_line() {
+        let f = SecretFields::from_json_object("{\"command\": [\n  \"/bin/x\",\n  \"a b\"\n]}").unwrap();
+        assert_eq!(f.get("command"), Some(r#"["/bin/x","a b"]"#));
     }
 
     #[test]

@@ -24,17 +24,25 @@ const IDENTIFYING: &[&str] =
 #[derive(Default)]
 pub struct ExecIssuer;
 
-/// Kills the script's whole process group unless it was reaped (timeouts drop the future mid-run).
+/// Kills the script's whole process group and reaps the script unless it finished (a timeout
+/// drops the future mid-run): no process, not even a zombie, is left behind.
 struct GroupGuard {
     pgid: i32,
-    done: bool,
+    child: Option<tokio::process::Child>,
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if !self.done && self.pgid > 0 {
-            // SAFETY: signalling a process group we created.
-            unsafe { libc::killpg(self.pgid, libc::SIGKILL) };
+        if let Some(mut child) = self.child.take() {
+            if self.pgid > 0 {
+                // SAFETY: signalling a process group we created.
+                unsafe { libc::killpg(self.pgid, libc::SIGKILL) };
+            }
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
         }
     }
 }
@@ -80,10 +88,10 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| IssueError::Failed(format!("exec: cannot run {:?}: {e}", argv[0])))?;
-    let mut guard = GroupGuard { pgid: child.id().map(|p| p as i32).unwrap_or(0), done: false };
     let mut sin = child.stdin.take();
     let mut sout = child.stdout.take().expect("piped");
     let mut serr = child.stderr.take().expect("piped");
+    let mut guard = GroupGuard { pgid: child.id().map(|p| p as i32).unwrap_or(0), child: Some(child) };
     let write = async {
         if let Some(s) = sin.as_mut() {
             // A script that ignores stdin may close it early: that is not an error.
@@ -91,9 +99,15 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         }
         drop(sin.take());
     };
+    let pgid = guard.pgid;
     let read_out = async {
         let mut buf = Zeroizing::new(Vec::with_capacity(64 * 1024));
         let r = (&mut sout).take(MAX_OUTPUT as u64 + 1).read_to_end(&mut buf).await;
+        if buf.len() > MAX_OUTPUT && pgid > 0 {
+            // Stop the script now: it may be blocked writing more, holding stderr open.
+            // SAFETY: signalling the process group we created.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
         r.map(|_| buf)
     };
     let read_err = async {
@@ -107,8 +121,11 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         drop(guard); // kills the group
         return Err(IssueError::Failed(format!("exec: {:?} printed more than {MAX_OUTPUT} bytes", argv[0])));
     }
-    let status = child.wait().await.map_err(|e| IssueError::Failed(format!("exec: {e}")))?;
-    guard.done = true;
+    let status = match guard.child.as_mut() {
+        Some(c) => c.wait().await.map_err(|e| IssueError::Failed(format!("exec: {e}")))?,
+        None => return Err(IssueError::Failed("exec: lost the child".into())),
+    };
+    guard.child = None;
     // Children the script left behind in its group are not ours to keep.
     // SAFETY: signalling the process group we created; harmless if it is empty.
     unsafe { libc::killpg(guard.pgid, libc::SIGKILL) };

@@ -78,7 +78,7 @@ impl Issuers {
     /// The issuers built into this binary.
     pub fn builtin() -> Self {
         let mut i = Issuers::default();
-        i.insert("exec", Arc::new(exec::ExecIssuer::default()));
+        i.insert("exec", Arc::new(exec::ExecIssuer));
         i.insert("jwt", Arc::new(jwt::JwtIssuer));
         i
     }

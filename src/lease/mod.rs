@@ -182,6 +182,7 @@ impl LeaseManager {
         meta.attributes.get(key).and_then(|v| v.as_bool())
     }
 
+    #[allow(clippy::too_many_arguments)] // the fields of one audit event
     fn audit(
         &self,
         event: &str,

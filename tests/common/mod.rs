@@ -150,6 +150,7 @@ impl Mounted {
             .arg("--config")
             .arg(config)
             .args(args)
+            .env("LEASEFS_TEST_LEAK", "should-not-pass")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
@@ -274,4 +275,100 @@ pub fn as_user(user: &str, cmd: &[&str]) -> Output {
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A test issuer script (sh) with modes chosen by its first argument; it logs what it was asked
+/// to `issued.txt`, `last-request.json`, `last-env.txt`, and revocations to `revoked.jsonl`.
+pub const ISSUER_SCRIPT: &str = r#"#!/bin/sh
+here=$(dirname "$0")
+mode=$1
+if [ "$mode" = revoke ]; then
+  req=$(cat); printf '%s\n' "$req" >> "$here/revoked.jsonl"; exit 0
+fi
+if [ "$mode" = revoke-fail ]; then
+  echo "revocation endpoint down" >&2; exit 1
+fi
+cat > "$here/last-request.json"
+env > "$here/last-env.txt"
+echo "$LEASEFS_LEASE_ID" >> "$here/issued.txt"
+n=$(wc -l < "$here/issued.txt")
+pw=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+case "$mode" in
+  royal)   printf '{"Username": "user-%s", "Password": "pw-%s", "LeaseId": "%s"}\n' "$n" "$pw" "$LEASEFS_LEASE_ID" ;;
+  aws)     printf '{"Version": 1, "AccessKeyId": "ASIA%s", "SecretAccessKey": "sk-%s", "SessionToken": "st-%s", "Expiration": "%s"}\n' "$n" "$pw" "$pw" "$(date -u -d '+10 min' +%Y-%m-%dT%H:%M:%SZ)" ;;
+  token)   printf '{"token": "tok-%s"}\n' "$pw" ;;
+  far)     printf '{"Username": "u%s", "Password": "pw-%s", "ExpiresAt": "2099-01-01T00:00:00Z"}\n' "$n" "$pw" ;;
+  expired) printf '{"Username": "u%s", "Password": "pw-%s", "ExpiresAt": "2001-01-01T00:00:00Z"}\n' "$n" "$pw" ;;
+  garbage) echo "this is not json pw-$pw" ;;
+  binary)  head -c 200 /dev/urandom ;;
+  huge)    head -c 20000000 /dev/zero | tr '\0' 'a' ;;
+  slow)    echo $$ > "$here/slow.pid"; sleep 37; echo '{"Password": "late"}' ;;
+  sleep2)  sleep 2; printf '{"Password": "pw-%s"}\n' "$pw" ;;
+  fail)    echo "boom: cannot reach the vault" >&2; exit 3 ;;
+  *)       echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+"#;
+
+impl Env {
+    /// Installs the test issuer as `issuer.sh` (0700) and returns its path.
+    pub fn script(&self) -> String {
+        let p = self.path("issuer.sh");
+        std::fs::write(&p, ISSUER_SCRIPT).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    /// Lines of a file the test issuer writes (empty if it does not exist yet).
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// The ids of leases the test issuer was asked to revoke.
+    pub fn revoked(&self) -> Vec<String> {
+        self.lines("revoked.jsonl")
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lease_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn leases(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&read(&self.m(".leasefs/leases.json")).unwrap()).unwrap()
+    }
+}
+
+/// A base secret for the test issuer, and dynamic entries using it in the given modes.
+pub fn exec_catalog(script: &str, entries: &[(&str, &str, serde_json::Value)]) -> String {
+    let mut docs = vec![serde_json::json!({
+        "path": "base:exec:test", "attributes": {"type": "exec"},
+        "data": {"command": [script, "royal"], "revoke_command": [script, "revoke"], "api_token": "base-secret-token-xyz"}
+    })];
+    for (path, mode, attrs) in entries {
+        let base = format!("base:exec:{mode}");
+        docs.push(serde_json::json!({
+            "path": base, "attributes": {"type": "exec"},
+            "data": {"command": [script, mode], "revoke_command": [script, "revoke"], "api_token": "base-secret-token-xyz"}
+        }));
+        let mut a = serde_json::json!({"linkConfig": {"linkType": "dynamic", "linkedSecret": base}});
+        if let (Some(o), Some(extra)) = (a.as_object_mut(), attrs.as_object()) {
+            o.extend(extra.clone());
+        }
+        docs.push(serde_json::json!({"id": format!("id-{}", path.replace(':', "-")), "path": path, "attributes": a}));
+    }
+    let mut seen = std::collections::HashSet::new();
+    docs.retain(|d| seen.insert(d["path"].as_str().unwrap().to_string()));
+    serde_json::to_string_pretty(&docs).unwrap()
+}
+
+/// Waits until `f` holds (polling every 50 ms), or panics with `what` after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
