@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs (fuse3, attr, ...) when missing, then runs every test.
+# Installs what the test suite needs when missing — fuse3, attr, PostgreSQL, OpenBao, an STS API
+# server (moto) — then runs every test. The servers are started by the tests themselves, on loopback.
 # Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,12 @@ missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v getfattr    >/dev/null || missing+=(attr)
 command -v runuser     >/dev/null || missing+=(util-linux)
+command -v setpriv     >/dev/null || missing+=(util-linux)
+command -v openssl     >/dev/null || missing+=(openssl)
+command -v curl        >/dev/null || missing+=(curl)
+command -v psql        >/dev/null || missing+=(postgresql-client)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -21,6 +28,13 @@ fi
 awk '$3 ~ /^fuse/ && $2 ~ /leasefs-test-/ {print $2}' /proc/mounts | while read -r m; do
   as_root umount -l "$m" || true
 done
+
+# PostgreSQL, OpenBao and moto (cached between runs under ~/.cache/leasefs-test).
+eval "$(./scripts/backends.sh)"
+
+# Servers the tests start die with their test binary (PR_SET_PDEATHSIG); this is a second net.
+cleanup() { pkill -f 'leasefs-(pg|bao|moto)-' 2>/dev/null || true; }
+trap cleanup EXIT
 
 echo "test.sh: cargo test"
 cargo test --all-targets "$@"

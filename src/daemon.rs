@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::secret::{parse_mode, resolve_group, resolve_user, split_path};
 use crate::source::Source;
 use crate::source::local::LocalSource;
+use crate::source::openbao::OpenBaoSource;
 
 /// Options that come from the command line rather than the config file.
 #[derive(Clone, Debug, Default)]
@@ -51,7 +52,13 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
         let prefix = split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
         let source: Arc<dyn Source> = match sc.kind {
             SourceKind::Local => Arc::new(LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms)),
-            SourceKind::Openbao => bail!("the openbao source is not available in this build yet"),
+            SourceKind::Openbao => Arc::new(OpenBaoSource::new(
+                sc.address.clone().unwrap_or_default(),
+                sc.token_file.clone().unwrap_or_default(),
+                sc.kv_mounts.clone(),
+                sc.dynamic_mounts.clone(),
+                cfg.defaults.issue_timeout.0,
+            )),
         };
         out.push(SourceSpec { source, prefix, owner });
     }
@@ -77,7 +84,7 @@ pub fn build_fs(cfg: &Config, opts: &RunOptions, journal: bool) -> anyhow::Resul
         (None, Vec::new())
     };
     let leases = LeaseManager::new(
-        Issuers::builtin(),
+        Issuers::builtin(cfg.defaults.issue_timeout.0),
         journal,
         cfg.defaults.clone(),
         audit.clone(),

@@ -1,7 +1,10 @@
 //! Issuers: one trait, one file per kind (`exec`, `jwt`, …). An issuer turns a base secret and a request into a credential, and revokes it.
 
+pub mod aws;
 pub mod exec;
 pub mod jwt;
+pub mod openbao;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +69,10 @@ pub trait Issuer: Send + Sync {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError>;
+    /// Extends a renewable lease by about `increment`; the new expiry, or None when it cannot be renewed.
+    async fn renew(&self, _req: &RevokeRequest<'_>, _increment: Duration) -> Result<Option<DateTime<Utc>>, IssueError> {
+        Ok(None)
+    }
 }
 
 /// The issuers by kind (`attributes.type` of a base secret).
@@ -75,11 +82,14 @@ pub struct Issuers {
 }
 
 impl Issuers {
-    /// The issuers built into this binary.
-    pub fn builtin() -> Self {
+    /// The issuers built into this binary; `timeout` bounds their network calls.
+    pub fn builtin(timeout: Duration) -> Self {
         let mut i = Issuers::default();
         i.insert("exec", Arc::new(exec::ExecIssuer));
         i.insert("jwt", Arc::new(jwt::JwtIssuer));
+        i.insert("postgres", Arc::new(postgres::PostgresIssuer::new(timeout)));
+        i.insert("aws", Arc::new(aws::AwsIssuer::new(timeout)));
+        i.insert("openbao", Arc::new(openbao::OpenBaoIssuer::new(timeout)));
         i
     }
 

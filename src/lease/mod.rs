@@ -49,7 +49,8 @@ pub struct Lease {
     pub issuer: String,
     pub requester: Requester,
     pub issued_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    /// Milliseconds since the epoch; moves later when a renewable lease is renewed.
+    expires_ms: std::sync::atomic::AtomicI64,
     pub bytes: Arc<SharedBytes>,
     revocation: serde_json::Value,
     base: Arc<SecretMeta>,
@@ -63,8 +64,14 @@ pub struct Lease {
 }
 
 impl Lease {
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.expires_ms.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+    fn set_expiry(&self, t: DateTime<Utc>) {
+        self.expires_ms.store(t.timestamp_millis(), Ordering::SeqCst);
+    }
     pub fn remaining(&self) -> Duration {
-        (self.expires_at - Utc::now()).to_std().unwrap_or_default()
+        (self.expires_at() - Utc::now()).to_std().unwrap_or_default()
     }
     pub fn is_live(&self) -> bool {
         !self.ended.load(Ordering::SeqCst)
@@ -165,7 +172,7 @@ impl LeaseManager {
                 pid: l.requester.pid,
                 comm: l.requester.comm.clone(),
                 issued_at: rfc3339(l.issued_at),
-                expires_at: rfc3339(l.expires_at),
+                expires_at: rfc3339(l.expires_at()),
                 remaining_seconds: l.remaining().as_secs(),
                 open_handles: l.handles.load(Ordering::SeqCst),
             })
@@ -223,7 +230,7 @@ impl LeaseManager {
                     Reuse::Pid => l.requester.pid == req.requester.pid,
                     Reuse::None => false,
                 })
-                .max_by_key(|l| l.expires_at)
+                .max_by_key(|l| l.expires_at())
                 .cloned();
             if let Some(l) = found {
                 l.handles.fetch_add(1, Ordering::SeqCst);
@@ -247,7 +254,7 @@ impl LeaseManager {
             Ok(lease) => {
                 self.metrics.issued(kind, started.elapsed());
                 self.audit("issue", Some(&lease.id), &req.path, kind, "ok", None, Some(&req.requester));
-                tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at), uid = req.requester.uid, "issued");
+                tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at()), uid = req.requester.uid, "issued");
                 Ok(lease)
             }
             Err(e) => {
@@ -384,7 +391,7 @@ impl LeaseManager {
             issuer: kind.to_string(),
             requester: req.requester.clone(),
             issued_at: now,
-            expires_at,
+            expires_ms: std::sync::atomic::AtomicI64::new(expires_at.timestamp_millis()),
             bytes: Arc::new(SharedBytes::new(rendered)),
             revocation: record.revocation,
             base: req.base.clone(),
@@ -396,18 +403,89 @@ impl LeaseManager {
             timer: Mutex::new(None),
         });
         self.table().insert(lease.id.clone(), lease.clone());
-        let me = Arc::downgrade(self);
-        let weak_lease = Arc::downgrade(&lease);
-        let wait = (expires_at - Utc::now()).to_std().unwrap_or_default();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            if let (Some(m), Some(l)) = (me.upgrade(), weak_lease.upgrade()) {
+        let renew = Self::attr_bool(&req.secret, "renew_while_open").unwrap_or(false);
+        let cap = now + chrono::Duration::from_std(max_ttl).unwrap_or(chrono::Duration::hours(1));
+        let period = (expires_at - now).to_std().unwrap_or_default();
+        let timer = tokio::spawn(Self::watch(Arc::downgrade(self), Arc::downgrade(&lease), renew, cap, period));
+        *lease.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        Ok(lease)
+    }
+
+    /// Sleeps until the lease's expiry and ends it. With `renew_while_open`, renews at 2/3 of the
+    /// remaining time while a handle is open, each time by the lease's own `period`, never past
+    /// `cap` (issued_at + max_ttl).
+    async fn watch(
+        me: std::sync::Weak<Self>,
+        lease: std::sync::Weak<Lease>,
+        renew: bool,
+        cap: DateTime<Utc>,
+        period: Duration,
+    ) {
+        loop {
+            let Some(l) = lease.upgrade() else { return };
+            let exp = l.expires_at();
+            let now = Utc::now();
+            drop(l);
+            if renew && exp < cap && exp > now {
+                let wait = ((exp - now) * 2 / 3).to_std().unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                let (Some(m), Some(l)) = (me.upgrade(), lease.upgrade()) else { return };
+                if !l.is_live() {
+                    return;
+                }
+                if l.handles.load(Ordering::SeqCst) > 0 {
+                    match m.renew_once(&l, cap, period).await {
+                        Ok(Some(new)) if new > exp => {
+                            l.set_expiry(new.min(cap));
+                            m.audit("renew", Some(&l.id), &l.path, &l.issuer, "ok", None, None);
+                            tracing::info!(lease = %l.id, path = %l.path, expires_at = %rfc3339(l.expires_at()), "renewed");
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(lease = %l.id, path = %l.path, error = %e, "renewal failed; the lease ends at its expiry")
+                        }
+                    }
+                }
+                let left = (l.expires_at() - Utc::now()).to_std().unwrap_or_default();
+                drop(l);
+                tokio::time::sleep(left).await;
+            } else {
+                tokio::time::sleep((exp - now).to_std().unwrap_or_default()).await;
+            }
+            if let (Some(m), Some(l)) = (me.upgrade(), lease.upgrade()) {
+                if l.expires_at() > Utc::now() + chrono::Duration::milliseconds(50) {
+                    continue;
+                }
                 m.metrics.expired();
                 m.end(&l, "expire");
             }
-        });
-        *lease.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
-        Ok(lease)
+            return;
+        }
+    }
+
+    async fn renew_once(
+        &self,
+        lease: &Lease,
+        cap: DateTime<Utc>,
+        period: Duration,
+    ) -> Result<Option<DateTime<Utc>>, LeaseError> {
+        let issuer = self.issuers.get(&lease.issuer).ok_or_else(|| LeaseError::Failed("issuer gone".into()))?;
+        let increment = (cap - Utc::now()).to_std().unwrap_or_default().min(period).max(Duration::from_secs(1));
+        let work = async {
+            let base = lease.source.read(&lease.base).await.map_err(|e| LeaseError::Failed(e.to_string()))?;
+            let req = RevokeRequest {
+                lease_id: &lease.id,
+                path: &lease.path,
+                secret_id: &lease.secret_id,
+                base: &base,
+                revocation: &lease.revocation,
+            };
+            issuer.renew(&req, increment).await.map_err(|e| LeaseError::Failed(e.to_string()))
+        };
+        tokio::time::timeout(self.defaults.issue_timeout.0, work)
+            .await
+            .unwrap_or(Err(LeaseError::Timeout(self.defaults.issue_timeout.0)))
     }
 
     /// A handle on the lease was closed.
@@ -450,7 +528,7 @@ impl LeaseManager {
             source: lease.source_key.clone(),
             base: lease.base.path(),
             revocation: lease.revocation.clone(),
-            expires_at: Some(lease.expires_at),
+            expires_at: Some(lease.expires_at()),
             time: Utc::now(),
         };
         Some(self.spawn_revoke(record, lease.base.clone(), lease.source.clone(), None))

@@ -2,6 +2,7 @@
 
 pub mod document;
 pub mod local;
+pub mod openbao;
 
 use async_trait::async_trait;
 

@@ -1,6 +1,8 @@
 //! Test harness: a temp catalog, a real `leasefs mount` child process, and real programs to read it. Always detaches on drop.
 #![allow(dead_code)]
 
+pub mod backends;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

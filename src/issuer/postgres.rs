@@ -1,0 +1,236 @@
+//! The `postgres` issuer: creates a login role with `VALID UNTIL` and the entry's grants; revoke terminates its sessions and drops it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use chrono::Utc;
+use tokio_postgres::{Client, NoTls};
+
+use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest};
+use crate::secret::SecretFields;
+
+pub struct PostgresIssuer {
+    timeout: Duration,
+    /// PostgreSQL fails concurrent changes to one object's ACL ("tuple concurrently updated"):
+    /// grants and drops are serialized here, and retried for other daemons in a fleet.
+    acl: tokio::sync::Mutex<()>,
+}
+
+impl PostgresIssuer {
+    pub fn new(timeout: Duration) -> Self {
+        PostgresIssuer { timeout, acl: tokio::sync::Mutex::new(()) }
+    }
+}
+
+/// Runs statements that change ACLs, retrying PostgreSQL's "tuple concurrently updated" (XX000).
+async fn acl_change(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let mut attempt = 0u32;
+    loop {
+        match client.batch_execute(sql).await {
+            Err(e) if attempt < 5 && e.as_db_error().is_some_and(|d| d.message().contains("concurrently updated")) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> IssueError {
+    IssueError::Failed(format!("postgres: {msg}"))
+}
+
+/// `"name"` with inner quotes doubled: an identifier, never pasted raw.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled, as an escape-string literal so backslashes are literal too.
+pub fn quote_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// `lfs_<path>_<random>`: lower-case letters, digits and `_`, at most 63 bytes.
+fn role_name(path: &str) -> String {
+    let mut stem: String = path
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    stem.truncate(40);
+    let mut r = [0u8; 5];
+    getrandom::fill(&mut r).expect("the OS random source");
+    let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("lfs_{stem}_{suffix}")
+}
+
+fn password() -> zeroize::Zeroizing<String> {
+    let mut r = zeroize::Zeroizing::new([0u8; 24]);
+    getrandom::fill(&mut *r).expect("the OS random source");
+    zeroize::Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(*r))
+}
+
+struct Admin<'a> {
+    host: &'a str,
+    port: u16,
+    database: &'a str,
+}
+
+fn admin(base: &SecretFields) -> Result<Admin<'_>, IssueError> {
+    let host = base.get("host").unwrap_or("127.0.0.1");
+    let port = base.get("port").unwrap_or("5432").parse().map_err(|_| fail("\"port\" is not a port number"))?;
+    let database = base.get("database").unwrap_or("postgres");
+    Ok(Admin { host, port, database })
+}
+
+async fn connect(base: &SecretFields, timeout: Duration) -> Result<Client, IssueError> {
+    match base.get("sslmode").unwrap_or("disable") {
+        "disable" | "prefer" | "allow" => {}
+        other => return Err(fail(format!("sslmode {other:?} is not supported by this build (disable, prefer)"))),
+    }
+    let a = admin(base)?;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(a.host)
+        .port(a.port)
+        .dbname(a.database)
+        .user(base.get("username").ok_or_else(|| fail("the base secret needs \"username\""))?)
+        .password(base.get("password").ok_or_else(|| fail("the base secret needs \"password\""))?)
+        .application_name("leasefs")
+        .connect_timeout(timeout);
+    let (client, conn) =
+        cfg.connect(NoTls).await.map_err(|e| fail(format!("cannot connect to {}:{}: {e}", a.host, a.port)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres admin connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// The entry's `grants`: one SQL string or an array, with `{{name}}` standing for the quoted role.
+fn grants(req: &IssueRequest<'_>, role: &str) -> Result<Vec<String>, IssueError> {
+    let list: Vec<String> = match req.secret.attributes.get("grants") {
+        None => Vec::new(),
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| fail("attributes.grants must be strings")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(fail("attributes.grants must be a string or an array of strings")),
+    };
+    Ok(list.into_iter().map(|g| g.replace("{{name}}", &quote_ident(role))).collect())
+}
+
+#[async_trait]
+impl Issuer for PostgresIssuer {
+    fn prepare(&self, req: &IssueRequest<'_>) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"role": role_name(req.path)}))
+    }
+
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+        let role = req
+            .intent
+            .and_then(|i| i.get("role"))
+            .and_then(|r| r.as_str())
+            .ok_or_else(|| fail("no role name was prepared"))?
+            .to_string();
+        let grants = grants(req, &role)?;
+        let client = connect(req.base, self.timeout).await?;
+        let expires_at = Utc::now() + chrono::Duration::from_std(req.ttl).unwrap_or(chrono::Duration::minutes(15));
+        let valid_until = expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let pw = password();
+        let create = zeroize::Zeroizing::new(format!(
+            "CREATE ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}",
+            quote_ident(&role),
+            quote_literal(&pw),
+            quote_literal(&valid_until)
+        ));
+        client.batch_execute(&create).await.map_err(|e| fail(format!("CREATE ROLE failed: {}", db_error(&e))))?;
+        if !grants.is_empty() {
+            let _serial = self.acl.lock().await;
+            for g in &grants {
+                if let Err(e) = acl_change(&client, g).await {
+                    let _ = drop_role(&client, &role).await;
+                    return Err(fail(format!("a grant failed, role dropped: {}", db_error(&e))));
+                }
+            }
+        }
+        let a = admin(req.base)?;
+        let mut fields = SecretFields::default();
+        let url = format!(
+            "postgres://{}:{}@{}:{}/{}",
+            url::form_urlencoded::byte_serialize(role.as_bytes()).collect::<String>(),
+            &*pw,
+            a.host,
+            a.port,
+            a.database
+        );
+        fields.insert("username", role.clone());
+        fields.insert("password", pw.to_string());
+        fields.insert("host", a.host);
+        fields.insert("port", a.port.to_string());
+        fields.insert("database", a.database);
+        fields.insert("url", url);
+        fields.insert("expires_at", valid_until);
+        Ok(Issued { fields, expires_at: Some(expires_at), revocation: serde_json::json!({"role": role}) })
+    }
+
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+        let role =
+            req.revocation.get("role").and_then(|r| r.as_str()).ok_or_else(|| fail("the lease names no role"))?;
+        let client = connect(req.base, self.timeout).await?;
+        let _serial = self.acl.lock().await;
+        drop_role(&client, role).await
+    }
+}
+
+/// The database's own message (never the statement, which may hold a password).
+fn db_error(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| format!("{} ({})", d.message(), d.code().code())).unwrap_or_else(|| e.to_string())
+}
+
+/// Ends a role: no new logins, its sessions terminated, what it owns reassigned, then dropped.
+async fn drop_role(client: &Client, role: &str) -> Result<(), IssueError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(|e| fail(db_error(&e)))?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
+    let q = quote_ident(role);
+    client.batch_execute(&format!("ALTER ROLE {q} NOLOGIN")).await.map_err(|e| fail(db_error(&e)))?;
+    client
+        .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role])
+        .await
+        .map_err(|e| fail(db_error(&e)))?;
+    acl_change(client, &format!("REASSIGN OWNED BY {q} TO CURRENT_USER; DROP OWNED BY {q}; DROP ROLE IF EXISTS {q}"))
+        .await
+        .map_err(|e| fail(format!("DROP ROLE failed: {}", db_error(&e))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
+    }
+
+    #[test]
+    fn role_names_are_safe_and_short() {
+        let r = role_name("/dynamic/db/App-Prod; DROP TABLE x");
+        assert!(r.starts_with("lfs_dynamic_db_app_prod__drop_"), "{r}");
+        assert!(r.len() <= 63 && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        assert_ne!(role_name("/a"), role_name("/a"));
+    }
+}

@@ -1,0 +1,200 @@
+//! The `openbao` source: KV v2 mounts listed through metadata endpoints only (a value is read on open), and the roles of dynamic mounts as dynamic entries.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::{Listing, Source, SourceError};
+use crate::config::FileError;
+use crate::openbao::{BaoClient, BaoError, fields_of};
+use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta, split_path};
+
+/// Where the synthesized base secret of a dynamic mount lives (never listed).
+pub const BASE_DIR: &str = "_openbao";
+
+pub struct OpenBaoSource {
+    address: String,
+    token_file: PathBuf,
+    kv_mounts: Vec<String>,
+    dynamic_mounts: Vec<String>,
+    timeout: Duration,
+}
+
+impl OpenBaoSource {
+    pub fn new(
+        address: String,
+        token_file: PathBuf,
+        kv_mounts: Vec<String>,
+        dynamic_mounts: Vec<String>,
+        timeout: Duration,
+    ) -> Self {
+        OpenBaoSource { address, token_file, kv_mounts, dynamic_mounts, timeout }
+    }
+
+    /// The token is read from its file at each use, so a rotated token (Vault Agent, a sidecar) is picked up.
+    fn token(&self) -> Result<SecretString, SourceError> {
+        let t = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            SourceError::Unavailable(format!("cannot read the token file {}: {e}", self.token_file.display()))
+        })?;
+        Ok(SecretString::from(t.trim().to_string()))
+    }
+
+    fn client(&self) -> Result<BaoClient, SourceError> {
+        BaoClient::new(&self.address, self.token()?, self.timeout).map_err(map_err)
+    }
+
+    async fn walk_kv(
+        &self,
+        client: &BaoClient,
+        mount: &str,
+        listing: &mut Listing,
+        now: SystemTime,
+    ) -> Result<(), SourceError> {
+        let mut dirs = vec![String::new()];
+        let mut seen = 0usize;
+        while let Some(dir) = dirs.pop() {
+            let keys = match client.list(&format!("{mount}/metadata/{dir}")).await {
+                Ok(k) => k,
+                Err(BaoError::NotFound) => continue,
+                Err(e) => return Err(map_err(e)),
+            };
+            for key in keys {
+                seen += 1;
+                if seen > 1_000_000 {
+                    return Err(SourceError::Invalid(format!("{mount}: more than a million keys; stopped")));
+                }
+                if let Some(sub) = key.strip_suffix('/') {
+                    dirs.push(format!("{dir}{sub}/"));
+                    continue;
+                }
+                let rel = format!("{dir}{key}");
+                let mut segments = vec![mount.to_string()];
+                match segments_of(&rel) {
+                    Ok(s) => segments.extend(s),
+                    Err(e) => {
+                        listing.problems.push(FileError::whole(
+                            std::path::Path::new(&format!("{}/v1/{mount}/metadata/{rel}", self.address)),
+                            e,
+                        ));
+                        continue;
+                    }
+                }
+                listing.secrets.push(SecretMeta {
+                    id: format!("{mount}/{rel}"),
+                    segments,
+                    kind: SecretKind::Static,
+                    attributes: Default::default(),
+                    uid: None,
+                    gid: None,
+                    mode: None,
+                    size: None,
+                    mtime: now,
+                    locator: Locator::Remote(format!("{mount}/data/{rel}")),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// KV keys are `/`-separated; each segment must be a safe file name.
+fn segments_of(rel: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for seg in rel.split('/') {
+        // Reuse the document path rules on one segment at a time (a ':' in a key is not a separator here).
+        let checked = split_path(&seg.replace(':', "/"), false).map_err(|e| format!("key {rel:?}: {e}"))?;
+        if checked.len() != 1 {
+            return Err(format!("key {rel:?}: segment {seg:?} holds a ':' or '/'"));
+        }
+        out.push(seg.to_string());
+    }
+    Ok(out)
+}
+
+fn map_err(e: BaoError) -> SourceError {
+    match e {
+        BaoError::Unreachable(m) => SourceError::Unavailable(m),
+        // A refused token or a sealed server: keep serving the last listing.
+        BaoError::Refused(m) => SourceError::Unavailable(m),
+        BaoError::NotFound => SourceError::Invalid("not found".into()),
+    }
+}
+
+#[async_trait]
+impl Source for OpenBaoSource {
+    fn describe(&self) -> String {
+        format!("openbao:{}", self.address)
+    }
+
+    async fn list(&self) -> Result<Listing, SourceError> {
+        let client = self.client()?;
+        let now = SystemTime::now();
+        let mut listing = Listing::default();
+        for mount in &self.kv_mounts {
+            self.walk_kv(&client, mount.trim_matches('/'), &mut listing, now).await?;
+        }
+        for mount in &self.dynamic_mounts {
+            let mount = mount.trim_matches('/');
+            let roles = match client.list(&format!("{mount}/roles")).await {
+                Ok(r) => r,
+                Err(BaoError::NotFound) => Vec::new(),
+                Err(e) => return Err(map_err(e)),
+            };
+            let base_path = format!("{BASE_DIR}/{mount}");
+            listing.secrets.push(SecretMeta {
+                id: format!("{mount}/"),
+                segments: vec![BASE_DIR.into(), mount.to_string()],
+                kind: SecretKind::Base { issuer: "openbao".into(), expose: false },
+                attributes: Default::default(),
+                uid: None,
+                gid: None,
+                mode: None,
+                size: None,
+                mtime: now,
+                locator: Locator::None,
+            });
+            for role in roles.iter().filter(|r| !r.ends_with('/')) {
+                let Ok(seg) = segments_of(role) else { continue };
+                let mut attributes = serde_json::Map::new();
+                attributes.insert("path".into(), format!("{mount}/creds/{role}").into());
+                listing.secrets.push(SecretMeta {
+                    id: format!("{mount}/creds/{role}"),
+                    segments: [vec![mount.to_string(), "creds".into()], seg].concat(),
+                    kind: SecretKind::Dynamic { link: base_path.clone() },
+                    attributes,
+                    uid: None,
+                    gid: None,
+                    mode: None,
+                    size: Some(0),
+                    mtime: now,
+                    locator: Locator::None,
+                });
+            }
+        }
+        Ok(listing)
+    }
+
+    async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError> {
+        match (&secret.kind, &secret.locator) {
+            // The base of a dynamic mount: how to reach OpenBao, for the openbao issuer.
+            (SecretKind::Base { .. }, _) => {
+                let mut f = SecretFields::default();
+                f.insert("address", self.address.clone());
+                f.insert("token", secrecy::ExposeSecret::expose_secret(&self.token()?).to_string());
+                Ok(f)
+            }
+            (_, Locator::Remote(path)) => {
+                let client = self.client()?;
+                let mut v = client.read(path).await.map_err(|e| match e {
+                    BaoError::NotFound => SourceError::Invalid(format!("{path}: not found (deleted?)")),
+                    other => map_err(other),
+                })?;
+                let data = v.pointer_mut("/data/data").map(serde_json::Value::take).unwrap_or_default();
+                Ok(fields_of(data))
+            }
+            _ => Err(SourceError::Invalid(format!("{}: nothing to read", secret.path()))),
+        }
+    }
+}
