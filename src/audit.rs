@@ -25,6 +25,7 @@ pub struct Event<'a> {
 
 pub struct Audit {
     file: Option<Mutex<File>>,
+    path: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -40,15 +41,29 @@ struct Line<'a> {
 
 impl Audit {
     pub fn disabled() -> Self {
-        Audit { file: None }
+        Audit { file: None, path: None }
     }
 
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    fn open_file(path: &Path) -> std::io::Result<File> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let f = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(Audit { file: Some(Mutex::new(f)) })
+        OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+    }
+
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Audit { file: Some(Mutex::new(Self::open_file(path)?)), path: Some(path.to_path_buf()) })
+    }
+
+    /// Opens the file again by name (after logrotate moved it away); on SIGHUP.
+    pub fn reopen(&self) {
+        let (Some(f), Some(p)) = (&self.file, &self.path) else { return };
+        match Self::open_file(p) {
+            Ok(new) => *f.lock().unwrap_or_else(|e| e.into_inner()) = new,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %p.display(), "cannot reopen the audit log; still writing to the old one")
+            }
+        }
     }
 
     /// Records an event. `who` is absent for events the daemon does itself (expiry, recovery).

@@ -19,6 +19,7 @@ use crate::issuer::Issuers;
 use crate::lease::LeaseManager;
 use crate::lease::journal::{Journal, Record};
 use crate::metrics::Metrics;
+use crate::notify::notify;
 use crate::secret::{parse_mode, resolve_group, resolve_user, split_path};
 use crate::source::Source;
 use crate::source::local::LocalSource;
@@ -214,6 +215,13 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
             r
         })?;
         tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+        let counts = fs.tree().counts;
+        notify(&format!(
+            "READY=1\nSTATUS=serving {} static and {} dynamic secrets at {}",
+            counts.static_secrets,
+            counts.dynamic_secrets,
+            mountpoint.display()
+        ));
         if let Some(b) = &opts.banner {
             println!("{b}");
         }
@@ -226,7 +234,10 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
+                    notify("RELOADING=1");
+                    fs.audit().reopen();
                     for p in fs.refresh().await { tracing::warn!("skipped: {p}"); }
+                    notify("READY=1");
                 }
                 _ = tick.tick() => {
                     for p in fs.refresh().await { tracing::debug!("skipped: {p}"); }
@@ -235,6 +246,7 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
             }
         }
 
+        notify("STOPPING=1\nSTATUS=revoking live leases and unmounting");
         fs.leases().shutdown(cfg.defaults.revoke_on_shutdown).await;
         // A plain unmount first (it succeeds when nothing is open, and takes fuser's own handle so it
         // never retries); with files still open it fails with EBUSY and we detach lazily instead.

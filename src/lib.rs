@@ -10,6 +10,7 @@ pub mod issuer;
 pub mod lease;
 pub mod memlock;
 pub mod metrics;
+pub mod notify;
 pub mod openbao;
 pub mod render;
 pub mod secret;

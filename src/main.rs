@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use leasefs::config::Config;
 use leasefs::daemon::{self, RunOptions};
@@ -17,6 +17,18 @@ const AFTER: &str = "EXAMPLES:
     leasefs demo                                   # mount a sample catalog at ./secrets
     leasefs mount /secrets --config /etc/leasefs/config.json
     leasefs check --config /etc/leasefs/config.json
+    leasefs leases /secrets                        # live leases, metadata only
+    leasefs revoke /secrets 5f0c9e...              # end a lease now
+    mount -t leasefs /etc/leasefs/config.json /secrets   # via /usr/sbin/mount.leasefs
+
+FILES:
+    /etc/leasefs/config.json      configuration (must not be group/world readable)
+    /var/lib/leasefs/journal.jsonl  lease journal: leases to revoke after a crash
+    MOUNTPOINT/.leasefs/          status.json, leases.json, metrics, revoke (root only)
+
+SIGNALS:
+    SIGHUP reloads documents and reopens the audit log; SIGTERM/SIGINT revoke live
+    leases (revoke_on_shutdown) and unmount.
 
 EXIT STATUS:
     0  success
@@ -80,6 +92,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `leasefs manpage | gzip > /usr/share/man/man1/leasefs.1.gz`.
+    Manpage,
     /// Revoke a lease now (its file then reads "Key has expired"; the issuer revokes it).
     Revoke {
         mountpoint: PathBuf,
@@ -103,6 +119,11 @@ fn init_logs(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Installed as /usr/sbin/mount.leasefs, the binary speaks mount(8)'s helper protocol.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount.leasefs")) {
+        return mount_helper(std::env::args().skip(1).collect());
+    }
     let cli = Cli::parse();
     init_logs(&cli.log_level, cli.log_format);
     match cli.command {
@@ -136,6 +157,18 @@ fn main() -> ExitCode {
         }
         Command::Check { config, insecure_perms } => check(&config, insecure_perms),
         Command::Leases { mountpoint, json } => leases(&mountpoint, json),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "leasefs", &mut out);
+            print_all(&out)
+        }
+        Command::Manpage => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => print_all(&out),
+                Err(e) => finish(Err(e.into())),
+            }
+        }
         Command::Revoke { mountpoint, lease_id, all } => {
             let target = if all { "all".to_string() } else { lease_id.unwrap_or_default() };
             let path = mountpoint.join(".leasefs/revoke");
@@ -197,6 +230,15 @@ fn leases(mountpoint: &std::path::Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn print_all(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => finish(Err(e.into())),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 fn finish(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -255,5 +297,101 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
             c.static_secrets, c.dynamic_secrets, c.base_secrets
         );
         ExitCode::from(1)
+    }
+}
+
+/// `mount.leasefs CONFIG MOUNTPOINT [-sfnv] [-o OPTIONS]`, as mount(8) and fstab call it:
+/// starts `leasefs mount` detached and returns once the mount is live (exit 32 if it fails).
+///
+/// Options: `insecure_perms`, `log=FILE` (the daemon's log; default: discarded),
+/// `log_level=LEVEL`; mount(8)'s generic options (defaults, _netdev, nofail, auto, x-systemd.*…)
+/// are accepted and ignored.
+fn mount_helper(args: Vec<String>) -> ExitCode {
+    const FAIL: u8 = 32;
+    let mut pos = Vec::new();
+    let mut opts = Vec::new();
+    let mut fake = false;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => opts.extend(it.next().unwrap_or_default().split(',').map(str::to_string)),
+            "-t" | "-N" => {
+                it.next();
+            }
+            "-f" => fake = true,
+            "-s" | "-n" | "-v" => {}
+            s if s.starts_with("-o") => opts.extend(s[2..].split(',').map(str::to_string)),
+            _ => pos.push(a),
+        }
+    }
+    let [config, mountpoint] = pos.as_slice() else {
+        eprintln!("usage: mount.leasefs CONFIG MOUNTPOINT [-o options]");
+        return ExitCode::from(FAIL);
+    };
+    if fake {
+        return ExitCode::SUCCESS;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "leasefs".into());
+    let mut cmd = std::process::Command::new(exe);
+    let mut log: Option<String> = None;
+    let mut level = "info".to_string();
+    let mut extra = Vec::new();
+    for o in opts.iter().filter(|o| !o.is_empty()) {
+        match o.split_once('=') {
+            Some(("log", v)) => log = Some(v.to_string()),
+            Some(("log_level", v)) => level = v.to_string(),
+            None if o == "insecure_perms" => extra.push("--insecure-perms".to_string()),
+            _ => {} // generic mount(8) options
+        }
+    }
+    cmd.arg("--log-level").arg(&level).arg("mount").arg(mountpoint).arg("--config").arg(config).args(&extra);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    match &log {
+        Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            Ok(f) => {
+                cmd.stderr(f);
+            }
+            Err(e) => {
+                eprintln!("mount.leasefs: cannot open the log {p}: {e}");
+                return ExitCode::from(FAIL);
+            }
+        },
+        None => {
+            cmd.stderr(std::process::Stdio::null());
+        }
+    }
+    // SAFETY: setsid in the child before exec: the daemon outlives mount(8) and its terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mount.leasefs: cannot start leasefs: {e}");
+            return ExitCode::from(FAIL);
+        }
+    };
+    let target = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if daemon::is_mounted(&target) && std::fs::metadata(&target).is_ok() {
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            eprintln!(
+                "mount.leasefs: leasefs exited ({st}) before mounting {}{}",
+                target.display(),
+                log.as_ref().map(|l| format!("; see {l}")).unwrap_or_else(|| "; add -o log=FILE to see why".into())
+            );
+            return ExitCode::from(FAIL);
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("mount.leasefs: {} was not mounted within 30 s", target.display());
+            return ExitCode::from(FAIL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -194,6 +194,16 @@ print(s.client("sts", endpoint_url=os.environ["EP"]).get_caller_identity()["Arn"
     assert!(o.status.success(), "boto3 with credential_process: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("assumed-role/app/"));
 
+    // The same profile through the AWS CLI.
+    let o = std::process::Command::new(common::backends::venv_bin("aws"))
+        .args(["--profile", "leasefs", "--endpoint-url", &s.endpoint, "sts", "get-caller-identity", "--output", "json"])
+        .env("AWS_CONFIG_FILE", &cfg)
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "aws cli with credential_process: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("assumed-role/app/"));
+
     let ini = cat(&env.m("dynamic/aws/ini"));
     assert!(ini.contains("aws_access_key_id = ASIA") && ini.contains("aws_session_token = "), "{ini}");
 }

@@ -99,8 +99,13 @@ impl Env {
     }
 
     pub fn start_with(&mut self, args: &[&str]) -> &mut Mounted {
+        self.start_env(args, &[])
+    }
+
+    /// Mounts with extra arguments (before `mount`, e.g. `--log-format json`, go in `pre`) and environment.
+    pub fn start_env(&mut self, args: &[&str], envs: &[(&str, &str)]) -> &mut Mounted {
         drop(self.mount.take());
-        let m = Mounted::start(&self.path("config.json"), &self.mnt(), &self.path("daemon.log"), args);
+        let m = Mounted::start_full(&self.path("config.json"), &self.mnt(), &self.path("daemon.log"), &[], args, envs);
         self.mount = Some(m);
         self.mount.as_mut().unwrap()
     }
@@ -143,10 +148,23 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn start(config: &Path, mnt: &Path, log: &Path, args: &[&str]) -> Mounted {
+        Self::start_full(config, mnt, log, &[], args, &[])
+    }
+
+    pub fn start_full(
+        config: &Path,
+        mnt: &Path,
+        log: &Path,
+        pre: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Mounted {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(BIN)
             .arg("--log-level")
             .arg(std::env::var("LEASEFS_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .args(pre)
+            .envs(envs.iter().copied())
             .arg("mount")
             .arg(mnt)
             .arg("--config")
