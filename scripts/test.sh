@@ -18,6 +18,7 @@ command -v psql        >/dev/null || missing+=(postgresql-client)
 command -v unshare     >/dev/null || missing+=(util-linux)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kubectl     >/dev/null || missing+=(kubernetes-client)
+command -v bindfs      >/dev/null || missing+=(bindfs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,6 +27,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "test.sh: /dev/fuse is missing; FUSE tests cannot run" >&2; exit 1; }
+# Distributions ship /dev/fuse as 0666 (fusermount3 users need it); some containers create it 0600.
+# A test runs the daemon as an unprivileged user, so give it the usual mode.
+if [ "$(stat -c %a /dev/fuse)" != 666 ]; then as_root chmod 0666 /dev/fuse; fi
 
 # Never leave a mount behind from an earlier interrupted run.
 awk '$3 ~ /^fuse/ && $2 ~ /leasefs-test-/ {print $2}' /proc/mounts | while read -r m; do

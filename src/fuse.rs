@@ -247,7 +247,7 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lo: Option<LockOwner>,
@@ -257,7 +257,15 @@ impl Filesystem for FuseAdapter {
         // Releasing may start a revocation (revoke_on_close), which runs on the runtime.
         let _rt = self.rt.enter();
         self.fs.release(fh.0);
-        reply.ok()
+        reply.ok();
+        // Direct I/O keeps reads out of the page cache, but a private mmap of the file goes through
+        // it: drop whatever the kernel cached for this inode once a handle closes.
+        let notifier = self.notifier.clone();
+        self.rt.spawn(async move {
+            if let Some(n) = notifier.get() {
+                let _ = n.inval_inode(ino, 0, 0);
+            }
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {

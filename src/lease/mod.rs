@@ -104,6 +104,16 @@ pub struct LeaseManager {
     audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
+    /// Issuances under way: shutdown waits for them so that none escapes revocation.
+    in_flight: AtomicUsize,
+}
+
+/// Counts an issuance as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A fresh lease id: 128 random bits, hex.
@@ -139,6 +149,7 @@ impl LeaseManager {
             audit,
             metrics,
             shutting_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -240,6 +251,11 @@ impl LeaseManager {
             }
         }
 
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.in_flight);
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(LeaseError::Failed("leasefs is shutting down".into()));
+        }
         let max_ttl = Self::attr_duration(&req.secret, "max_ttl").unwrap_or(d.max_ttl.0).min(d.max_ttl.0);
         let ttl = Self::attr_duration(&req.secret, "ttl").unwrap_or(d.ttl.0).min(max_ttl);
         let lease_id = new_lease_id();
@@ -633,6 +649,12 @@ impl LeaseManager {
         self.shutting_down.store(true, Ordering::SeqCst);
         if !revoke {
             return;
+        }
+        // Let issuances under way finish (each is bounded by issue_timeout), so that their leases
+        // are in the table when it is revoked.
+        let deadline = tokio::time::Instant::now() + self.defaults.issue_timeout.0 + Duration::from_secs(1);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let handles = self.revoke_all("shutdown");
         let n = handles.len();

@@ -325,6 +325,7 @@ case "$mode" in
   slow)    echo $$ > "$here/slow.pid"; sleep 37; echo '{"Password": "late"}' ;;
   sleep2)  sleep 2; printf '{"Password": "pw-%s"}\n' "$pw" ;;
   fail)    echo "boom: cannot reach the vault" >&2; exit 3 ;;
+  noisy)   head -c 10000 /dev/zero | tr '\0' 'e' >&2; exit 1 ;;
   *)       echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 "#;

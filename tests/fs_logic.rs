@@ -1,0 +1,150 @@
+//! The filesystem logic without FUSE in the loop: permission checks of the daemon itself (behind the
+//! kernel's), errno of each refusal, handle sizes, directory offsets, and expiry seen by a handle.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasefs::audit::Audit;
+use leasefs::config::Defaults;
+use leasefs::fs::tree::Owner;
+use leasefs::fs::{EntryKind, LeaseFs, ROOT, Settings, SourceSpec};
+use leasefs::issuer::Issuers;
+use leasefs::lease::LeaseManager;
+use leasefs::metrics::Metrics;
+use leasefs::secret::Requester;
+use leasefs::source::local::LocalSource;
+
+struct Fixture {
+    fs: LeaseFs,
+    dir: tempfile::TempDir,
+}
+
+async fn fixture(docs: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("docs");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("a.json"), docs).unwrap();
+    std::fs::set_permissions(d.join("a.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
+    let defaults = Defaults::default();
+    let leases = LeaseManager::new(
+        Issuers::builtin(Duration::from_secs(5)),
+        None,
+        defaults.clone(),
+        audit.clone(),
+        Arc::new(Metrics::default()),
+    );
+    let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o555 };
+    let settings = Settings { defaults, root_owner: owner, control: true };
+    let spec = SourceSpec { source: Arc::new(LocalSource::new(d, true)), prefix: vec![], owner };
+    let fs = LeaseFs::new(settings, vec![spec], audit, leases);
+    assert!(fs.refresh().await.is_empty());
+    Fixture { fs, dir }
+}
+
+fn who(uid: u32, gid: u32) -> Requester {
+    Requester { uid, gid, pid: std::process::id(), comm: "test".into() }
+}
+
+fn ino(fs: &LeaseFs, path: &str) -> u64 {
+    path.split('/').fold(ROOT, |parent, name| fs.lookup(parent, name).unwrap().ino)
+}
+
+const DOCS: &str = r#"[
+  {"path": "a:root-only", "data": {"value": "r"}},
+  {"path": "a:group", "attributes": {"group": 4242, "mode": "0440"}, "data": {"value": "g"}},
+  {"path": "a:world", "attributes": {"mode": "0444"}, "data": {"value": "w"}},
+  {"path": "base:jwt", "attributes": {"type": "jwt"}, "data": {"algorithm": "HS256", "key": "0123456789abcdef0123456789abcdef"}},
+  {"path": "a:token", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:jwt"}, "format": "raw:token"}}
+]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_checks_the_requester_again_and_audits_each_denial() {
+    let f = fixture(DOCS).await;
+    let fs = &f.fs;
+    let (root_only, group, world) = (ino(fs, "a/root-only"), ino(fs, "a/group"), ino(fs, "a/world"));
+    assert_eq!(fs.open(root_only, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    assert_eq!(fs.open(group, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    assert!(fs.open(group, libc::O_RDONLY, who(1000, 4242)).await.is_ok(), "the file's group may read 0440");
+    assert!(fs.open(world, libc::O_RDONLY, who(1000, 1000)).await.is_ok());
+    assert!(fs.open(root_only, libc::O_RDONLY, who(0, 0)).await.is_ok());
+    let audit = std::fs::read_to_string(f.dir.path().join("audit.jsonl")).unwrap();
+    let denials: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "deny")
+        .collect();
+    assert_eq!(denials.len(), 2, "{audit}");
+    assert_eq!(denials[0]["path"], "/a/root-only");
+    assert_eq!(denials[0]["uid"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_their_errno() {
+    let f = fixture(DOCS).await;
+    let fs = &f.fs;
+    let file = ino(fs, "a/world");
+    let root = who(0, 0);
+    assert_eq!(fs.open(file, libc::O_WRONLY, root.clone()).await.unwrap_err().errno, libc::EROFS);
+    assert_eq!(fs.open(file, libc::O_RDONLY | libc::O_TRUNC, root.clone()).await.unwrap_err().errno, libc::EROFS);
+    assert_eq!(fs.open(ino(fs, "a"), libc::O_RDONLY, root.clone()).await.unwrap_err().errno, libc::EISDIR);
+    assert_eq!(fs.lookup(ROOT, "nope").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(fs.lookup(file, "x").unwrap_err().errno, libc::ENOTDIR);
+    assert_eq!(fs.write(file, b"x", root.clone()).await.unwrap_err().errno, libc::EROFS);
+    // The control directory is for root (or the daemon's user) only.
+    let status = ino(fs, ".leasefs/status.json");
+    assert_eq!(fs.open(status, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    let revoke = ino(fs, ".leasefs/revoke");
+    assert_eq!(fs.write(revoke, b"all", who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    assert_eq!(fs.write(revoke, b"no-such-lease", root).await.unwrap_err().errno, libc::ENOENT);
+    // Base secrets are not listed.
+    assert_eq!(fs.lookup(ROOT, "base").unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
+    let f = fixture(DOCS).await;
+    let fs = &f.fs;
+    let token = ino(fs, "a/token");
+    let me = who(0, 0);
+    let o = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    let size = fs.read(o.fh, 0, 1 << 20, |r| r.unwrap().len());
+    assert!(size > 50);
+    let (a, exact) = fs.getattr(token, None, me.pid).unwrap();
+    assert!(exact && a.size as usize == size, "fstat by the holder sees the real size");
+    let (a, exact) = fs.getattr(token, None, me.pid + 1).unwrap();
+    assert!(!exact && a.size == 0, "others see 0");
+    // Revoke every lease: the open handle now reads EKEYEXPIRED.
+    fs.leases().revoke_all("revoke");
+    assert_eq!(fs.read(o.fh, 0, 10, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
+    fs.release(o.fh);
+    assert_eq!(fs.read(o.fh, 0, 10, |r| r.unwrap_err().errno), libc::EBADF);
+
+    // readdir: ".", "..", then children in name order; resuming at any offset continues there.
+    let a_dir = ino(fs, "a");
+    let mut all = Vec::new();
+    fs.readdir(a_dir, 0, |e| {
+        all.push((e.name.to_string(), e.next, e.attr.kind));
+        false
+    })
+    .unwrap();
+    let names: Vec<&str> = all.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, [".", "..", "group", "root-only", "token", "world"]);
+    assert_eq!(all[0].2, EntryKind::Dir);
+    let mut rest = Vec::new();
+    fs.readdir(a_dir, all[2].1, |e| {
+        rest.push(e.name.to_string());
+        false
+    })
+    .unwrap();
+    assert_eq!(rest, ["root-only", "token", "world"]);
+    // A full buffer stops the listing.
+    let mut one = Vec::new();
+    fs.readdir(a_dir, 0, |e| {
+        one.push(e.name.to_string());
+        true
+    })
+    .unwrap();
+    assert_eq!(one, ["."]);
+}
