@@ -108,14 +108,35 @@ enum Command {
     },
 }
 
+/// Libraries whose debug output can hold secrets: tokio-postgres logs statement text (such as
+/// `CREATE ROLE … PASSWORD`), aws-sigv4 traces what it signs, HTTP stacks trace headers.
+const QUIET: &[&str] = &[
+    "tokio_postgres",
+    "postgres_protocol",
+    "aws_sigv4",
+    "aws_smithy_runtime_api",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+];
+
 fn init_logs(level: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Records from the `log` crate (tokio-postgres, fuser) come through this bridge; the quiet
+    // crates are dropped here whatever the level, since target filters do not reach bridged records.
+    let _ = tracing_log::LogTracer::builder()
+        .ignore_all(QUIET.iter().copied())
+        .with_max_level(log::LevelFilter::Trace)
+        .init();
+    let caps: String = QUIET.iter().map(|c| format!(",{c}=info")).collect();
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level}{caps}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info{caps}")));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
+    let _ = match format {
+        LogFormat::Text => tracing::subscriber::set_global_default(b.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(b.json().finish()),
+    };
 }
 
 fn main() -> ExitCode {

@@ -150,10 +150,8 @@ impl Issuer for AwsIssuer {
         let ours = Utc::now() + chrono::Duration::from_std(req.ttl).unwrap_or(chrono::Duration::minutes(15));
         let expires_at = sts_expiry.min(ours);
         fields.insert("expiration", expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        let mut revocation = serde_json::json!({"access_key_id": get("AccessKeyId")?});
-        if let Some(arn) = tag(&text, "Arn") {
-            revocation["arn"] = arn.into();
-        }
+        // STS cannot revoke: the journal keeps only the assumed-role ARN, for the audit trail.
+        let revocation = serde_json::json!({"arn": tag(&text, "Arn")});
         Ok(Issued { fields, expires_at: Some(expires_at), revocation })
     }
 

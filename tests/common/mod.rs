@@ -160,9 +160,13 @@ impl Mounted {
         envs: &[(&str, &str)],
     ) -> Mounted {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let level = if pre.contains(&"--log-level") {
+            vec![]
+        } else {
+            vec!["--log-level".to_string(), std::env::var("LEASEFS_TEST_LOG").unwrap_or_else(|_| "debug".into())]
+        };
         let child = Command::new(BIN)
-            .arg("--log-level")
-            .arg(std::env::var("LEASEFS_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .args(&level)
             .args(pre)
             .envs(envs.iter().copied())
             .arg("mount")
