@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""leasefs benchmark: the same secret tree served by leasefs (local source), tmpfs (the limit) and
+`bindfs -o ro` over that tmpfs (a mature C libfuse3 filesystem), measured in the same run,
+alternating, medians of N runs. Prints a table, writes JSON and an SVG chart.
+
+Usage (as root): benches/bench.py [--runs 5] [--out docs/bench] [--quick]
+"""
+import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "leasefs")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw).stdout
+
+
+def timed(cmd):
+    t = time.perf_counter()
+    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def drop_fuse_caches():
+    # Warm runs are what is compared (as in the notes); nothing to drop.
+    pass
+
+
+def is_mounted(p):
+    with open("/proc/mounts") as f:
+        return any(l.split()[1] == p for l in f)
+
+
+def wait_mounted(p, proc, limit=120):
+    t = time.time()
+    while not is_mounted(p):
+        if proc.poll() is not None:
+            sys.exit(f"leasefs exited: {proc.stderr.read() if proc.stderr else ''}")
+        if time.time() - t > limit:
+            sys.exit(f"{p} not mounted after {limit}s")
+        time.sleep(0.005)
+    return time.time() - t
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+class Leasefs:
+    def __init__(self, work, docs, mnt, extra_defaults=None):
+        self.mnt = mnt
+        cfg = {"sources": [{"type": "local", "prefix": "/", "path": docs}],
+               "state_dir": os.path.join(work, "state"),
+               "defaults": {"refresh": "1h", "attr_ttl": "60s", "cache_ttl": "60s", **(extra_defaults or {})}}
+        self.cfg = os.path.join(work, f"config-{os.path.basename(mnt)}.json")
+        with open(self.cfg, "w") as f:
+            json.dump(cfg, f)
+        os.chmod(self.cfg, 0o600)
+        os.makedirs(mnt, exist_ok=True)
+        t = time.time()
+        self.proc = subprocess.Popen([BIN, "--log-level", "warn", "mount", mnt, "--config", self.cfg],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_mounted(mnt, self.proc)
+        self.ready = time.time() - t
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def write_tree(docs, plain, n1, n2, n3, per_file=10000):
+    """n1*n2*n3 static secrets, as documents (leasefs) and as plain files (tmpfs/bindfs)."""
+    os.makedirs(docs, exist_ok=True)
+    batch, k = [], 0
+    for a in range(n1):
+        for b in range(n2):
+            if plain:
+                os.makedirs(os.path.join(plain, f"d{a}", f"e{b}"), exist_ok=True)
+            for c in range(n3):
+                value = f"secret-{a}-{b}-{c}"
+                batch.append({"path": f"d{a}:e{b}:s{c}", "data": {"value": value}})
+                if plain:
+                    with open(os.path.join(plain, f"d{a}", f"e{b}", f"s{c}"), "w") as f:
+                        f.write(value)
+                if len(batch) == per_file:
+                    p = os.path.join(docs, f"part{k:04}.json")
+                    with open(p, "w") as f:
+                        json.dump(batch, f)
+                    os.chmod(p, 0o600)
+                    batch, k = [], k + 1
+    if batch:
+        p = os.path.join(docs, f"part{k:04}.json")
+        with open(p, "w") as f:
+            json.dump(batch, f)
+        os.chmod(p, 0o600)
+
+
+def median_alternating(cmds, runs):
+    """cmds: {name: shell command}; runs them alternately `runs` times (after one warm-up each)."""
+    for c in cmds.values():
+        timed(c)
+    res = {k: [] for k in cmds}
+    for _ in range(runs):
+        for k, c in cmds.items():
+            res[k].append(timed(c))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def open_loop(path, seconds):
+    n, t0 = 0, time.perf_counter()
+    lat = []
+    while time.perf_counter() - t0 < seconds:
+        t = time.perf_counter()
+        with open(path, "rb") as f:
+            f.read()
+        lat.append(time.perf_counter() - t)
+        n += 1
+    return n / (time.perf_counter() - t0), statistics.median(lat)
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * p))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
+    ap.add_argument("--quick", action="store_true", help="10k entries instead of 100k; no 1M run")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench.py: run as root (it mounts tmpfs, bindfs and leasefs)")
+    if not os.path.exists(BIN):
+        sys.exit("bench.py: build first: cargo build --release")
+    n2 = 10 if a.quick else 100
+    total = 10 * n2 * 100
+    work = tempfile.mkdtemp(prefix="leasefs-bench-")
+    tmpfs = os.path.join(work, "tmpfs")
+    os.makedirs(tmpfs)
+    sh(f"mount -t tmpfs -o size=2g tmpfs {tmpfs}")
+    mounts = []
+    results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}, "entries": total, "runs": a.runs}
+    try:
+        print(f"bench: writing {total} secrets ...", flush=True)
+        plain = os.path.join(tmpfs, "tree")
+        docs = os.path.join(work, "docs")
+        write_tree(docs, plain, 10, n2, 100)
+        bmnt = os.path.join(work, "bindfs")
+        os.makedirs(bmnt)
+        sh(f"bindfs -o ro {plain} {bmnt}")
+        mounts.append(bmnt)
+        lmnt = os.path.join(work, "leasefs")
+        lf = Leasefs(work, docs, lmnt)
+        mounts.append(lmnt)
+        results["ready_s"] = lf.ready
+        results["rss_kb"] = rss_kb(lf.proc.pid)
+        print(f"bench: leasefs ready in {lf.ready:.3f}s, RSS {results['rss_kb']/1024:.1f} MiB for {total} entries", flush=True)
+
+        trees = {"tmpfs": plain, "bindfs": bmnt, "leasefs": lmnt}
+        print("bench: find ...", flush=True)
+        results["find_s"] = median_alternating({k: f"find {p} -type f | wc -l" for k, p in trees.items()}, a.runs)
+        print("bench: ls -lR ...", flush=True)
+        results["ls_lR_s"] = median_alternating({k: f"ls -lR {p} > /dev/null" for k, p in trees.items()}, a.runs)
+        print("bench: cat 10k ...", flush=True)
+        lists = {}
+        for k, p in trees.items():
+            lst = os.path.join(work, f"list-{k}")
+            sh(f"find {p} -type f | sort | head -n 10000 > {lst}")
+            lists[k] = lst
+        results["cat10k_s"] = median_alternating({k: f"xargs -a {lists[k]} cat > /dev/null" for k in trees}, a.runs)
+
+        # Dynamic: jwt in-process issuer, open/read/close from one reader.
+        ddocs = os.path.join(work, "ddocs")
+        os.makedirs(ddocs)
+        script = os.path.join(work, "issuer.sh")
+        with open(script, "w") as f:
+            f.write('#!/bin/sh\ncat > /dev/null\n[ -n "$SLEEP" ] && sleep "$SLEEP"\nprintf \'{"Username": "u", "Password": "p%s"}\\n\' "$LEASEFS_LEASE_ID"\n')
+        os.chmod(script, 0o755)
+        slow = os.path.join(work, "slow.sh")
+        with open(slow, "w") as f:
+            f.write('#!/bin/sh\ncat > /dev/null\nsleep 0.5\nprintf \'{"Password": "slow"}\\n\'\n')
+        os.chmod(slow, 0o755)
+        dyn = [
+            {"path": "base:jwt", "attributes": {"type": "jwt"}, "data": {"algorithm": "HS256", "key": "bench-key-0123456789abcdef0123456789"}},
+            {"path": "dyn:jwt", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:jwt"}, "ttl": "30s", "format": "raw:token"}},
+            {"path": "base:exec", "attributes": {"type": "exec"}, "data": {"command": [script]}},
+            {"path": "dyn:exec", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:exec"}, "ttl": "30s"}},
+            {"path": "base:slow", "attributes": {"type": "exec"}, "data": {"command": [slow]}},
+            {"path": "dyn:slow", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:slow"}, "ttl": "30s"}},
+        ]
+        for i in range(200):
+            dyn.append({"path": f"static:d{i // 20}:s{i}", "data": {"value": f"v{i}"}})
+        with open(os.path.join(ddocs, "dyn.json"), "w") as f:
+            json.dump(dyn, f)
+        os.chmod(os.path.join(ddocs, "dyn.json"), 0o600)
+        dmnt = os.path.join(work, "dyn")
+        df = Leasefs(work, ddocs, dmnt, {"issue_timeout": "30s", "max_ttl": "1h"})
+        mounts.append(dmnt)
+        print("bench: jwt open/read/close ...", flush=True)
+        open_loop(os.path.join(dmnt, "dyn/jwt"), 1.0)
+        rates = [open_loop(os.path.join(dmnt, "dyn/jwt"), 2.0) for _ in range(3)]
+        rate, lat = max(rates)
+        m = open(os.path.join(dmnt, ".leasefs/metrics")).read()
+        s = float(re.search(r'leasefs_issue_duration_seconds_sum\{issuer="jwt"\} (\S+)', m).group(1))
+        c = float(re.search(r'leasefs_issue_duration_seconds_count\{issuer="jwt"\} (\S+)', m).group(1))
+        results["jwt"] = {"opens_per_s": rate, "median_open_read_close_ms": lat * 1e3, "issuer_mean_ms": s / c * 1e3,
+                          "overhead_ms": lat * 1e3 - s / c * 1e3}
+
+        print("bench: exec issuer ...", flush=True)
+        req = json.dumps({"lease_id": "x", "base": {}, "secret": {}, "requester": {}})
+        direct, via = [], []
+        for _ in range(max(20, a.runs * 6)):
+            t = time.perf_counter()
+            subprocess.run([script], input=req, text=True, stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, check=True)
+            direct.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with open(os.path.join(dmnt, "dyn/exec"), "rb") as f:
+                f.read()
+            via.append(time.perf_counter() - t)
+        results["exec"] = {"script_direct_ms": statistics.median(direct) * 1e3, "via_leasefs_ms": statistics.median(via) * 1e3,
+                           "overhead_ms": (statistics.median(via) - statistics.median(direct)) * 1e3}
+
+        print("bench: isolation under 64 slow issuances ...", flush=True)
+        threads = [threading.Thread(target=lambda: open(os.path.join(dmnt, "dyn/slow"), "rb").read()) for _ in range(64)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        stat_l, ls_l = [], []
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.45:
+            t = time.perf_counter()
+            os.stat(os.path.join(dmnt, f"static/d{len(stat_l) % 10}/s{len(stat_l) % 200}"))
+            stat_l.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            os.listdir(os.path.join(dmnt, f"static/d{len(ls_l) % 10}"))
+            ls_l.append(time.perf_counter() - t)
+        pending_seen = open(os.path.join(dmnt, ".leasefs/leases.json")).read().count('"id"')
+        for t in threads:
+            t.join()
+        results["isolation"] = {"samples": len(stat_l), "stat_p50_ms": pct(stat_l, .5) * 1e3, "stat_p99_ms": pct(stat_l, .99) * 1e3,
+                                "ls_p50_ms": pct(ls_l, .5) * 1e3, "ls_p99_ms": pct(ls_l, .99) * 1e3}
+        df.stop()
+        mounts.remove(dmnt)
+        lf.stop()
+        mounts.remove(lmnt)
+
+        if not a.quick:
+            print("bench: 1M entries ...", flush=True)
+            big = os.path.join(work, "docs1m")
+            write_tree(big, None, 100, 100, 100, per_file=20000)
+            shutil.rmtree(docs)
+            bm = os.path.join(work, "big")
+            b = Leasefs(work, big, bm)
+            results["rss_1m_kb"] = rss_kb(b.proc.pid)
+            results["ready_1m_s"] = b.ready
+            b.stop()
+    finally:
+        for m in reversed(mounts):
+            subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
+        subprocess.run(["umount", "-l", tmpfs], stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+    report(results, a.out)
+
+
+def report(r, out):
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    def ratio(k):
+        return r[k]["leasefs"] / r[k]["bindfs"]
+    targets = [
+        ("find (100k)", r["find_s"], ratio("find_s"), "<= 1.0x bindfs", ratio("find_s") <= 1.0),
+        ("ls -lR (100k)", r["ls_lR_s"], ratio("ls_lR_s"), "<= 0.5x bindfs", ratio("ls_lR_s") <= 0.5),
+        ("cat 10k", r["cat10k_s"], ratio("cat10k_s"), "<= 1.0x bindfs", ratio("cat10k_s") <= 1.0),
+    ]
+    print()
+    print(f"{'test':<16}{'tmpfs s':>10}{'bindfs s':>10}{'leasefs s':>11}{'vs bindfs':>11}{'vs tmpfs':>10}  target")
+    for name, v, rt, tgt, met in targets:
+        print(f"{name:<16}{v['tmpfs']:>10.3f}{v['bindfs']:>10.3f}{v['leasefs']:>11.3f}{rt:>10.2f}x{v['leasefs']/v['tmpfs']:>9.1f}x  {tgt} {'met' if met else 'MISSED'}")
+        rows.append({"test": name, **v, "ratio_bindfs": rt, "target": tgt, "met": met})
+    j, e, iso = r["jwt"], r["exec"], r["isolation"]
+    others = [
+        ("jwt opens/s (1 reader)", f"{j['opens_per_s']:.0f}", "> 20000", j["opens_per_s"] > 20000),
+        ("jwt leasefs overhead", f"{j['overhead_ms']:.3f} ms (open+read+close {j['median_open_read_close_ms']:.3f}, issuer {j['issuer_mean_ms']:.3f})", "< 0.5 ms", j["overhead_ms"] < 0.5),
+        ("exec added latency", f"{e['overhead_ms']:.2f} ms (script {e['script_direct_ms']:.2f}, via leasefs {e['via_leasefs_ms']:.2f})", "-", True),
+        ("isolation stat p50/p99", f"{iso['stat_p50_ms']:.3f} / {iso['stat_p99_ms']:.3f} ms", "-", True),
+        ("isolation ls p50/p99", f"{iso['ls_p50_ms']:.3f} / {iso['ls_p99_ms']:.3f} ms", "p99 < 10 ms", iso["ls_p99_ms"] < 10),
+        ("RSS 100k entries", f"{r['rss_kb']/1024:.1f} MiB", "< 64 MiB", r["rss_kb"] < 64 * 1024),
+        ("ready 100k entries", f"{r['ready_s']:.3f} s", "< 1 s", r["ready_s"] < 1),
+    ]
+    if "rss_1m_kb" in r:
+        others.append(("RSS 1M entries", f"{r['rss_1m_kb']/1024:.1f} MiB (ready {r['ready_1m_s']:.2f} s)", "< 400 MiB", r["rss_1m_kb"] < 400 * 1024))
+    print()
+    for name, v, tgt, met in others:
+        print(f"{name:<26}{v:<60}{tgt:<12}{'met' if met else 'MISSED'}")
+    r["table"] = rows
+    r["targets"] = [{"what": n, "value": v, "target": t, "met": m} for n, v, t, m in others]
+    with open(os.path.join(out, "latest.json"), "w") as f:
+        json.dump(r, f, indent=2)
+    svg(rows, os.path.join(out, "latest.svg"))
+    print(f"\nbench: wrote {out}/latest.json and {out}/latest.svg")
+
+
+def svg(rows, path):
+    w, bar, gap = 640, 16, 10
+    colors = {"tmpfs": "#9aa5b1", "bindfs": "#e0a458", "leasefs": "#3d7ea6"}
+    h = 40 + len(rows) * (3 * bar + gap + 20)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="14">Seconds (median), lower is better — same run, same tree</text>']
+    y = 40
+    for r in rows:
+        top = max(r["tmpfs"], r["bindfs"], r["leasefs"])
+        out.append(f'<text x="10" y="{y + 10}">{r["test"]}</text>')
+        y += 14
+        for k in ("tmpfs", "bindfs", "leasefs"):
+            bw = (w - 260) * r[k] / top
+            out.append(f'<rect x="110" y="{y}" width="{bw:.1f}" height="{bar - 2}" fill="{colors[k]}"/>')
+            out.append(f'<text x="{115 + bw:.1f}" y="{y + bar - 5}">{k} {r[k]:.3f}s</text>')
+            y += bar
+        y += gap
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

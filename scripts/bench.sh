@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds leasefs in release mode, installs bindfs if missing, and runs the benchmark
+# (benches/bench.py) as root. Results: docs/bench/latest.json and latest.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v bindfs >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs fuse3 >/dev/null; }
+cargo build --release
+exec python3 benches/bench.py "$@"
