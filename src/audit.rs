@@ -40,6 +40,10 @@ struct Line<'a> {
 }
 
 impl Audit {
+    pub fn is_enabled(&self) -> bool {
+        self.file.is_some()
+    }
+
     pub fn disabled() -> Self {
         Audit { file: None, path: None }
     }

@@ -176,8 +176,21 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
         let who = who(req);
+        // A static secret already in the payload cache is answered in place: nothing can block.
+        if let Some(r) = self.fs.open_cached(ino.0, flags.0, &who) {
+            match r {
+                Ok(o) => {
+                    if let Some(n) = self.notifier.get() {
+                        let _ = n.inval_inode(ino, -1, 0);
+                    }
+                    reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
+        let fs = self.fs.clone();
         let notifier = self.notifier.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, flags.0, who).await {
@@ -188,7 +201,8 @@ impl Filesystem for FuseAdapter {
                     if let Some(n) = notifier.get() {
                         let _ = n.inval_inode(ino, -1, 0);
                     }
-                    let mut f = FopenFlags::empty();
+                    // Nothing is ever buffered for writing: no FLUSH round trip on close.
+                    let mut f = FopenFlags::FOPEN_NOFLUSH;
                     if o.direct_io {
                         f |= FopenFlags::FOPEN_DIRECT_IO;
                     }
@@ -318,6 +332,74 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::EROFS)
+    }
+
+    /// Secrets are not terminals: what isatty() and friends expect to hear.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Answered here, without fuser's warning per call (Python's open() issues one per file).
+        reply.error(Errno::from_i32(libc::ENOTTY))
+    }
+
+    /// ENOSYS makes the kernel handle SEEK_SET/CUR/END itself and remember it.
+    fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _o: i64, _w: i32, reply: fuser::ReplyLseek) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    /// ENOSYS makes the kernel fall back to read/write (and remember it).
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _o: u64, _l: u64, _m: i32, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS)
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        reply.ok()
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Not called with default_permissions; answer like a permissive filesystem if it is.
+        reply.ok()
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _bs: u32, _idx: u64, reply: fuser::ReplyBmap) {
+        reply.error(Errno::ENOSYS)
     }
 }
 

@@ -154,11 +154,20 @@ impl SecretMeta {
     }
 }
 
+/// A document file as it was when listed: opens read just one document's bytes while the file
+/// still has this size and modification time.
+#[derive(Debug)]
+pub struct DocFile {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    pub mtime: SystemTime,
+}
+
 /// Where a source finds a payload again.
 #[derive(Clone, Debug)]
 pub enum Locator {
-    /// A local document file and the index of the document within it.
-    File { file: Arc<std::path::Path>, index: usize },
+    /// A local document file, the index of the document within it, and its byte range there.
+    File { file: Arc<DocFile>, index: u32, offset: u64, len: u32 },
     /// A key in a remote store (OpenBao KV path or dynamic path).
     Remote(String),
     /// Fields that the source embeds itself (the demo catalog's jwt key, generated at start).
@@ -310,10 +319,20 @@ pub struct Requester {
 }
 
 impl Requester {
+    /// A requester without its command name (reading /proc costs a syscall trio per open;
+    /// `with_comm` adds it where it is recorded).
     pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
-        let comm =
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_string()).unwrap_or_default();
-        Requester { uid, gid, pid, comm }
+        Requester { uid, gid, pid, comm: String::new() }
+    }
+
+    /// Fills in the command name from `/proc/PID/comm`, if not known yet.
+    pub fn with_comm(mut self) -> Self {
+        if self.comm.is_empty() {
+            self.comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
+                .map(|s| s.trim_end().to_string())
+                .unwrap_or_default();
+        }
+        self
     }
 }
 

@@ -283,3 +283,24 @@ fn group_or_world_readable_documents_and_config_are_refused_unless_insecure_perm
     assert_eq!(cat(&env.m("loose")), "2");
     let _ = good;
 }
+
+#[test]
+fn everyday_probes_of_programs_are_answered_quietly() {
+    // Python's open() sends an ioctl (isatty) per file, cp tries copy_file_range, less seeks:
+    // each used to log a warning, enough to fill and block a log pipe nobody reads.
+    let env = mounted(serde_json::json!({}));
+    let p = env.m("public/motd");
+    let script = format!("import os\nfor _ in range(200):\n    open('{}').read()\n", p.display());
+    ok("python3", &["-c", &script]);
+    let copy = env.path("motd-copy");
+    ok("cp", &[p.to_str().unwrap(), copy.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "hello");
+    let o = run("python3", &["-c", &format!("import sys\nf=open('{}')\nprint(f.isatty())", p.display())]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "False");
+    let log = env.log();
+    assert!(
+        !log.contains("Not Implemented"),
+        "{}",
+        log.lines().filter(|l| l.contains("Not Implemented")).take(3).collect::<Vec<_>>().join("\n")
+    );
+}

@@ -115,7 +115,8 @@ pub struct LeaseFs {
     started: SystemTime,
 }
 
-const CACHE_ENTRIES: usize = 4096;
+/// Static payloads kept for `cache_ttl` (zeroized when evicted or dropped).
+const CACHE_ENTRIES: usize = 16384;
 
 impl LeaseFs {
     pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>, leases: Arc<LeaseManager>) -> Self {
@@ -349,6 +350,7 @@ impl LeaseFs {
     /// Opens an entry: fetches a static payload (cached for `cache_ttl`) or renders a control file.
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
         self.count(&self.leases.metrics.ops.open);
+        let who = if self.audit.is_enabled() { who.with_comm() } else { who };
         let r = self.open_inner(ino, flags, who).await;
         if r.is_err() {
             self.count(&self.leases.metrics.ops.errors);
@@ -388,19 +390,7 @@ impl LeaseFs {
                 match &meta.kind {
                     SecretKind::Static | SecretKind::Base { .. } => {
                         let result = self.open_static(ino, *source, meta).await;
-                        let outcome = if result.is_ok() { "ok" } else { "error" };
-                        let detail = result.as_ref().err().map(|e| e.message.clone());
-                        self.audit.record(
-                            &Event {
-                                event: "open",
-                                path: &path,
-                                lease_id: None,
-                                issuer: None,
-                                outcome,
-                                detail: detail.as_deref(),
-                            },
-                            Some(&who),
-                        );
+                        self.audit_open(&path, &result, &who);
                         let bytes = result?;
                         Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
                     }
@@ -428,7 +418,7 @@ impl LeaseFs {
                             base,
                             source: slot.source.clone(),
                             source_key: Self::source_key(slot),
-                            requester: who.clone(),
+                            requester: who.clone().with_comm(),
                         };
                         match self.leases.open(req).await {
                             Ok(lease) => Ok(self.new_handle(ino, who.pid, lease.bytes.clone(), Some(lease))),
@@ -441,6 +431,58 @@ impl LeaseFs {
                 }
             }
         }
+    }
+
+    fn audit_open(&self, path: &str, result: &Result<crate::render::Bytes, FsError>, who: &Requester) {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        let detail = result.as_ref().err().map(|e| e.message.clone());
+        self.audit.record(
+            &Event { event: "open", path, lease_id: None, issuer: None, outcome, detail: detail.as_deref() },
+            Some(who),
+        );
+    }
+
+    /// Opens a static secret whose payload is cached and fresh, in place (no task, no await);
+    /// `None` when the open needs the async path (a cache miss, a dynamic secret, a control file).
+    pub fn open_cached(&self, ino: u64, flags: i32, who: &Requester) -> Option<Result<Opened, FsError>> {
+        let tree = self.tree();
+        let n = tree.node(ino)?;
+        let NodeKind::Secret { meta, .. } = &n.kind else { return None };
+        if matches!(meta.kind, SecretKind::Dynamic { .. }) {
+            return None;
+        }
+        let fields = {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let e = c.get(&ino)?;
+            if e.fetched.elapsed() >= self.settings.defaults.cache_ttl.0 {
+                return None;
+            }
+            e.fields.clone()
+        };
+        self.count(&self.leases.metrics.ops.open);
+        let acc = flags & libc::O_ACCMODE;
+        if acc != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0 {
+            return Some(Err(FsError::erofs()));
+        }
+        let who = if self.audit.is_enabled() { who.clone().with_comm() } else { who.clone() };
+        let path = tree.path_of(ino);
+        if let Err(e) = self.check_access(&path, n, &who, false) {
+            return Some(Err(e));
+        }
+        let result = Self::render_for(meta, &fields);
+        self.audit_open(&path, &result, &who);
+        Some(result.map(|bytes| self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None)))
+    }
+
+    fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
+        let format = match meta.attr_str("format") {
+            Some(f) => Some(Format::parse(f).map_err(FsError::eio)?),
+            None => None,
+        };
+        render_static(fields, format.as_ref()).map_err(|e| {
+            tracing::warn!(path = %meta.path(), error = %e, "cannot render secret");
+            FsError::eio(e)
+        })
     }
 
     fn new_handle(&self, ino: u64, pid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Opened {
@@ -456,10 +498,6 @@ impl LeaseFs {
         meta: &Arc<SecretMeta>,
     ) -> Result<crate::render::Bytes, FsError> {
         let d = &self.settings.defaults;
-        let format = match meta.attr_str("format") {
-            Some(f) => Some(Format::parse(f).map_err(FsError::eio)?),
-            None => None,
-        };
         let cached = {
             let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             c.get(&ino).map(|e| (e.fetched.elapsed(), e.fields.clone()))
@@ -501,10 +539,7 @@ impl LeaseFs {
                 }
             }
         };
-        render_static(&fields, format.as_ref()).map_err(|e| {
-            tracing::warn!(path = %meta.path(), error = %e, "cannot render secret");
-            FsError::eio(e)
-        })
+        Self::render_for(meta, &fields)
     }
 
     /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`.

@@ -293,7 +293,7 @@ impl Where {
 }
 fn locate(meta: &SecretMeta) -> Where {
     match &meta.locator {
-        crate::secret::Locator::File { file, index } => Where(Some((file.to_path_buf(), *index))),
+        crate::secret::Locator::File { file, index, .. } => Where(Some((file.path.clone(), *index as usize))),
         _ => Where(None),
     }
 }

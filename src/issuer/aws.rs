@@ -155,6 +155,10 @@ impl Issuer for AwsIssuer {
         Ok(Issued { fields, expires_at: Some(expires_at), revocation })
     }
 
+    fn can_revoke(&self) -> bool {
+        false
+    }
+
     /// STS credentials cannot be revoked individually; they end at their expiry.
     async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), IssueError> {
         Ok(())

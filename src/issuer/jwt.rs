@@ -68,6 +68,10 @@ impl Issuer for JwtIssuer {
         Ok(Issued { fields, expires_at: Some(exp), revocation: serde_json::json!({"jti": req.lease_id}) })
     }
 
+    fn can_revoke(&self) -> bool {
+        false
+    }
+
     /// A signed token cannot be recalled; it dies at `exp`. Nothing to do.
     async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), IssueError> {
         Ok(())

@@ -69,6 +69,11 @@ pub trait Issuer: Send + Sync {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError>;
+    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token, STS
+    /// keys) are not journaled: after a crash there would be nothing to do for them.
+    fn can_revoke(&self) -> bool {
+        true
+    }
     /// Extends a renewable lease by about `increment`; the new expiry, or None when it cannot be renewed.
     async fn renew(&self, _req: &RevokeRequest<'_>, _increment: Duration) -> Result<Option<DateTime<Utc>>, IssueError> {
         Ok(None)

@@ -106,6 +106,8 @@ pub struct LeaseManager {
     shutting_down: AtomicBool,
     /// Issuances under way: shutdown waits for them so that none escapes revocation.
     in_flight: AtomicUsize,
+    /// Base secrets' data by (source, path), for `cache_ttl`.
+    bases: Mutex<lru::LruCache<(String, String), (Instant, Arc<SecretFields>)>>,
 }
 
 /// Counts an issuance as in flight for as long as it lives.
@@ -150,6 +152,7 @@ impl LeaseManager {
             metrics,
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            bases: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(256).expect("non-zero"))),
         })
     }
 
@@ -284,6 +287,25 @@ impl LeaseManager {
         }
     }
 
+    /// A base secret's data, cached for `cache_ttl` like static payloads (zeroized on eviction).
+    async fn base_fields(&self, req: &OpenRequest) -> Result<Arc<SecretFields>, LeaseError> {
+        let key = (req.source_key.clone(), req.base.path());
+        let ttl = self.defaults.cache_ttl.0;
+        if let Some((at, f)) = self.bases.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if at.elapsed() < ttl {
+                return Ok(f.clone());
+            }
+        }
+        let f = Arc::new(
+            req.source
+                .read(&req.base)
+                .await
+                .map_err(|e| LeaseError::Failed(format!("cannot read the base secret {}: {e}", req.base.path())))?,
+        );
+        self.bases.lock().unwrap_or_else(|e| e.into_inner()).put(key, (Instant::now(), f.clone()));
+        Ok(f)
+    }
+
     fn record(
         &self,
         op: Op,
@@ -308,6 +330,9 @@ impl LeaseManager {
     }
 
     async fn journal(&self, r: Record) -> Result<(), LeaseError> {
+        if !self.issuers.get(&r.issuer).is_some_and(|i| i.can_revoke()) {
+            return Ok(());
+        }
         match &self.journal {
             None => Ok(()),
             Some(j) => {
@@ -325,11 +350,7 @@ impl LeaseManager {
         ttl: Duration,
         max_ttl: Duration,
     ) -> Result<Arc<Lease>, LeaseError> {
-        let base = req
-            .source
-            .read(&req.base)
-            .await
-            .map_err(|e| LeaseError::Failed(format!("cannot read the base secret {}: {e}", req.base.path())))?;
+        let base = self.base_fields(req).await?;
         let mut ireq = IssueRequest {
             lease_id,
             secret: &req.secret,

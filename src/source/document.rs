@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::config::FileError;
 use crate::secret::{
-    Locator, SecretFields, SecretKind, SecretMeta, parse_mode, resolve_group, resolve_user, split_path,
+    DocFile, Locator, SecretFields, SecretKind, SecretMeta, parse_mode, resolve_group, resolve_user, split_path,
 };
 
 /// Issuer kinds a base secret may name in `attributes.type`.
@@ -249,7 +249,13 @@ fn check_attr_types(attrs: &serde_json::Map<String, serde_json::Value>) -> Resul
 /// Reads the metadata of every secret in a file. Values are skipped, never copied.
 pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
     let mut out = ParsedFile::default();
-    let shared: Arc<Path> = Arc::from(file);
+    let shared = Arc::new(DocFile { path: file.to_path_buf(), size: text.len() as u64, mtime });
+    let span = |slice: &str| {
+        (
+            (slice.as_ptr() as usize).saturating_sub(text.as_ptr() as usize) as u64,
+            slice.len().min(u32::MAX as usize) as u32,
+        )
+    };
     let layout = match layout(file, text) {
         Ok(l) => l,
         Err(e) => {
@@ -288,7 +294,10 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                         mode: own.mode,
                         size: None,
                         mtime,
-                        locator: Locator::File { file: shared.clone(), index },
+                        locator: {
+                            let (offset, len) = span(slice);
+                            Locator::File { file: shared.clone(), index: index as u32, offset, len }
+                        },
                     })
                 })();
                 match built {
@@ -343,7 +352,10 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                         mode: None,
                         size: Some(0),
                         mtime,
-                        locator: Locator::File { file: shared.clone(), index },
+                        locator: {
+                            let (offset, len) = span(slice);
+                            Locator::File { file: shared.clone(), index: index as u32, offset, len }
+                        },
                     })
                 })();
                 match built {
@@ -354,6 +366,20 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
         }
     }
     out
+}
+
+/// Reads the `data` of one document given as its own text, if it is the secret at `path`
+/// (None: it is not, e.g. the file changed; read the whole file instead).
+pub fn read_doc(doc: &str, path: &str) -> Option<Result<SecretFields, String>> {
+    let meta: DocMeta = serde_json::from_str(doc).ok()?;
+    if split_path(&meta.path, false).ok()?.join("/") != path {
+        return None;
+    }
+    let d: DocData<'_> = serde_json::from_str(doc).ok()?;
+    Some(match d.data {
+        None => Ok(SecretFields::default()),
+        Some(data) => SecretFields::from_json_object(data.get()).map_err(|e| format!("data: {}", json_cause(&e))),
+    })
 }
 
 /// Reads the `data` of the document at `index`, checking that it is still the secret at `path`.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use super::document::{parse_file, read_data};
+use super::document::{parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::config::FileError;
 use crate::secret::{Locator, SecretFields, SecretMeta};
@@ -52,6 +52,17 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, de
             out.push(path);
         }
     }
+}
+
+/// The bytes `offset..offset+len` of a file, as text in a zeroizing buffer.
+fn read_span(path: &Path, offset: u64, len: u32) -> Option<Zeroizing<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut buf = Zeroizing::new(vec![0u8; len as usize]);
+    f.read_exact(&mut buf).ok()?;
+    let text = std::str::from_utf8(&buf).ok()?;
+    Some(Zeroizing::new(text.to_string()))
 }
 
 /// Refuses a document that others can read when it holds data (like ssh with private keys).
@@ -116,14 +127,29 @@ impl Source for LocalSource {
     }
 
     async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError> {
-        let Locator::File { file, index } = &secret.locator else {
+        let Locator::File { file, index, offset, len } = &secret.locator else {
             return Err(SourceError::Invalid(format!("{} has no document file", secret.path())));
         };
-        let (file, index, path, strict) = (file.clone(), *index, secret.path(), self.strict_perms);
+        let (doc, index, offset, len, path, strict) =
+            (file.clone(), *index as usize, *offset, *len, secret.path(), self.strict_perms);
         tokio::task::spawn_blocking(move || {
-            let (text, _) = read_text(&file, strict)
-                .map_err(|m| if file.exists() { SourceError::Invalid(m) } else { SourceError::Unavailable(m) })?;
-            read_data(&file, &text, index, &path).map_err(SourceError::Invalid)
+            let file = &doc.path;
+            let gone = |m: String| {
+                let m = format!("{}: {m}", file.display());
+                if file.exists() { SourceError::Invalid(m) } else { SourceError::Unavailable(m) }
+            };
+            // Unchanged since listing: read just this document's bytes.
+            let meta = std::fs::metadata(file).map_err(|e| gone(e.to_string()))?;
+            if strict {
+                check_private(&meta).map_err(gone)?;
+            }
+            if meta.len() == doc.size && meta.modified().ok() == Some(doc.mtime) {
+                if let Some(r) = read_span(file, offset, len).and_then(|t| read_doc(&t, &path)) {
+                    return r.map_err(|m| SourceError::Invalid(format!("{}: {m}", file.display())));
+                }
+            }
+            let (text, _) = read_text(file, strict).map_err(gone)?;
+            read_data(file, &text, index, &path).map_err(SourceError::Invalid)
         })
         .await
         .map_err(|e| SourceError::Unavailable(e.to_string()))?
