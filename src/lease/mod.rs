@@ -107,8 +107,11 @@ pub struct LeaseManager {
     /// Issuances under way: shutdown waits for them so that none escapes revocation.
     in_flight: AtomicUsize,
     /// Base secrets' data by (source, path), for `cache_ttl`.
-    bases: Mutex<lru::LruCache<(String, String), (Instant, Arc<SecretFields>)>>,
+    bases: Mutex<lru::LruCache<(String, String), CachedBase>>,
 }
+
+/// A base secret's data and when it was read.
+type CachedBase = (Instant, Arc<SecretFields>);
 
 /// Counts an issuance as in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
