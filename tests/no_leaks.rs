@@ -9,12 +9,6 @@ use common::backends::{bao, pg, sts};
 use common::*;
 use serde_json::json;
 
-fn dynamic(path: &str, base: &str, attrs: serde_json::Value) -> serde_json::Value {
-    let mut a = json!({"linkConfig": {"linkType": "dynamic", "linkedSecret": base}});
-    a.as_object_mut().unwrap().extend(attrs.as_object().unwrap().clone());
-    json!({"path": path, "attributes": a})
-}
-
 #[test]
 fn no_value_reaches_any_log_audit_journal_or_control_file_at_trace_level() {
     let (pg, sts, bao) = (pg(), sts(), bao());

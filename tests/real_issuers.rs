@@ -8,12 +8,6 @@ use common::backends::{bao, pg, python, sts};
 use common::*;
 use serde_json::json;
 
-fn dynamic(path: &str, base: &str, attrs: serde_json::Value) -> serde_json::Value {
-    let mut a = json!({"linkConfig": {"linkType": "dynamic", "linkedSecret": base}});
-    a.as_object_mut().unwrap().extend(attrs.as_object().unwrap().clone());
-    json!({"path": path, "attributes": a})
-}
-
 fn pg_env(ttl: &str, extra: serde_json::Value) -> Env {
     let pg = pg();
     let mut env = Env::new();

@@ -81,18 +81,14 @@ impl OpenBaoSource {
                         continue;
                     }
                 }
-                listing.secrets.push(SecretMeta {
-                    id: format!("{mount}/{rel}"),
+                listing.secrets.push(meta(
+                    format!("{mount}/{rel}"),
                     segments,
-                    kind: SecretKind::Static,
-                    attributes: Default::default(),
-                    uid: None,
-                    gid: None,
-                    mode: None,
-                    size: None,
-                    mtime: now,
-                    locator: Locator::Remote(format!("{mount}/data/{rel}")),
-                });
+                    SecretKind::Static,
+                    Default::default(),
+                    now,
+                    Locator::Remote(format!("{mount}/data/{rel}")),
+                ));
             }
         }
         Ok(())
@@ -111,6 +107,18 @@ fn segments_of(rel: &str) -> Result<Vec<String>, String> {
         out.push(seg.to_string());
     }
     Ok(out)
+}
+
+/// Metadata of an OpenBao entry: ownership and mode come from the source's defaults.
+fn meta(
+    id: String,
+    segments: Vec<String>,
+    kind: SecretKind,
+    attributes: serde_json::Map<String, serde_json::Value>,
+    mtime: SystemTime,
+    locator: Locator,
+) -> SecretMeta {
+    SecretMeta { id, segments, kind, attributes, uid: None, gid: None, mode: None, size: None, mtime, locator }
 }
 
 fn map_err(e: BaoError) -> SourceError {
@@ -143,34 +151,26 @@ impl Source for OpenBaoSource {
                 Err(e) => return Err(map_err(e)),
             };
             let base_path = format!("{BASE_DIR}/{mount}");
-            listing.secrets.push(SecretMeta {
-                id: format!("{mount}/"),
-                segments: vec![BASE_DIR.into(), mount.to_string()],
-                kind: SecretKind::Base { issuer: "openbao".into(), expose: false },
-                attributes: Default::default(),
-                uid: None,
-                gid: None,
-                mode: None,
-                size: None,
-                mtime: now,
-                locator: Locator::None,
-            });
+            listing.secrets.push(meta(
+                format!("{mount}/"),
+                vec![BASE_DIR.into(), mount.to_string()],
+                SecretKind::Base { issuer: "openbao".into(), expose: false },
+                Default::default(),
+                now,
+                Locator::None,
+            ));
             for role in roles.iter().filter(|r| !r.ends_with('/')) {
                 let Ok(seg) = segments_of(role) else { continue };
                 let mut attributes = serde_json::Map::new();
                 attributes.insert("path".into(), format!("{mount}/creds/{role}").into());
-                listing.secrets.push(SecretMeta {
-                    id: format!("{mount}/creds/{role}"),
-                    segments: [vec![mount.to_string(), "creds".into()], seg].concat(),
-                    kind: SecretKind::Dynamic { link: base_path.clone() },
+                listing.secrets.push(meta(
+                    format!("{mount}/creds/{role}"),
+                    [vec![mount.to_string(), "creds".into()], seg].concat(),
+                    SecretKind::Dynamic { link: base_path.clone() },
                     attributes,
-                    uid: None,
-                    gid: None,
-                    mode: None,
-                    size: Some(0),
-                    mtime: now,
-                    locator: Locator::None,
-                });
+                    now,
+                    Locator::None,
+                ));
             }
         }
         Ok(listing)

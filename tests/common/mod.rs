@@ -366,6 +366,13 @@ impl Env {
     }
 }
 
+/// A dynamic document linking `path` to the base secret `base`, with extra attributes.
+pub fn dynamic(path: &str, base: &str, attrs: serde_json::Value) -> serde_json::Value {
+    let mut a = serde_json::json!({"linkConfig": {"linkType": "dynamic", "linkedSecret": base}});
+    a.as_object_mut().unwrap().extend(attrs.as_object().unwrap().clone());
+    serde_json::json!({"path": path, "attributes": a})
+}
+
 /// A base secret for the test issuer, and dynamic entries using it in the given modes.
 pub fn exec_catalog(script: &str, entries: &[(&str, &str, serde_json::Value)]) -> String {
     let mut docs = vec![serde_json::json!({
