@@ -179,37 +179,13 @@ impl Filesystem for FuseAdapter {
         let who = who(req);
         // A static secret already in the payload cache is answered in place: nothing can block.
         if let Some(r) = self.fs.open_cached(ino.0, flags.0, &who) {
-            match r {
-                Ok(o) => {
-                    if let Some(n) = self.notifier.get() {
-                        let _ = n.inval_inode(ino, -1, 0);
-                    }
-                    reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
-            return;
+            return reply_opened(&self.notifier, ino, r, reply);
         }
         let fs = self.fs.clone();
         let notifier = self.notifier.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0, flags.0, who).await {
-                Ok(o) => {
-                    // The kernel answers fstat from its attribute cache; drop the cached attributes
-                    // (offset -1: not the page cache) before the open returns, so that fstat asks us
-                    // and gets this handle's size.
-                    if let Some(n) = notifier.get() {
-                        let _ = n.inval_inode(ino, -1, 0);
-                    }
-                    // Nothing is ever buffered for writing: no FLUSH round trip on close.
-                    let mut f = FopenFlags::FOPEN_NOFLUSH;
-                    if o.direct_io {
-                        f |= FopenFlags::FOPEN_DIRECT_IO;
-                    }
-                    reply.opened(FileHandle(o.fh), f);
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
+            let r = fs.open(ino.0, flags.0, who).await;
+            reply_opened(&notifier, ino, r, reply)
         });
     }
 
@@ -400,6 +376,22 @@ impl Filesystem for FuseAdapter {
 
     fn bmap(&self, _req: &Request, _ino: INodeNo, _bs: u32, _idx: u64, reply: fuser::ReplyBmap) {
         reply.error(Errno::ENOSYS)
+    }
+}
+
+/// Answers an open. Before the reply, the inode's cached attributes are dropped (offset -1: not
+/// the page cache) so that `fstat` asks the daemon and gets the handle's true size. Contents are
+/// served with direct I/O (never in the page cache), and no FLUSH is needed on close: nothing is
+/// ever buffered for writing.
+fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<crate::fs::Opened, FsError>, reply: ReplyOpen) {
+    match r {
+        Ok(o) => {
+            if let Some(n) = notifier.get() {
+                let _ = n.inval_inode(ino, -1, 0);
+            }
+            reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+        }
+        Err(e) => reply.error(errno(&e)),
     }
 }
 

@@ -98,8 +98,6 @@ struct Handle {
 #[derive(Debug, Clone, Copy)]
 pub struct Opened {
     pub fh: u64,
-    /// Serve with direct I/O: contents never enter the page cache.
-    pub direct_io: bool,
 }
 
 pub struct LeaseFs {
@@ -363,7 +361,7 @@ impl LeaseFs {
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let path = tree.path_of(ino);
         let acc = flags & libc::O_ACCMODE;
-        let writes = acc != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
+        let writes = wants_write(flags);
         match &n.kind {
             NodeKind::Dir(_) => Err(FsError::is_dir()),
             NodeKind::Control(c) => {
@@ -460,8 +458,7 @@ impl LeaseFs {
             e.fields.clone()
         };
         self.count(&self.leases.metrics.ops.open);
-        let acc = flags & libc::O_ACCMODE;
-        if acc != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0 {
+        if wants_write(flags) {
             return Some(Err(FsError::erofs()));
         }
         let who = if self.audit.is_enabled() { who.clone().with_comm() } else { who.clone() };
@@ -488,7 +485,7 @@ impl LeaseFs {
     fn new_handle(&self, ino: u64, pid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Handle { ino, lease, pid, bytes });
-        Opened { fh, direct_io: true }
+        Opened { fh }
     }
 
     async fn open_static(
@@ -671,6 +668,11 @@ impl LeaseFs {
         };
         zeroize::Zeroizing::new(text.into_bytes())
     }
+}
+
+/// Whether open flags ask to change the file (leasefs is read-only but for `/.leasefs/revoke`).
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0
 }
 
 /// Formats a duration the way the configuration writes them (`"15m"`).

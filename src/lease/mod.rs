@@ -374,7 +374,7 @@ impl LeaseManager {
             Ok(i) => i,
             Err(e) => {
                 if let Some(i) = intent {
-                    self.spawn_revoke_orphan(
+                    self.spawn_revoke(
                         self.record(Op::Intent, lease_id, req, kind, &i, None),
                         req.base.clone(),
                         req.source.clone(),
@@ -391,7 +391,7 @@ impl LeaseManager {
         let expires_at = match issued.expires_at {
             None => now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15)),
             Some(t) if t <= now => {
-                self.spawn_revoke_orphan(
+                self.spawn_revoke(
                     self.record(Op::Issued, lease_id, req, kind, &issued.revocation, Some(t)),
                     req.base.clone(),
                     req.source.clone(),
@@ -414,13 +414,13 @@ impl LeaseManager {
         let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
-                self.spawn_revoke_orphan(record, req.base.clone(), req.source.clone());
+                self.spawn_revoke(record, req.base.clone(), req.source.clone());
                 return Err(e);
             }
         };
         // Durable before the contents are returned.
         if let Err(e) = self.journal(record.clone()).await {
-            self.spawn_revoke_orphan(record, req.base.clone(), req.source.clone());
+            self.spawn_revoke(record, req.base.clone(), req.source.clone());
             return Err(e);
         }
         drop(issued);
@@ -571,21 +571,16 @@ impl LeaseManager {
             expires_at: Some(lease.expires_at()),
             time: Utc::now(),
         };
-        Some(self.spawn_revoke(record, lease.base.clone(), lease.source.clone(), None))
+        Some(self.spawn_revoke(record, lease.base.clone(), lease.source.clone()))
     }
 
-    fn spawn_revoke_orphan(self: &Arc<Self>, record: Record, base: Arc<SecretMeta>, source: Arc<dyn Source>) {
-        self.spawn_revoke(record, base, source, None);
-    }
-
-    /// Revokes at the issuer until it succeeds (or, during shutdown, `max_attempts` is reached;
+    /// Revokes at the issuer until it succeeds (or, during shutdown, after 3 attempts;
     /// what is left stays in the journal and is revoked at the next start).
     fn spawn_revoke(
         self: &Arc<Self>,
         record: Record,
         base: Arc<SecretMeta>,
         source: Arc<dyn Source>,
-        max_attempts: Option<u32>,
     ) -> JoinHandle<()> {
         let me = self.clone();
         me.pending.fetch_add(1, Ordering::SeqCst);
@@ -613,9 +608,7 @@ impl LeaseManager {
                             None,
                         );
                         attempt += 1;
-                        let limit =
-                            max_attempts.or(if me.shutting_down.load(Ordering::SeqCst) { Some(3) } else { None });
-                        if limit.is_some_and(|l| attempt >= l) {
+                        if me.shutting_down.load(Ordering::SeqCst) && attempt >= 3 {
                             tracing::error!(lease = %record.lease_id, path = %record.path, error = %detail, "revocation failed; it stays in the journal for the next start");
                             break;
                         }
@@ -714,7 +707,7 @@ impl LeaseManager {
             match resolve(&r.source, &r.base) {
                 Some((base, source)) => {
                     self.audit("revoke", Some(&r.lease_id), &r.path, &r.issuer, "orphan", None, None);
-                    let h = self.spawn_revoke(r, base, source, None);
+                    let h = self.spawn_revoke(r, base, source);
                     handles.push(h);
                 }
                 None => {
