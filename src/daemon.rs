@@ -207,6 +207,12 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
         let mut session = fuser::Session::new(adapter, &mountpoint, &fcfg)
             .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
         let _ = notifier.set(session.notifier());
+        let n = notifier.clone();
+        fs.on_change(move |changes| {
+            if let Some(n) = n.get() {
+                crate::fuse::invalidate(n, changes);
+            }
+        });
         let mut unmounter = session.unmount_callable();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("leasefs-fuse".into()).spawn(move || {

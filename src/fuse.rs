@@ -11,6 +11,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::fs::tree::Changes;
 use crate::fs::{Attr, EntryKind, FsError, LeaseFs};
 use crate::secret::Requester;
 
@@ -64,8 +65,14 @@ fn who(req: &Request) -> Requester {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for flag in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO]
-        {
+        // FUSE_POSIX_ACL: the kernel caches "no ACL" per inode instead of asking on every `ls -l`
+        // (there are none; permissions stay the mode bits, checked by the kernel).
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_POSIX_ACL,
+        ] {
             if let Err(unsupported) = config.add_capabilities(flag) {
                 tracing::debug!(?unsupported, "kernel lacks a FUSE capability");
             }
@@ -262,6 +269,15 @@ impl Filesystem for FuseAdapter {
         reply.ok()
     }
 
+    /// Listings are metadata: the kernel keeps them (until a reload changes the directory and
+    /// `invalidate` drops them), so a second `find` or `ls -R` never reaches the daemon.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let r = self.fs.readdir(ino.0, offset, |e| {
             let kind = if e.attr.kind == EntryKind::Dir { FileType::Directory } else { FileType::RegularFile };
@@ -401,5 +417,19 @@ fn xattr_reply(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
         Ok(v) if v.len() <= size as usize => reply.data(&v),
         Ok(_) => reply.error(Errno::ERANGE),
         Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Drops what the kernel cached from an earlier snapshot: listings of changed directories, names
+/// that are gone, and attributes that changed. Unknown inodes (never looked up) are skipped by the kernel.
+pub fn invalidate(n: &Notifier, ch: &Changes) {
+    for dir in &ch.dirs {
+        let _ = n.inval_inode(INodeNo(*dir), 0, 0);
+    }
+    for (parent, name) in &ch.removed {
+        let _ = n.inval_entry(INodeNo(*parent), OsStr::new(name));
+    }
+    for ino in &ch.attrs {
+        let _ = n.inval_inode(INodeNo(*ino), -1, 0);
     }
 }

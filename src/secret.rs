@@ -124,11 +124,35 @@ pub enum SecretKind {
 }
 
 /// Metadata of one secret. Never holds a value.
+/// A secret's id, stored only when it is not its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretId {
+    /// The path itself (`a/b/c`).
+    Path,
+    /// The path written with `:` separators (`a:b:c`, as documents write it).
+    Colons,
+    Own(Box<str>),
+}
+
+impl SecretId {
+    pub fn new(id: &str, path: &str) -> SecretId {
+        if id == path {
+            SecretId::Path
+        } else if id.len() == path.len()
+            && id.bytes().zip(path.bytes()).all(|(i, p)| i == p || (p == b'/' && i == b':'))
+        {
+            SecretId::Colons
+        } else {
+            SecretId::Own(id.into())
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SecretMeta {
-    pub id: String,
-    /// Source-relative path segments.
-    pub segments: Vec<String>,
+    pub id: SecretId,
+    /// Source-relative path, segments joined with `/` (no segment holds a `/`).
+    pub path: Box<str>,
     pub kind: SecretKind,
     /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …).
     pub attributes: serde_json::Map<String, serde_json::Value>,
@@ -143,8 +167,47 @@ pub struct SecretMeta {
 }
 
 impl SecretMeta {
-    pub fn path(&self) -> String {
-        self.segments.join("/")
+    /// Builds the metadata of a secret from its path segments; `id` defaults to the path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: Option<&str>,
+        segments: &[String],
+        kind: SecretKind,
+        attributes: serde_json::Map<String, serde_json::Value>,
+        size: Option<u64>,
+        mtime: SystemTime,
+        locator: Locator,
+    ) -> SecretMeta {
+        let path = segments.join("/");
+        SecretMeta {
+            id: id.map_or(SecretId::Path, |i| SecretId::new(i, &path)),
+            path: path.into(),
+            kind,
+            attributes,
+            uid: None,
+            gid: None,
+            mode: None,
+            size,
+            mtime,
+            locator,
+        }
+    }
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    pub fn segments(&self) -> std::str::Split<'_, char> {
+        self.path.split('/')
+    }
+    /// The last path segment: the file's name.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or("")
+    }
+    pub fn id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.id {
+            SecretId::Path => std::borrow::Cow::Borrowed(&self.path),
+            SecretId::Colons => std::borrow::Cow::Owned(self.path.replace('/', ":")),
+            SecretId::Own(s) => std::borrow::Cow::Borrowed(s),
+        }
     }
     pub fn attr_str(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).and_then(|v| v.as_str())

@@ -203,6 +203,44 @@ fn an_edited_value_shows_up_after_cache_ttl_and_sighup_picks_up_new_documents() 
     assert_eq!(s, "v2");
 }
 
+/// The kernel may keep names, attributes and whole listings for `attr_ttl` (here an hour); a reload
+/// still shows at once what changed, and inode numbers stay with their paths.
+#[test]
+fn listings_are_kept_by_the_kernel_and_a_reload_still_shows_changes_at_once() {
+    let mut env = Env::new();
+    env.doc("a.json", r#"[{"path": "team:x", "data": {"value": "1"}}, {"path": "team:y", "data": {"value": "2"}}]"#);
+    env.config(serde_json::json!({"defaults": {"attr_ttl": "1h", "refresh": "1h"}}));
+    env.start();
+    let dir = env.m("team");
+    let d = dir.to_str().unwrap();
+    let readdirs = || {
+        let m = cat(&env.m(".leasefs/metrics"));
+        let line = m.lines().find(|l| l.starts_with(r#"leasefs_fuse_ops_total{op="readdir"}"#)).unwrap().to_string();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    assert_eq!(ok("ls", &[d]), "x\ny\n");
+    let ino_x = ok("stat", &["-c", "%i", env.m("team/x").to_str().unwrap()]);
+    // Listings after the first come from the kernel's cache: the daemon is not asked again.
+    let m = env.mnt();
+    let first = ok("find", &[m.to_str().unwrap()]);
+    let before = readdirs();
+    assert_eq!(ok("ls", &[d]), "x\ny\n");
+    assert_eq!(ok("find", &[m.to_str().unwrap()]), first);
+    assert_eq!(readdirs(), before, "a cached listing reached the daemon");
+
+    // y goes, z comes, x's mode changes: all visible right after SIGHUP despite the hour-long caches.
+    env.doc(
+        "a.json",
+        r#"[{"path": "team:x", "attributes": {"mode": "0440"}, "data": {"value": "1"}}, {"path": "team:z", "data": {"value": "3"}}]"#,
+    );
+    env.daemon().signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), "the reload to show in ls", || ok("ls", &[d]) == "x\nz\n");
+    assert_eq!(errno_of(std::fs::metadata(env.m("team/y"))), libc::ENOENT);
+    assert_eq!(cat(&env.m("team/z")), "3");
+    let st = ok("stat", &["-c", "%i %a", env.m("team/x").to_str().unwrap()]);
+    assert_eq!(st.trim(), format!("{} 440", ino_x.trim()), "x keeps its inode number and shows its new mode");
+}
+
 #[test]
 fn sigterm_unmounts_cleanly_even_with_a_file_open() {
     let mut env = mounted(serde_json::json!({}));

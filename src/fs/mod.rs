@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 
 pub use error::FsError;
-use tree::{Control, InoMap, Node, NodeKind, Owner, SourceListing, Tree};
+use tree::{Changes, Control, Node, NodeKind, Owner, SourceListing, Tree};
 
 use crate::audit::{Audit, Event};
 use crate::config::{Defaults, FileError};
@@ -103,7 +103,6 @@ pub struct Opened {
 pub struct LeaseFs {
     settings: Settings,
     tree: RwLock<Arc<Tree>>,
-    inos: Mutex<InoMap>,
     slots: Vec<Slot>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -111,7 +110,11 @@ pub struct LeaseFs {
     audit: Arc<Audit>,
     leases: Arc<LeaseManager>,
     started: SystemTime,
+    rebuilding: Mutex<()>,
+    changed: std::sync::OnceLock<ChangeHook>,
 }
+
+type ChangeHook = Box<dyn Fn(&Changes) + Send + Sync>;
 
 /// Static payloads kept for `cache_ttl` (zeroized when evicted or dropped).
 const CACHE_ENTRIES: usize = 16384;
@@ -125,7 +128,6 @@ impl LeaseFs {
         let fs = LeaseFs {
             settings,
             tree: RwLock::new(Arc::new(Tree::default())),
-            inos: Mutex::new(InoMap::default()),
             slots,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -133,6 +135,8 @@ impl LeaseFs {
             audit,
             leases,
             started: SystemTime::now(),
+            rebuilding: Mutex::new(()),
+            changed: std::sync::OnceLock::new(),
         };
         fs.rebuild();
         fs
@@ -212,6 +216,11 @@ impl LeaseFs {
         problems
     }
 
+    /// Called with what each rebuild changed (the adapter drops the kernel's cached copies).
+    pub fn on_change(&self, f: impl Fn(&Changes) + Send + Sync + 'static) {
+        let _ = self.changed.set(Box::new(f));
+    }
+
     fn rebuild(&self) -> Vec<FileError> {
         let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> =
             self.slots.iter().map(|s| s.last.lock().unwrap_or_else(|e| e.into_inner()).0.clone()).collect();
@@ -221,11 +230,17 @@ impl LeaseFs {
             .zip(&lasts)
             .map(|(s, l)| SourceListing { prefix: s.spec.prefix.clone(), owner: s.spec.owner, secrets: l })
             .collect();
-        let (tree, problems) = {
-            let mut inos = self.inos.lock().unwrap_or_else(|e| e.into_inner());
-            Tree::build(&mut inos, &listings, self.settings.root_owner, self.settings.control)
-        };
+        // One rebuild at a time: each starts from the snapshot it replaces (inode numbers stay per path).
+        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = self.tree();
+        let (tree, problems) = Tree::build(&prev, &listings, self.settings.root_owner, self.settings.control);
+        let changes = tree.changes_since(&prev);
         *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tree);
+        drop(prev);
+        trim_heap();
+        if let (Some(f), false) = (self.changed.get(), changes.is_empty()) {
+            f(&changes);
+        }
         problems
     }
 
@@ -236,13 +251,13 @@ impl LeaseFs {
             .collect()
     }
 
-    fn attr_of(&self, ino: u64, n: &Node) -> Attr {
-        let (kind, size, nlink) = match &n.kind {
-            NodeKind::Dir(_) => (EntryKind::Dir, 0, 2),
-            NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.unwrap_or(0), 1),
-            NodeKind::Control(_) => (EntryKind::File, 0, 1),
+    fn attr_of(&self, tree: &Tree, ino: u64, n: &Node) -> Attr {
+        let (kind, size, nlink, mtime) = match &n.kind {
+            NodeKind::Dir(d) => (EntryKind::Dir, 0, 2, d.mtime),
+            NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.unwrap_or(0), 1, meta.mtime),
+            NodeKind::Control(_) => (EntryKind::File, 0, 1, tree.built.unwrap_or(self.started)),
         };
-        Attr { ino, size, kind, perm: n.mode, uid: n.uid, gid: n.gid, mtime: n.mtime, nlink }
+        Attr { ino, size, kind, perm: n.mode, uid: n.uid, gid: n.gid, mtime, nlink }
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
@@ -252,9 +267,9 @@ impl LeaseFs {
         if !p.is_dir() {
             return Err(FsError::not_dir());
         }
-        let ino = p.child(name).ok_or_else(FsError::enoent)?;
+        let ino = tree.child(parent, name).ok_or_else(FsError::enoent)?;
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        Ok(self.attr_of(ino, n))
+        Ok(self.attr_of(&tree, ino, n))
     }
 
     /// `stat`. For a process that holds this file open (`fstat`), the size is the real size of its
@@ -264,7 +279,7 @@ impl LeaseFs {
         self.count(&self.leases.metrics.ops.getattr);
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        let mut a = self.attr_of(ino, n);
+        let mut a = self.attr_of(&tree, ino, n);
         if a.kind == EntryKind::Dir {
             return Ok((a, false));
         }
@@ -287,14 +302,24 @@ impl LeaseFs {
         }
     }
 
+    /// Opening a directory: it must exist and be one.
+    pub fn opendir(&self, ino: u64) -> Result<(), FsError> {
+        match self.tree().node(ino) {
+            Some(n) if n.is_dir() => Ok(()),
+            Some(_) => Err(FsError::not_dir()),
+            None => Err(FsError::enoent()),
+        }
+    }
+
     /// Calls `add` for each entry from `offset` on, until it returns true (buffer full).
     pub fn readdir(&self, ino: u64, offset: u64, mut add: impl FnMut(DirEntry<'_>) -> bool) -> Result<(), FsError> {
         self.count(&self.leases.metrics.ops.readdir);
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        let NodeKind::Dir(children) = &n.kind else {
+        let NodeKind::Dir(dir) = &n.kind else {
             return Err(FsError::not_dir());
         };
+        let children = &dir.children;
         let parent_ino = if ino == ROOT { ROOT } else { n.parent };
         let total = children.len() as u64 + 2;
         for i in offset..total {
@@ -302,12 +327,12 @@ impl LeaseFs {
                 0 => (ino, "."),
                 1 => (parent_ino, ".."),
                 _ => {
-                    let (name, cino) = &children[(i - 2) as usize];
-                    (*cino, &**name)
+                    let cino = children[(i - 2) as usize];
+                    (cino, tree.node(cino).map_or("", Node::name))
                 }
             };
             let Some(cn) = tree.node(cino) else { continue };
-            let attr = self.attr_of(cino, cn);
+            let attr = self.attr_of(&tree, cino, cn);
             if add(DirEntry { ino: cino, name, attr, next: i + 1 }) {
                 break;
             }
@@ -585,7 +610,7 @@ impl LeaseFs {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         match n.kind {
-            NodeKind::Control(Control::Revoke) if self.is_admin(who) => Ok(self.attr_of(ino, n)),
+            NodeKind::Control(Control::Revoke) if self.is_admin(who) => Ok(self.attr_of(&tree, ino, n)),
             _ => Err(FsError::erofs()),
         }
     }
@@ -598,7 +623,7 @@ impl LeaseFs {
         let NodeKind::Secret { source, meta } = &n.kind else {
             return Vec::new();
         };
-        let mut v = vec![("user.leasefs.id", meta.id.clone())];
+        let mut v = vec![("user.leasefs.id", meta.id().into_owned())];
         match &meta.kind {
             SecretKind::Dynamic { link } => {
                 v.insert(0, ("user.leasefs.kind", "dynamic".into()));
@@ -696,4 +721,14 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
         .find_map(|l| l.strip_prefix("Groups:"))
         .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Hands the heap's free pages back to the system after a rebuild (parsing and the old snapshot
+/// leave large free ranges behind).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -1,4 +1,8 @@
 //! The inode tree: an immutable snapshot built from the sources' listings, swapped whole on reload; inode numbers stay stable per path.
+//!
+//! Compact by design (one entry costs a node in a vector indexed by inode, its inode in the parent's
+//! child list, and the shared metadata): a secret's name is the last segment of its metadata path,
+//! only directories own a name, and child lists hold inode numbers sorted by name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,27 +29,35 @@ impl Control {
         (Control::Metrics, "metrics"),
         (Control::Revoke, "revoke"),
     ];
+    pub const DIR: &'static str = ".leasefs";
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(c, _)| *c == self).map(|(_, n)| *n).unwrap_or("")
+    }
+}
+
+#[derive(Debug)]
+pub struct Dir {
+    pub name: Box<str>,
+    /// Changes only when the directory's entries change.
+    pub mtime: SystemTime,
+    /// Children's inode numbers, sorted by name.
+    pub children: Box<[u64]>,
 }
 
 #[derive(Debug)]
 pub enum NodeKind {
-    /// Children sorted by name.
-    Dir(Vec<(Box<str>, u64)>),
-    Secret {
-        source: usize,
-        meta: Arc<SecretMeta>,
-    },
+    Dir(Box<Dir>),
+    Secret { source: usize, meta: Arc<SecretMeta> },
     Control(Control),
 }
 
 #[derive(Debug)]
 pub struct Node {
     pub parent: u64,
-    pub name: Box<str>,
     pub uid: u32,
     pub gid: u32,
     pub mode: u16,
-    pub mtime: SystemTime,
     pub kind: NodeKind,
 }
 
@@ -53,10 +65,17 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         matches!(self.kind, NodeKind::Dir(_))
     }
-    pub fn child(&self, name: &str) -> Option<u64> {
+    pub fn name(&self) -> &str {
         match &self.kind {
-            NodeKind::Dir(c) => c.binary_search_by(|(n, _)| (**n).cmp(name)).ok().map(|i| c[i].1),
-            _ => None,
+            NodeKind::Dir(d) => &d.name,
+            NodeKind::Secret { meta, .. } => meta.name(),
+            NodeKind::Control(c) => c.name(),
+        }
+    }
+    pub fn children(&self) -> &[u64] {
+        match &self.kind {
+            NodeKind::Dir(d) => &d.children,
+            _ => &[],
         }
     }
 }
@@ -70,31 +89,6 @@ pub struct Owner {
     pub dir_mode: u16,
 }
 
-/// Path → inode number, kept across reloads so that a path keeps its inode.
-#[derive(Default)]
-pub struct InoMap {
-    by_path: HashMap<String, u64>,
-    next: u64,
-}
-
-impl InoMap {
-    fn get(&mut self, path: &str) -> u64 {
-        if path.is_empty() {
-            return ROOT;
-        }
-        if self.next <= ROOT {
-            self.next = ROOT + 1;
-        }
-        if let Some(i) = self.by_path.get(path) {
-            return *i;
-        }
-        let i = self.next;
-        self.next += 1;
-        self.by_path.insert(path.to_string(), i);
-        i
-    }
-}
-
 /// One source's contribution to a build.
 pub struct SourceListing<'a> {
     pub prefix: Vec<String>,
@@ -104,9 +98,12 @@ pub struct SourceListing<'a> {
 
 #[derive(Default, Debug)]
 pub struct Tree {
-    nodes: HashMap<u64, Node>,
+    /// Indexed by inode number (0 is never used). Paths that left the tree leave a hole.
+    nodes: Vec<Option<Node>>,
     /// Base secrets by (source index, source-relative path).
-    bases: HashMap<(usize, String), Arc<SecretMeta>>,
+    bases: HashMap<(usize, Box<str>), Arc<SecretMeta>>,
+    /// When this snapshot was built (the control files' mtime).
+    pub built: Option<SystemTime>,
     pub counts: Counts,
 }
 
@@ -118,134 +115,129 @@ pub struct Counts {
     pub directories: usize,
 }
 
-struct Building {
-    nodes: HashMap<u64, Node>,
-    children: HashMap<u64, Vec<(Box<str>, u64)>>,
+/// What changed between two snapshots, for the kernel's caches.
+#[derive(Default, Debug)]
+pub struct Changes {
+    /// Directories whose entries changed (their cached listing must go).
+    pub dirs: Vec<u64>,
+    /// Names that are gone, by parent directory.
+    pub removed: Vec<(u64, String)>,
+    /// Entries whose attributes changed.
+    pub attrs: Vec<u64>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty() && self.removed.is_empty() && self.attrs.is_empty()
+    }
 }
 
 impl Tree {
     pub fn node(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(&ino)
+        self.nodes.get(usize::try_from(ino).ok()?)?.as_ref()
+    }
+
+    /// The child of `parent` called `name`.
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        let kids = self.node(parent)?.children();
+        kids.binary_search_by(|c| self.node(*c).map_or("", Node::name).cmp(name)).ok().map(|i| kids[i])
     }
 
     pub fn base(&self, source: usize, path: &str) -> Option<&Arc<SecretMeta>> {
-        self.bases.get(&(source, path.to_string()))
+        self.bases.get(&(source, Box::from(path)))
+    }
+
+    /// The largest inode number in use (new paths get numbers above it).
+    fn max_ino(&self) -> u64 {
+        self.nodes.len().saturating_sub(1) as u64
     }
 
     pub fn path_of(&self, mut ino: u64) -> String {
         let mut parts = Vec::new();
         while ino != ROOT {
-            let Some(n) = self.nodes.get(&ino) else { break };
-            parts.push(&*n.name);
+            let Some(n) = self.node(ino) else { break };
+            parts.push(n.name());
             ino = n.parent;
         }
         parts.reverse();
         format!("/{}", parts.join("/"))
     }
 
-    /// Builds a tree; conflicting or duplicate paths are skipped and reported.
-    pub fn build(
-        inos: &mut InoMap,
-        sources: &[SourceListing<'_>],
+    /// Builds a snapshot; a path keeps the inode number it had in `prev`. Conflicting or duplicate
+    /// paths are skipped and reported.
+    pub fn build<'n>(
+        prev: &Tree,
+        sources: &'n [SourceListing<'n>],
         root_owner: Owner,
         control: bool,
     ) -> (Tree, Vec<FileError>) {
         let now = SystemTime::now();
-        let mut b = Building { nodes: HashMap::new(), children: HashMap::new() };
-        let mut tree = Tree::default();
+        let mut b = Building {
+            prev,
+            next: prev.max_ino().max(ROOT),
+            nodes: Vec::with_capacity(prev.nodes.len()),
+            index: HashMap::new(),
+            dirs: HashMap::new(),
+        };
+        let mut tree = Tree { built: Some(now), ..Tree::default() };
         let mut problems = Vec::new();
-        b.nodes.insert(ROOT, dir_node(ROOT, "", root_owner, now));
-        b.children.insert(ROOT, Vec::new());
+        b.put(
+            ROOT,
+            Node { parent: ROOT, uid: root_owner.uid, gid: root_owner.gid, mode: root_owner.dir_mode, kind: dir("") },
+        );
+        b.dirs.insert(ROOT, Vec::new());
 
         if control {
-            let ino = inos.get(".leasefs");
-            b.nodes.insert(
-                ino,
-                Node {
-                    parent: ROOT,
-                    name: ".leasefs".into(),
-                    uid: 0,
-                    gid: 0,
-                    mode: 0o500,
-                    mtime: now,
-                    kind: NodeKind::Dir(Vec::new()),
-                },
-            );
-            b.children.get_mut(&ROOT).unwrap().push((".leasefs".into(), ino));
-            let mut kids = Vec::new();
+            let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o500 };
+            let dino = b.ensure_dir(ROOT, Control::DIR, owner).expect("the root is empty");
             for (c, name) in Control::ALL {
-                let fino = inos.get(&format!(".leasefs/{name}"));
                 let mode = if c == Control::Revoke { 0o200 } else { 0o400 };
-                b.nodes.insert(
-                    fino,
-                    Node {
-                        parent: ino,
-                        name: name.into(),
-                        uid: 0,
-                        gid: 0,
-                        mode,
-                        mtime: now,
-                        kind: NodeKind::Control(c),
-                    },
-                );
-                kids.push((Box::<str>::from(name), fino));
+                b.add(dino, name, Node { parent: dino, uid: 0, gid: 0, mode, kind: NodeKind::Control(c) });
             }
-            b.children.insert(ino, kids);
         }
 
         for (si, src) in sources.iter().enumerate() {
-            // Create the prefix directories.
-            let mut parent = ROOT;
-            let mut path = String::new();
-            let mut ok = true;
+            let mut parent = Some(ROOT);
             for seg in &src.prefix {
-                match ensure_dir(&mut b, inos, parent, &mut path, seg, src.owner, now) {
-                    Some(i) => parent = i,
-                    None => {
-                        ok = false;
-                        break;
-                    }
-                }
+                parent = parent.and_then(|p| b.ensure_dir(p, seg, src.owner));
             }
-            if !ok {
+            let Some(prefix_ino) = parent else {
+                let path = src.prefix.join("/");
                 problems.push(FileError::whole(std::path::Path::new(&path), "source prefix collides with a file"));
                 continue;
-            }
-            let prefix_ino = parent;
-            let prefix_path = path.clone();
+            };
             for meta in src.secrets {
                 if let SecretKind::Base { .. } = meta.kind {
                     tree.counts.base_secrets += 1;
-                    tree.bases.insert((si, meta.path()), meta.clone());
+                    tree.bases.insert((si, meta.path().into()), meta.clone());
                     if !meta.is_listed() {
                         continue;
                     }
                 }
-                let mut parent = prefix_ino;
-                let mut path = prefix_path.clone();
-                let (last, dirs) = meta.segments.split_last().expect("validated non-empty");
-                let mut ok = true;
-                for seg in dirs {
-                    match ensure_dir(&mut b, inos, parent, &mut path, seg, src.owner, now) {
-                        Some(i) => parent = i,
-                        None => {
-                            ok = false;
-                            break;
-                        }
+                let where_ = locate(meta);
+                let mut parent = Some(prefix_ino);
+                let mut segs = meta.segments().peekable();
+                let mut last = "";
+                while let Some(seg) = segs.next() {
+                    if segs.peek().is_none() {
+                        last = seg;
+                    } else {
+                        parent = parent.and_then(|p| b.ensure_dir(p, seg, src.owner));
                     }
                 }
-                let where_ = locate(meta);
-                if !ok {
+                let Some(parent) = parent else {
                     problems
                         .push(where_.with(format!("path {:?} runs through a secret of the same name", meta.path())));
                     continue;
-                }
-                if !path.is_empty() {
-                    path.push('/');
-                }
-                path.push_str(last);
-                let ino = inos.get(&path);
-                if b.nodes.contains_key(&ino) {
+                };
+                let node = Node {
+                    parent,
+                    uid: meta.uid.unwrap_or(src.owner.uid),
+                    gid: meta.gid.unwrap_or(src.owner.gid),
+                    mode: meta.mode.unwrap_or(src.owner.file_mode),
+                    kind: NodeKind::Secret { source: si, meta: meta.clone() },
+                };
+                if b.add(parent, last, node).is_none() {
                     problems.push(
                         where_.with(format!("path {:?} is already defined (duplicate or a directory)", meta.path())),
                     );
@@ -255,30 +247,123 @@ impl Tree {
                     SecretKind::Dynamic { .. } => tree.counts.dynamic_secrets += 1,
                     _ => tree.counts.static_secrets += 1,
                 }
-                b.nodes.insert(
-                    ino,
-                    Node {
-                        parent,
-                        name: last.as_str().into(),
-                        uid: meta.uid.unwrap_or(src.owner.uid),
-                        gid: meta.gid.unwrap_or(src.owner.gid),
-                        mode: meta.mode.unwrap_or(src.owner.file_mode),
-                        mtime: meta.mtime,
-                        kind: NodeKind::Secret { source: si, meta: meta.clone() },
-                    },
-                );
-                b.children.entry(parent).or_default().push((last.as_str().into(), ino));
             }
         }
-        for (ino, mut kids) in b.children {
-            kids.sort_by(|a, b| a.0.cmp(&b.0));
-            if let Some(NodeKind::Dir(c)) = b.nodes.get_mut(&ino).map(|n| &mut n.kind) {
-                *c = kids;
+        drop(b.index);
+        // Child lists, sorted by name; a directory keeps its mtime while its entries stay the same.
+        let dirs = std::mem::take(&mut b.dirs);
+        tree.counts.directories = dirs.len();
+        for (ino, mut kids) in dirs {
+            kids.sort_unstable_by(|x, y| name_in(&b.nodes, *x).cmp(name_in(&b.nodes, *y)));
+            let kept = prev.node(ino).and_then(|p| match &p.kind {
+                NodeKind::Dir(d) if *d.children == kids[..] => Some(d.mtime),
+                _ => None,
+            });
+            if let Some(Some(Node { kind: NodeKind::Dir(d), .. })) = b.nodes.get_mut(ino as usize) {
+                d.children = kids.into_boxed_slice();
+                d.mtime = kept.unwrap_or(now);
             }
         }
-        tree.counts.directories = b.nodes.values().filter(|n| n.is_dir()).count();
         tree.nodes = b.nodes;
+        tree.nodes.shrink_to_fit();
         (tree, problems)
+    }
+
+    /// What the kernel may have cached from `prev` that this snapshot changes.
+    pub fn changes_since(&self, prev: &Tree) -> Changes {
+        let mut ch = Changes::default();
+        for (ino, old) in prev.nodes.iter().enumerate() {
+            let (ino, Some(old)) = (ino as u64, old) else { continue };
+            let new = self.node(ino);
+            if let NodeKind::Dir(d) = &old.kind {
+                let same = matches!(new.map(|n| &n.kind), Some(NodeKind::Dir(nd)) if nd.children == d.children);
+                if !same {
+                    ch.dirs.push(ino);
+                    for c in d.children.iter() {
+                        if self.node(*c).is_none_or(|n| n.parent != ino) {
+                            ch.removed.push((ino, prev.node(*c).map_or("", Node::name).to_string()));
+                        }
+                    }
+                }
+            }
+            if let Some(new) = new {
+                let (a, b) = (attr_key(old), attr_key(new));
+                if a != b {
+                    ch.attrs.push(ino);
+                }
+            }
+        }
+        ch
+    }
+}
+
+fn attr_key(n: &Node) -> (u32, u32, u16, Option<SystemTime>, Option<u64>, bool) {
+    match &n.kind {
+        NodeKind::Secret { meta, .. } => (n.uid, n.gid, n.mode, Some(meta.mtime), meta.size, false),
+        NodeKind::Dir(d) => (n.uid, n.gid, n.mode, Some(d.mtime), None, true),
+        NodeKind::Control(_) => (n.uid, n.gid, n.mode, None, None, false),
+    }
+}
+
+fn dir(name: &str) -> NodeKind {
+    NodeKind::Dir(Box::new(Dir { name: name.into(), mtime: SystemTime::UNIX_EPOCH, children: Box::new([]) }))
+}
+
+fn name_in(nodes: &[Option<Node>], ino: u64) -> &str {
+    nodes.get(ino as usize).and_then(Option::as_ref).map_or("", Node::name)
+}
+
+/// A snapshot under construction.
+struct Building<'p, 'n> {
+    prev: &'p Tree,
+    /// The last inode number handed out.
+    next: u64,
+    nodes: Vec<Option<Node>>,
+    /// (parent, name) → inode, for every entry placed so far.
+    index: HashMap<(u64, &'n str), u64>,
+    /// Directories' children, unsorted.
+    dirs: HashMap<u64, Vec<u64>>,
+}
+
+impl<'n> Building<'_, 'n> {
+    /// The inode number of `name` under `parent`: the one it had before, or a new one.
+    fn ino_for(&mut self, parent: u64, name: &str) -> u64 {
+        if let Some(i) = self.prev.child(parent, name) {
+            return i;
+        }
+        self.next += 1;
+        self.next
+    }
+
+    fn put(&mut self, ino: u64, node: Node) {
+        let i = ino as usize;
+        if self.nodes.len() <= i {
+            self.nodes.resize_with(i + 1, || None);
+        }
+        self.nodes[i] = Some(node);
+    }
+
+    /// Places an entry; `None` if the name is taken.
+    fn add(&mut self, parent: u64, name: &'n str, node: Node) -> Option<u64> {
+        if self.index.contains_key(&(parent, name)) {
+            return None;
+        }
+        let ino = self.ino_for(parent, name);
+        self.index.insert((parent, name), ino);
+        self.put(ino, node);
+        self.dirs.entry(parent).or_default().push(ino);
+        Some(ino)
+    }
+
+    /// The directory `name` under `parent`, created if needed; `None` if a file holds the name.
+    fn ensure_dir(&mut self, parent: u64, name: &'n str, owner: Owner) -> Option<u64> {
+        if let Some(&ino) = self.index.get(&(parent, name)) {
+            return self.dirs.contains_key(&ino).then_some(ino);
+        }
+        let node = Node { parent, uid: owner.uid, gid: owner.gid, mode: owner.dir_mode, kind: dir(name) };
+        let ino = self.add(parent, name, node)?;
+        self.dirs.insert(ino, Vec::new());
+        Some(ino)
     }
 }
 
@@ -295,43 +380,5 @@ fn locate(meta: &SecretMeta) -> Where {
     match &meta.locator {
         crate::secret::Locator::File { file, index, .. } => Where(Some((file.path.clone(), *index as usize))),
         _ => Where(None),
-    }
-}
-
-fn dir_node(parent: u64, name: &str, owner: Owner, now: SystemTime) -> Node {
-    Node {
-        parent,
-        name: name.into(),
-        uid: owner.uid,
-        gid: owner.gid,
-        mode: owner.dir_mode,
-        mtime: now,
-        kind: NodeKind::Dir(Vec::new()),
-    }
-}
-
-fn ensure_dir(
-    b: &mut Building,
-    inos: &mut InoMap,
-    parent: u64,
-    path: &mut String,
-    seg: &str,
-    owner: Owner,
-    now: SystemTime,
-) -> Option<u64> {
-    if !path.is_empty() {
-        path.push('/');
-    }
-    path.push_str(seg);
-    let ino = inos.get(path);
-    match b.nodes.get(&ino) {
-        Some(n) if n.is_dir() => Some(ino),
-        Some(_) => None,
-        None => {
-            b.nodes.insert(ino, dir_node(parent, seg, owner, now));
-            b.children.insert(ino, Vec::new());
-            b.children.entry(parent).or_default().push((seg.into(), ino));
-            Some(ino)
-        }
     }
 }

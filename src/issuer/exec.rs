@@ -224,16 +224,17 @@ impl Issuer for ExecIssuer {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
         let argv = command_of(req.base, "command")?
             .ok_or_else(|| IssueError::Failed("exec: the base secret has no \"command\"".into()))?;
-        let name = req.secret.segments.last().map(String::as_str).unwrap_or("");
+        let name = req.secret.name();
+        let id = req.secret.id();
         let body = Request {
             lease_id: req.lease_id,
-            secret: SecretInfo { id: &req.secret.id, name, path: req.path, attributes: &req.secret.attributes },
+            secret: SecretInfo { id: &id, name, path: req.path, attributes: &req.secret.attributes },
             requester: req.requester,
             ttl_seconds: req.ttl.as_secs(),
             base: req.base,
         };
         let stdin = to_secret_json(&body);
-        let env = tokens(req.lease_id, &req.secret.id, name, req.path, req.requester);
+        let env = tokens(req.lease_id, &id, name, req.path, req.requester);
         let ran = run(&argv, &env, &stdin).await?;
         if !ran.status.success() {
             return Err(IssueError::Failed(format!(

@@ -292,7 +292,7 @@ impl LeaseManager {
 
     /// A base secret's data, cached for `cache_ttl` like static payloads (zeroized on eviction).
     async fn base_fields(&self, req: &OpenRequest) -> Result<Arc<SecretFields>, LeaseError> {
-        let key = (req.source_key.clone(), req.base.path());
+        let key = (req.source_key.clone(), req.base.path().to_string());
         let ttl = self.defaults.cache_ttl.0;
         if let Some((at, f)) = self.bases.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             if at.elapsed() < ttl {
@@ -322,10 +322,10 @@ impl LeaseManager {
             op,
             lease_id: lease_id.into(),
             path: req.path.clone(),
-            secret_id: req.secret.id.clone(),
+            secret_id: req.secret.id().into_owned(),
             issuer: kind.into(),
             source: req.source_key.clone(),
-            base: req.base.path(),
+            base: req.base.path().to_string(),
             revocation: revocation.clone(),
             expires_at,
             time: Utc::now(),
@@ -427,7 +427,7 @@ impl LeaseManager {
         let lease = Arc::new(Lease {
             id: lease_id.to_string(),
             path: req.path.clone(),
-            secret_id: req.secret.id.clone(),
+            secret_id: req.secret.id().into_owned(),
             issuer: kind.to_string(),
             requester: req.requester.clone(),
             issued_at: now,
@@ -566,7 +566,7 @@ impl LeaseManager {
             secret_id: lease.secret_id.clone(),
             issuer: lease.issuer.clone(),
             source: lease.source_key.clone(),
-            base: lease.base.path(),
+            base: lease.base.path().to_string(),
             revocation: lease.revocation.clone(),
             expires_at: Some(lease.expires_at()),
             time: Utc::now(),

@@ -284,21 +284,12 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     let kind = kind_of(&doc.attributes)?;
                     check_attr_types(&doc.attributes)?;
                     let own = ownership(&doc.attributes)?;
-                    Ok(SecretMeta {
-                        id: doc.id.clone().unwrap_or_else(|| doc.path.clone()),
-                        segments,
-                        kind,
-                        attributes: doc.attributes.clone(),
-                        uid: own.uid,
-                        gid: own.gid,
-                        mode: own.mode,
-                        size: None,
-                        mtime,
-                        locator: {
-                            let (offset, len) = span(slice);
-                            Locator::File { file: shared.clone(), index: index as u32, offset, len }
-                        },
-                    })
+                    let (offset, len) = span(slice);
+                    let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
+                    let id = doc.id.as_deref().unwrap_or(&doc.path);
+                    let mut m = SecretMeta::new(Some(id), &segments, kind, doc.attributes, None, mtime, locator);
+                    (m.uid, m.gid, m.mode) = (own.uid, own.gid, own.mode);
+                    Ok(m)
                 })();
                 match built {
                     Ok(m) => out.secrets.push(m),
@@ -342,21 +333,10 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                         attributes.insert("format".into(), f.clone().into());
                     }
                     attributes.insert("royal".into(), true.into());
-                    Ok(SecretMeta {
-                        id,
-                        segments,
-                        kind: SecretKind::Dynamic { link: link.replace(':', "/") },
-                        attributes,
-                        uid: None,
-                        gid: None,
-                        mode: None,
-                        size: Some(0),
-                        mtime,
-                        locator: {
-                            let (offset, len) = span(slice);
-                            Locator::File { file: shared.clone(), index: index as u32, offset, len }
-                        },
-                    })
+                    let (offset, len) = span(slice);
+                    let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
+                    let kind = SecretKind::Dynamic { link: link.replace(':', "/") };
+                    Ok(SecretMeta::new(Some(&id), &segments, kind, attributes, Some(0), mtime, locator))
                 })();
                 match built {
                     Ok(m) => out.secrets.push(m),
@@ -470,7 +450,7 @@ mod tests {
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(p.secrets.len(), 2);
         assert_eq!(p.secrets[0].path(), "team/ops/User 1");
-        assert_eq!(p.secrets[0].id, "Cred01");
+        assert_eq!(p.secrets[0].id(), "Cred01");
         assert_eq!(p.secrets[1].path(), "credentials/User 2");
         assert_eq!(p.secrets[1].kind, SecretKind::Dynamic { link: "base/royal".into() });
     }

@@ -131,7 +131,7 @@ impl Source for LocalSource {
             return Err(SourceError::Invalid(format!("{} has no document file", secret.path())));
         };
         let (doc, index, offset, len, path, strict) =
-            (file.clone(), *index as usize, *offset, *len, secret.path(), self.strict_perms);
+            (file.clone(), *index as usize, *offset, *len, secret.path().to_string(), self.strict_perms);
         tokio::task::spawn_blocking(move || {
             let file = &doc.path;
             let gone = |m: String| {

@@ -118,7 +118,7 @@ fn meta(
     mtime: SystemTime,
     locator: Locator,
 ) -> SecretMeta {
-    SecretMeta { id, segments, kind, attributes, uid: None, gid: None, mode: None, size: None, mtime, locator }
+    SecretMeta::new(Some(&id), &segments, kind, attributes, None, mtime, locator)
 }
 
 fn map_err(e: BaoError) -> SourceError {
