@@ -1,7 +1,9 @@
 //! The fuser 0.18 adapter only: copies what it needs out of each request, runs slow work on the tokio runtime and replies from the task.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -183,17 +185,24 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let who = who(req);
-        // A static secret already in the payload cache is answered in place: nothing can block.
-        if let Some(r) = self.fs.open_cached(ino.0, flags.0, &who) {
-            return reply_opened(&self.notifier, ino, r, reply);
-        }
         let fs = self.fs.clone();
-        let notifier = self.notifier.clone();
-        self.rt.spawn(async move {
-            let r = fs.open(ino.0, flags.0, who).await;
-            reply_opened(&notifier, ino, r, reply)
-        });
+        let who = who(req);
+        let mut open = Box::pin(async move { fs.open(ino.0, flags.0, who).await });
+        // Polled once here: an open that needs no I/O (a cached static payload, an in-process
+        // issuer such as jwt) is answered at once, without a hop to the runtime. One that has to
+        // wait (a source read, an issuer's round trip or process) continues as a task, which polls
+        // it again right away with a real waker; this thread goes back to serving requests.
+        let _rt = self.rt.enter();
+        match open.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => reply_opened(&self.notifier, ino, r, reply),
+            Poll::Pending => {
+                let notifier = self.notifier.clone();
+                self.rt.spawn(async move {
+                    let r = open.await;
+                    reply_opened(&notifier, ino, r, reply)
+                });
+            }
+        }
     }
 
     fn read(

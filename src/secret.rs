@@ -402,7 +402,7 @@ impl Requester {
 /// Rendered contents shared by the handles of one open (and, for dynamic secrets, by the lease).
 /// `expire` zeroizes the bytes; reads after that fail with `EKEYEXPIRED`.
 pub struct SharedBytes {
-    inner: std::sync::RwLock<Option<zeroize::Zeroizing<Vec<u8>>>>,
+    inner: std::sync::RwLock<Option<crate::memlock::LockedBuf>>,
 }
 
 impl fmt::Debug for SharedBytes {
@@ -413,8 +413,8 @@ impl fmt::Debug for SharedBytes {
 
 impl SharedBytes {
     pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
-        crate::memlock::lock(&bytes);
-        SharedBytes { inner: std::sync::RwLock::new(Some(bytes)) }
+        // Copied into locked memory; the rendering buffer is zeroized as it drops here.
+        SharedBytes { inner: std::sync::RwLock::new(Some(crate::memlock::LockedBuf::copy_from(&bytes))) }
     }
 
     /// The length, or `None` once expired.
@@ -429,6 +429,7 @@ impl SharedBytes {
         match g.as_ref() {
             None => f(None),
             Some(b) => {
+                let b = b.as_slice();
                 let start = (offset as usize).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
                 f(Some(&b[start..end]))
@@ -439,10 +440,7 @@ impl SharedBytes {
     /// Zeroizes the bytes now; later reads see `None`.
     pub fn expire(&self) {
         let taken = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(b) = taken {
-            crate::memlock::unlock(&b);
-            drop(b);
-        }
+        drop(taken);
     }
 
     pub fn is_expired(&self) -> bool {

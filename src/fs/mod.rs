@@ -469,37 +469,6 @@ impl LeaseFs {
         );
     }
 
-    /// Opens a static secret whose payload is cached and fresh, in place (no task, no await);
-    /// `None` when the open needs the async path (a cache miss, a dynamic secret, a control file).
-    pub fn open_cached(&self, ino: u64, flags: i32, who: &Requester) -> Option<Result<Opened, FsError>> {
-        let tree = self.tree();
-        let n = tree.node(ino)?;
-        let NodeKind::Secret { meta, .. } = &n.kind else { return None };
-        if matches!(meta.kind, SecretKind::Dynamic { .. }) {
-            return None;
-        }
-        let fields = {
-            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            let e = c.get(&ino)?;
-            if e.fetched.elapsed() >= self.settings.defaults.cache_ttl.0 {
-                return None;
-            }
-            e.fields.clone()
-        };
-        self.count(&self.leases.metrics.ops.open);
-        if wants_write(flags) {
-            return Some(Err(FsError::erofs()));
-        }
-        let who = if self.audit.is_enabled() { who.clone().with_comm() } else { who.clone() };
-        let path = tree.path_of(ino);
-        if let Err(e) = self.check_access(&path, n, &who, false) {
-            return Some(Err(e));
-        }
-        let result = Self::render_for(meta, &fields);
-        self.audit_open(&path, &result, &who);
-        Some(result.map(|bytes| self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None)))
-    }
-
     fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
         let format = match meta.attr_str("format") {
             Some(f) => Some(Format::parse(f).map_err(FsError::eio)?),

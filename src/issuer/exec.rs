@@ -222,6 +222,9 @@ fn to_secret_json<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
 #[async_trait]
 impl Issuer for ExecIssuer {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+        // An open is first polled on the FUSE thread that received it; starting a process
+        // (a fork and exec) belongs on the runtime, so give way before doing it.
+        tokio::task::yield_now().await;
         let argv = command_of(req.base, "command")?
             .ok_or_else(|| IssueError::Failed("exec: the base secret has no \"command\"".into()))?;
         let name = req.secret.name();

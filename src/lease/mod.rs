@@ -2,7 +2,7 @@
 
 pub mod journal;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,6 +108,18 @@ pub struct LeaseManager {
     in_flight: AtomicUsize,
     /// Base secrets' data by (source, path), for `cache_ttl`.
     bases: Mutex<lru::LruCache<(String, String), CachedBase>>,
+    expiry: Arc<Expiry>,
+}
+
+/// Leases that are not renewed wait for their expiry in one ordered queue, served by one task:
+/// a task per lease would cost a runtime wake-up on every issuance.
+#[derive(Default)]
+struct Expiry {
+    /// (expiry in ms since the epoch, lease id) → lease.
+    queue: Mutex<BTreeMap<(i64, String), std::sync::Weak<Lease>>>,
+    /// Told when a lease expires before every queued one.
+    sooner: tokio::sync::Notify,
+    started: AtomicBool,
 }
 
 /// A base secret's data and when it was read.
@@ -156,6 +168,7 @@ impl LeaseManager {
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             bases: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(256).expect("non-zero"))),
+            expiry: Arc::default(),
         })
     }
 
@@ -443,12 +456,68 @@ impl LeaseManager {
             timer: Mutex::new(None),
         });
         self.table().insert(lease.id.clone(), lease.clone());
-        let renew = Self::attr_bool(&req.secret, "renew_while_open").unwrap_or(false);
-        let cap = now + chrono::Duration::from_std(max_ttl).unwrap_or(chrono::Duration::hours(1));
-        let period = (expires_at - now).to_std().unwrap_or_default();
-        let timer = tokio::spawn(Self::watch(Arc::downgrade(self), Arc::downgrade(&lease), renew, cap, period));
-        *lease.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        if Self::attr_bool(&req.secret, "renew_while_open").unwrap_or(false) {
+            let cap = now + chrono::Duration::from_std(max_ttl).unwrap_or(chrono::Duration::hours(1));
+            let period = (expires_at - now).to_std().unwrap_or_default();
+            let timer = tokio::spawn(Self::watch(Arc::downgrade(self), Arc::downgrade(&lease), true, cap, period));
+            *lease.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        } else {
+            self.schedule(&lease);
+        }
         Ok(lease)
+    }
+
+    fn expiry_key(lease: &Lease) -> (i64, String) {
+        (lease.expires_ms.load(Ordering::SeqCst), lease.id.clone())
+    }
+
+    /// Queues a lease that is not renewed for its expiry.
+    fn schedule(self: &Arc<Self>, lease: &Arc<Lease>) {
+        let key = Self::expiry_key(lease);
+        let first = {
+            let mut q = self.expiry.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.insert(key.clone(), Arc::downgrade(lease));
+            q.first_key_value().is_some_and(|(k, _)| *k == key)
+        };
+        if !self.expiry.started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(Self::expire_queued(Arc::downgrade(self), self.expiry.clone()));
+        } else if first {
+            self.expiry.sooner.notify_one();
+        }
+    }
+
+    /// Ends queued leases as they expire: sleeps until the earliest, or until a sooner one arrives.
+    async fn expire_queued(me: std::sync::Weak<Self>, ex: Arc<Expiry>) {
+        loop {
+            let now = Utc::now().timestamp_millis();
+            let (due, next) = {
+                let mut q = ex.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut due = Vec::new();
+                while let Some(e) = q.first_entry() {
+                    if e.key().0 > now {
+                        break;
+                    }
+                    due.push(e.remove());
+                }
+                (due, q.first_key_value().map(|(k, _)| k.0))
+            };
+            let Some(m) = me.upgrade() else { return };
+            for l in due.iter().filter_map(std::sync::Weak::upgrade) {
+                m.metrics.expired();
+                m.end(&l, "expire");
+            }
+            drop(m);
+            match next {
+                Some(t) => {
+                    let wait = Duration::from_millis(u64::try_from(t - now).unwrap_or(0));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = ex.sooner.notified() => {}
+                    }
+                }
+                None => ex.sooner.notified().await,
+            }
+        }
     }
 
     /// Sleeps until the lease's expiry and ends it. With `renew_while_open`, renews at 2/3 of the
@@ -548,6 +617,7 @@ impl LeaseManager {
             if let Some(t) = lease.timer.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 t.abort();
             }
+            self.expiry.queue.lock().unwrap_or_else(|e| e.into_inner()).remove(&Self::expiry_key(lease));
         }
         self.audit(
             if why == "expire" { "expire" } else { "revoke" },
