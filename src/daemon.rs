@@ -200,7 +200,11 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
             MountOption::NoDev,
         ];
         fcfg.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
-        fcfg.n_threads = Some(2);
+        // One request thread per two cores (at most 4): handlers never block (slow work is a task),
+        // and on a 2-core machine a second thread only adds wake-ups (static open loop 11k → 13k/s
+        // with one thread).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        fcfg.n_threads = Some((cores / 2).clamp(1, 4));
         fcfg.clone_fd = true;
         let notifier = Arc::new(std::sync::OnceLock::new());
         let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), notifier.clone());

@@ -24,12 +24,24 @@ pub struct FuseAdapter {
     ttl: Duration,
     /// Set once the session exists; used to drop cached attributes after an open.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Inodes whose page cache is dropped after a close, by a thread of its own (never by a
+    /// request thread: the kernel may wait on a page that only a request thread can fill).
+    closed: std::sync::mpsc::Sender<INodeNo>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<LeaseFs>, rt: Handle, notifier: Arc<OnceLock<Notifier>>) -> Self {
         let ttl = fs.defaults().attr_ttl.0;
-        FuseAdapter { fs, rt, ttl, notifier }
+        let (closed, rx) = std::sync::mpsc::channel::<INodeNo>();
+        let n = notifier.clone();
+        let _ = std::thread::Builder::new().name("leasefs-inval".into()).spawn(move || {
+            while let Ok(ino) = rx.recv() {
+                if let Some(n) = n.get() {
+                    let _ = n.inval_inode(ino, 0, 0);
+                }
+            }
+        });
+        FuseAdapter { fs, rt, ttl, notifier, closed }
     }
 }
 
@@ -266,12 +278,7 @@ impl Filesystem for FuseAdapter {
         reply.ok();
         // Direct I/O keeps reads out of the page cache, but a private mmap of the file goes through
         // it: drop whatever the kernel cached for this inode once a handle closes.
-        let notifier = self.notifier.clone();
-        self.rt.spawn(async move {
-            if let Some(n) = notifier.get() {
-                let _ = n.inval_inode(ino, 0, 0);
-            }
-        });
+        let _ = self.closed.send(ino);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
