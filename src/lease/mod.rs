@@ -459,7 +459,7 @@ impl LeaseManager {
         if Self::attr_bool(&req.secret, "renew_while_open").unwrap_or(false) {
             let cap = now + chrono::Duration::from_std(max_ttl).unwrap_or(chrono::Duration::hours(1));
             let period = (expires_at - now).to_std().unwrap_or_default();
-            let timer = tokio::spawn(Self::watch(Arc::downgrade(self), Arc::downgrade(&lease), true, cap, period));
+            let timer = tokio::spawn(Self::watch(Arc::downgrade(self), Arc::downgrade(&lease), cap, period));
             *lease.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
         } else {
             self.schedule(&lease);
@@ -520,22 +520,16 @@ impl LeaseManager {
         }
     }
 
-    /// Sleeps until the lease's expiry and ends it. With `renew_while_open`, renews at 2/3 of the
-    /// remaining time while a handle is open, each time by the lease's own `period`, never past
-    /// `cap` (issued_at + max_ttl).
-    async fn watch(
-        me: std::sync::Weak<Self>,
-        lease: std::sync::Weak<Lease>,
-        renew: bool,
-        cap: DateTime<Utc>,
-        period: Duration,
-    ) {
+    /// Watches a `renew_while_open` lease: renews it at 2/3 of the remaining time while a handle
+    /// is open, each time by the lease's own `period`, never past `cap` (issued_at + max_ttl);
+    /// then sleeps until its expiry and ends it.
+    async fn watch(me: std::sync::Weak<Self>, lease: std::sync::Weak<Lease>, cap: DateTime<Utc>, period: Duration) {
         loop {
             let Some(l) = lease.upgrade() else { return };
             let exp = l.expires_at();
             let now = Utc::now();
             drop(l);
-            if renew && exp < cap && exp > now {
+            if exp < cap && exp > now {
                 let wait = ((exp - now) * 2 / 3).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
                 let (Some(m), Some(l)) = (me.upgrade(), lease.upgrade()) else { return };
