@@ -139,7 +139,7 @@ impl SecretId {
         if id == path {
             SecretId::Path
         } else if id.len() == path.len()
-            && id.bytes().zip(path.bytes()).all(|(i, p)| i == p || (p == b'/' && i == b':'))
+            && id.bytes().zip(path.bytes()).all(|(i, p)| if p == b'/' { i == b':' } else { i == p })
         {
             SecretId::Colons
         } else {
@@ -462,6 +462,28 @@ mod tests {
     fn paths_split_on_colon_or_slash() {
         assert_eq!(split_path("dynamic:aws:temp-api", false).unwrap(), ["dynamic", "aws", "temp-api"]);
         assert_eq!(split_path("app/db/password", false).unwrap(), ["app", "db", "password"]);
+    }
+
+    #[test]
+    fn an_id_is_stored_only_when_it_is_not_the_path() {
+        let segs = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let meta = |id: &str| {
+            SecretMeta::new(
+                Some(id),
+                &segs,
+                SecretKind::Static,
+                Default::default(),
+                None,
+                SystemTime::UNIX_EPOCH,
+                Locator::None,
+            )
+        };
+        assert_eq!(meta("a/b/c").id, SecretId::Path);
+        assert_eq!(meta("a:b:c").id, SecretId::Colons);
+        assert_eq!(meta("a:b:c").id(), "a:b:c");
+        // Mixed separators are kept as written.
+        assert_eq!(meta("a:b/c").id(), "a:b/c");
+        assert_eq!(meta("Cred01").id(), "Cred01");
     }
 
     #[test]

@@ -238,11 +238,12 @@ impl LeaseFs {
         let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let prev = self.tree();
         let (tree, problems) = Tree::build(&prev, &listings, self.settings.root_owner, self.settings.control);
-        let changes = tree.changes_since(&prev);
+        // Compared only when someone listens (the mount; not `check`, not the first build).
+        let changes = self.changed.get().map(|f| (f, tree.changes_since(&prev)));
         *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tree);
         drop(prev);
         trim_heap();
-        if let (Some(f), false) = (self.changed.get(), changes.is_empty()) {
+        if let Some((f, changes)) = changes.filter(|(_, c)| !c.is_empty()) {
             f(&changes);
         }
         problems
@@ -327,15 +328,13 @@ impl LeaseFs {
         let parent_ino = if ino == ROOT { ROOT } else { n.parent };
         let total = children.len() as u64 + 2;
         for i in offset..total {
-            let (cino, name) = match i {
-                0 => (ino, "."),
-                1 => (parent_ino, ".."),
-                _ => {
-                    let cino = children[(i - 2) as usize];
-                    (cino, tree.node(cino).map_or("", Node::name))
-                }
+            let (cino, dots) = match i {
+                0 => (ino, Some(".")),
+                1 => (parent_ino, Some("..")),
+                _ => (children[(i - 2) as usize], None),
             };
             let Some(cn) = tree.node(cino) else { continue };
+            let name = dots.unwrap_or_else(|| cn.name());
             let attr = self.attr_of(&tree, cino, cn);
             if add(DirEntry { ino: cino, name, attr, next: i + 1 }) {
                 break;
