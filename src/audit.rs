@@ -1,18 +1,35 @@
-//! The audit log: one JSON line per event (open, issue, reuse, revoke, expire, deny, error) — who, what, outcome, never a value.
+//! The audit log: one JSON line per event (open, issue, reuse, renew, revoke, expire, deny, error,
+//! irrevocable) — who, what, outcome, never a value.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::secret::Requester;
 
+/// What happened.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Open,
+    Issue,
+    Reuse,
+    Renew,
+    Revoke,
+    Expire,
+    Deny,
+    Error,
+    /// A lease whose issuer kept refusing revocation.
+    Irrevocable,
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct Event<'a> {
-    pub event: &'a str,
+    pub event: EventKind,
     pub path: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<&'a str>,
@@ -63,7 +80,7 @@ impl Audit {
     pub fn reopen(&self) {
         let (Some(f), Some(p)) = (&self.file, &self.path) else { return };
         match Self::open_file(p) {
-            Ok(new) => *f.lock().unwrap_or_else(|e| e.into_inner()) = new,
+            Ok(new) => *f.lock() = new,
             Err(e) => {
                 tracing::warn!(error = %e, path = %p.display(), "cannot reopen the audit log; still writing to the old one")
             }
@@ -86,7 +103,7 @@ impl Audit {
             Err(_) => return,
         };
         text.push(b'\n');
-        let mut g = f.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = f.lock();
         if let Err(e) = g.write_all(&text) {
             tracing::warn!(error = %e, "cannot write the audit log");
         }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::diag::FileError;
+
 /// A duration written as `"90s"`, `"15m"`, `"1h30m"`, `"500ms"` or a number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -51,6 +53,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total.saturating_add(part);
     }
     Ok(total)
+}
+
+/// Formats a duration the way the configuration writes them (`"15m"`).
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -108,6 +122,8 @@ pub struct Defaults {
     pub revoke_on_close: bool,
     /// How long the kernel may cache names and attributes (never contents).
     pub attr_ttl: Dur,
+    /// A lease whose revocation keeps failing this long is marked irrevocable (and still retried).
+    pub irrevocable_after: Dur,
 }
 
 impl Default for Defaults {
@@ -124,6 +140,7 @@ impl Default for Defaults {
             revoke_on_shutdown: true,
             revoke_on_close: false,
             attr_ttl: Dur::secs(1),
+            irrevocable_after: Dur::secs(600),
         }
     }
 }
@@ -219,42 +236,6 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/leasefs")
 }
 
-/// An error that names the file and, where known, the line and column.
-#[derive(Debug, Clone)]
-pub struct FileError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
-        } else {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        }
-    }
-}
-
-impl std::error::Error for FileError {}
-
-impl FileError {
-    pub fn whole(file: &Path, message: impl Into<String>) -> Self {
-        FileError { file: file.to_path_buf(), line: 0, column: 0, message: message.into() }
-    }
-    pub fn from_json(file: &Path, e: &serde_json::Error) -> Self {
-        // serde_json appends " at line L column C" to its message; keep only the cause.
-        let text = e.to_string();
-        let message = match text.rfind(" at line ") {
-            Some(i) => text[..i].to_string(),
-            None => text,
-        };
-        FileError { file: file.to_path_buf(), line: e.line(), column: e.column(), message }
-    }
-}
-
 impl Config {
     pub fn parse(file: &Path, text: &str) -> Result<Config, FileError> {
         let cfg: Config = serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
@@ -297,21 +278,14 @@ impl Config {
             if !p.starts_with('/') {
                 return Err(FileError::whole(file, format!("source prefix {p:?} must start with '/'")));
             }
-            crate::secret::split_path(p.trim_start_matches('/'), true)
+            crate::paths::split_path(p.trim_start_matches('/'), true)
                 .map_err(|e| FileError::whole(file, format!("source prefix {p:?}: {e}")))?;
             if let Some(m) = s.ownership().mode {
-                crate::secret::parse_mode(&m).map_err(|e| FileError::whole(file, format!("source mode {m:?}: {e}")))?;
+                crate::paths::parse_mode(&m).map_err(|e| FileError::whole(file, format!("source mode {m:?}: {e}")))?;
             }
         }
         Ok(())
     }
-}
-
-/// Refuses a config file that group or others can read when it may hold credentials (like ssh).
-pub fn check_config_perms(file: &Path) -> Result<(), FileError> {
-    let meta = std::fs::metadata(file).map_err(|e| FileError::whole(file, e.to_string()))?;
-    crate::source::local::check_private(&meta)
-        .map_err(|m| FileError::whole(file, m.replace(&format!("{} ", file.display()), "")))
 }
 
 #[cfg(test)]

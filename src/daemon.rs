@@ -20,7 +20,7 @@ use crate::lease::LeaseManager;
 use crate::lease::journal::{Journal, Record};
 use crate::metrics::Metrics;
 use crate::notify::notify;
-use crate::secret::{parse_mode, resolve_group, resolve_user, split_path};
+use crate::paths::{parse_mode, resolve_group, resolve_user, split_path};
 use crate::source::Source;
 use crate::source::local::LocalSource;
 use crate::source::openbao::OpenBaoSource;
@@ -66,15 +66,16 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
     Ok(out)
 }
 
-/// Builds the filesystem. With `journal` the lease journal in `state_dir` is opened and replayed;
-/// the records it returns are the leases a previous run left behind.
-pub fn build_fs(cfg: &Config, opts: &RunOptions, journal: bool) -> anyhow::Result<(LeaseFs, Vec<Record>)> {
+/// Builds the filesystem. For a mount (`mounting`), the audit log is opened and the lease journal
+/// in `state_dir` is opened and replayed (the records it returns are the leases a previous run
+/// left behind); otherwise (`check`) nothing is written anywhere.
+pub fn build_fs(cfg: &Config, opts: &RunOptions, mounting: bool) -> anyhow::Result<(LeaseFs, Vec<Record>)> {
     let (uid, gid) = effective_ids();
     let audit = Arc::new(match &cfg.audit_log {
-        Some(p) => Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?,
-        None => Audit::disabled(),
+        Some(p) if mounting => Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?,
+        _ => Audit::disabled(),
     });
-    let (journal, pending) = if journal {
+    let (journal, pending) = if mounting {
         let (j, replay) = Journal::open(&cfg.state_dir)
             .with_context(|| format!("cannot open the lease journal in {}", cfg.state_dir.display()))?;
         for p in &replay.problems {

@@ -1,7 +1,6 @@
 //! The fuser 0.18 adapter only: copies what it needs out of each request, runs slow work on the tokio runtime and replies from the task.
 
 use std::ffi::OsStr;
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -14,14 +13,12 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::fs::tree::Changes;
-use crate::fs::{Attr, EntryKind, FsError, LeaseFs};
+use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened};
 use crate::secret::Requester;
 
 pub struct FuseAdapter {
     fs: Arc<LeaseFs>,
     rt: Handle,
-    /// How long the kernel may cache names and attributes (never contents: those are direct I/O).
-    ttl: Duration,
     /// Set once the session exists; used to drop cached attributes after an open.
     notifier: Arc<OnceLock<Notifier>>,
     /// Inodes whose page cache is dropped after a close, by a thread of its own (never by a
@@ -31,7 +28,6 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<LeaseFs>, rt: Handle, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        let ttl = fs.defaults().attr_ttl.0;
         let (closed, rx) = std::sync::mpsc::channel::<INodeNo>();
         let n = notifier.clone();
         let _ = std::thread::Builder::new().name("leasefs-inval".into()).spawn(move || {
@@ -41,11 +37,18 @@ impl FuseAdapter {
                 }
             }
         });
-        FuseAdapter { fs, rt, ttl, notifier, closed }
+        FuseAdapter { fs, rt, notifier, closed }
     }
 }
 
-fn errno(e: &FsError) -> Errno {
+/// The errno for a failed operation, which is logged here once, at the error's level.
+fn failed(op: &str, ino: INodeNo, e: &FsError) -> Errno {
+    match e.level {
+        tracing::Level::ERROR => tracing::error!(op, ino = ino.0, error = %e, "{op} failed"),
+        tracing::Level::WARN => tracing::warn!(op, ino = ino.0, error = %e, "{op} failed"),
+        tracing::Level::INFO => tracing::info!(op, ino = ino.0, error = %e, "{op} failed"),
+        _ => tracing::debug!(op, ino = ino.0, error = %e, "{op} failed"),
+    }
     // Never send an errno the kernel would drop (>= 512): the caller would hang.
     if e.errno <= 0 || e.errno >= 512 { Errno::EIO } else { Errno::from_i32(e.errno) }
 }
@@ -99,7 +102,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::ENOENT);
         };
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
             Err(e) if e.errno == libc::ENOENT => {
                 // A negative entry (inode 0) lets the kernel cache the miss for `ttl`.
                 let mut a = file_attr(&Attr {
@@ -113,18 +116,16 @@ impl Filesystem for FuseAdapter {
                     nlink: 0,
                 });
                 a.ino = INodeNo(0);
-                reply.entry(&self.ttl, &a, Generation(0))
+                reply.entry(&self.fs.entry_ttl(), &a, Generation(0))
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(failed("lookup", parent, &e)),
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, fh.map(|f| f.0), req.pid()) {
-            // A handle's size is true only for its holder: do not let the kernel cache it.
-            Ok((a, true)) => reply.attr(&Duration::ZERO, &file_attr(&a)),
-            Ok((a, false)) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+        match self.fs.getattr_entry(ino.0, fh.map(|f| f.0), req.pid()) {
+            Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
+            Err(e) => reply.error(failed("getattr", ino, &e)),
         }
     }
 
@@ -149,7 +150,7 @@ impl Filesystem for FuseAdapter {
         if size == Some(0) && mode.is_none() && uid.is_none() && gid.is_none() {
             match self.fs.truncate(ino.0, &who(req)) {
                 Ok(a) => return reply.attr(&Duration::ZERO, &file_attr(&a)),
-                Err(e) => return reply.error(errno(&e)),
+                Err(e) => return reply.error(failed("setattr", ino, &e)),
             }
         }
         reply.error(Errno::EROFS)
@@ -197,24 +198,22 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
-        let who = who(req);
-        let mut open = Box::pin(async move { fs.open(ino.0, flags.0, who).await });
-        // Polled once here: an open that needs no I/O (a cached static payload, an in-process
-        // issuer such as jwt) is answered at once, without a hop to the runtime. One that has to
-        // wait (a source read, an issuer's round trip or process) continues as a task, which polls
-        // it again right away with a real waker; this thread goes back to serving requests.
+        let mut open = self.fs.opening(ino.0, flags.0, who(req));
+        // An open the filesystem calls inline (a cached static payload, an in-process issuer such
+        // as jwt) is polled once here and answered without a hop to the runtime; if it has to wait
+        // after all (a source read), it continues as a task. Any other open (a script to start, a
+        // round trip to an issuer) goes to the runtime at once; this thread serves other requests.
         let _rt = self.rt.enter();
-        match open.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(r) => reply_opened(&self.notifier, ino, r, reply),
-            Poll::Pending => {
-                let notifier = self.notifier.clone();
-                self.rt.spawn(async move {
-                    let r = open.await;
-                    reply_opened(&notifier, ino, r, reply)
-                });
+        if open.inline {
+            if let Poll::Ready(r) = open.future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                return reply_opened(&self.notifier, ino, r, reply);
             }
         }
+        let notifier = self.notifier.clone();
+        self.rt.spawn(async move {
+            let r = open.future.await;
+            reply_opened(&notifier, ino, r, reply)
+        });
     }
 
     fn read(
@@ -231,7 +230,7 @@ impl Filesystem for FuseAdapter {
         // Served from memory under a short lock: never blocks, so it is answered in place.
         self.fs.read(fh.0, offset, size, |r| match r {
             Ok(bytes) => reply.data(bytes),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(failed("read", _ino, &e)),
         })
     }
 
@@ -253,7 +252,7 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match fs.write(ino.0, &data, who).await {
                 Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(failed("write", ino, &e)),
             }
         });
     }
@@ -290,7 +289,7 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(failed("opendir", ino, &e)),
         }
     }
 
@@ -301,18 +300,18 @@ impl Filesystem for FuseAdapter {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(failed("readdir", ino, &e)),
         }
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let ttl = self.ttl;
+        let ttl = self.fs.entry_ttl();
         let r = self.fs.readdir(ino.0, offset, |e| {
             reply.add(INodeNo(e.ino), e.next, e.name, &ttl, &file_attr(&e.attr), Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(failed("readdir", ino, &e)),
         }
     }
 
@@ -331,11 +330,11 @@ impl Filesystem for FuseAdapter {
             Some(n) => self.fs.getxattr(ino.0, n),
             None => Err(FsError::new(libc::ENODATA, "no such attribute")),
         };
-        xattr_reply(r, size, reply)
+        xattr_reply(ino, r, size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.fs.listxattr(ino.0), size, reply)
+        xattr_reply(ino, self.fs.listxattr(ino.0), size, reply)
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -411,28 +410,33 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// Answers an open. Before the reply, the inode's cached attributes are dropped (offset -1: not
-/// the page cache) so that `fstat` asks the daemon and gets the handle's true size. Contents are
-/// served with direct I/O (never in the page cache), and no FLUSH is needed on close: nothing is
-/// ever buffered for writing.
-fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<crate::fs::Opened, FsError>, reply: ReplyOpen) {
+/// Answers an open as the filesystem says: attributes dropped first where asked (offset -1: not
+/// the page cache) so that `fstat` reaches the daemon, direct I/O where asked. No FLUSH is needed
+/// on close: nothing is ever buffered for writing.
+fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
     match r {
         Ok(o) => {
-            if let Some(n) = notifier.get() {
-                let _ = n.inval_inode(ino, -1, 0);
+            if o.refresh_attr {
+                if let Some(n) = notifier.get() {
+                    let _ = n.inval_inode(ino, -1, 0);
+                }
             }
-            reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+            let mut flags = FopenFlags::FOPEN_NOFLUSH;
+            if o.direct_io {
+                flags |= FopenFlags::FOPEN_DIRECT_IO;
+            }
+            reply.opened(FileHandle(o.fh), flags)
         }
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(failed("open", ino, &e)),
     }
 }
 
-fn xattr_reply(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
+fn xattr_reply(ino: INodeNo, r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
         Ok(v) if v.len() <= size as usize => reply.data(&v),
         Ok(_) => reply.error(Errno::ERANGE),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(failed("getxattr", ino, &e)),
     }
 }
 

@@ -1,9 +1,12 @@
 //! leasefs: a FUSE filesystem that exposes secrets as files and issues short-lived credentials on open.
 
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod diag;
+pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod issuer;
@@ -12,6 +15,10 @@ pub mod memlock;
 pub mod metrics;
 pub mod notify;
 pub mod openbao;
+pub mod paths;
+pub mod policy;
 pub mod render;
 pub mod secret;
 pub mod source;
+pub mod tls;
+pub mod trust;

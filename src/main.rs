@@ -157,7 +157,7 @@ fn main() -> ExitCode {
                 }
             };
             if !insecure_perms {
-                if let Err(e) = leasefs::config::check_config_perms(&config) {
+                if let Err(e) = leasefs::trust::check_config_perms(&config) {
                     eprintln!("leasefs: {e}");
                     return ExitCode::from(2);
                 }
@@ -280,7 +280,7 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
     };
     let mut bad = 0usize;
     if !insecure_perms {
-        if let Err(e) = leasefs::config::check_config_perms(config) {
+        if let Err(e) = leasefs::trust::check_config_perms(config) {
             eprintln!("{e}");
             bad += 1;
         }

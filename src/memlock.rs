@@ -1,7 +1,8 @@
 //! Keeps secret buffers out of swap and core dumps (locked, reused slabs) and the process out of core dumps; degrades quietly where mlock is not permitted.
 
+use parking_lot::Mutex;
+use std::fmt;
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use zeroize::Zeroize;
@@ -81,7 +82,7 @@ impl LockedBuf {
 
     fn take(shift: u32) -> NonNull<u8> {
         let class = (shift - MIN_SHIFT) as usize;
-        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = FREE.lock();
         if free[class].is_empty() {
             let size = 1usize << shift;
             let slab = map(SLAB).expect("out of memory for a secret buffer");
@@ -118,8 +119,59 @@ impl Drop for LockedBuf {
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.next_multiple_of(4096)) };
         } else {
             let class = (self.shift - MIN_SHIFT) as usize;
-            FREE.lock().unwrap_or_else(|e| e.into_inner())[class].push(self.ptr.as_ptr() as usize);
+            FREE.lock()[class].push(self.ptr.as_ptr() as usize);
         }
+    }
+}
+
+/// Rendered contents shared by the handles of one open (and, for dynamic secrets, by the lease).
+/// `expire` zeroizes the bytes; reads after that fail with `EKEYEXPIRED`.
+pub struct SharedBytes {
+    inner: parking_lot::RwLock<Option<LockedBuf>>,
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedBytes({:?} bytes)", self.len())
+    }
+}
+
+impl SharedBytes {
+    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
+        // Copied into locked memory; the rendering buffer is zeroized as it drops here.
+        SharedBytes { inner: parking_lot::RwLock::new(Some(LockedBuf::copy_from(&bytes))) }
+    }
+
+    /// The length, or `None` once expired.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> Option<usize> {
+        self.inner.read().as_ref().map(|b| b.len())
+    }
+
+    /// Calls `f` with the requested slice, or `None` once expired.
+    pub fn with_slice<R>(&self, offset: u64, size: u32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let g = self.inner.read();
+        match g.as_ref() {
+            None => f(None),
+            Some(b) => {
+                let b = b.as_slice();
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                f(Some(&b[start..end]))
+            }
+        }
+    }
+
+    /// Zeroizes the bytes now; later reads see `None`.
+    pub fn expire(&self) {
+        let taken = self.inner.write().take();
+        drop(taken);
+    }
+}
+
+impl Drop for SharedBytes {
+    fn drop(&mut self) {
+        self.expire();
     }
 }
 
@@ -144,15 +196,17 @@ mod tests {
             let b = LockedBuf::copy_from(&src);
             assert_eq!(b.as_slice(), &src[..], "len {len}");
         }
-        let a = LockedBuf::copy_from(b"first secret");
+        // The 16 KiB class: no other unit test allocates there, so last-in-first-out is certain.
+        let first = vec![0xa5u8; 9000];
+        let a = LockedBuf::copy_from(&first);
         let addr = a.as_slice().as_ptr() as usize;
         drop(a);
-        let b = LockedBuf::copy_from(b"second");
-        assert_eq!(b.as_slice(), b"second");
-        // The freed slot is reused (last in, first out) and was zeroized in between.
-        if b.as_slice().as_ptr() as usize == addr {
-            let tail = unsafe { std::slice::from_raw_parts((addr + 6) as *const u8, 6) };
-            assert_eq!(tail, [0u8; 6]);
-        }
+        let b = LockedBuf::copy_from(&[7u8; 8200]);
+        assert_eq!(b.as_slice().as_ptr() as usize, addr, "a freed slot is reused");
+        assert_eq!(b.as_slice(), &[7u8; 8200][..]);
+        // The bytes past the new contents were zeroized when the first buffer was freed.
+        // SAFETY: the slot is 16 KiB long and owned by `b`; reading its tail only.
+        let tail = unsafe { std::slice::from_raw_parts((addr + 8200) as *const u8, 800) };
+        assert!(tail.iter().all(|x| *x == 0), "freed bytes were not zeroized");
     }
 }

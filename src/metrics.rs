@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 /// Upper bounds (seconds) of the issuance latency histogram.
 pub const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0];
@@ -23,6 +24,7 @@ struct Inner {
     reused: BTreeMap<String, u64>,
     revoked: BTreeMap<String, u64>,
     revoke_failed: BTreeMap<String, u64>,
+    irrevocable: BTreeMap<String, u64>,
     expired: u64,
     latency: BTreeMap<String, Histogram>,
 }
@@ -39,6 +41,15 @@ pub struct Ops {
     pub errors: AtomicU64,
 }
 
+/// Values sampled when the metrics are read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub live_leases: usize,
+    pub pending_revocations: usize,
+    pub irrevocable_leases: usize,
+    pub open_handles: usize,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
@@ -47,7 +58,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self.inner.lock())
     }
 
     pub fn issued(&self, issuer: &str, took: Duration) {
@@ -76,14 +87,17 @@ impl Metrics {
     pub fn revoke_failed(&self, issuer: &str) {
         self.with(|i| *i.revoke_failed.entry(issuer.into()).or_default() += 1)
     }
+    pub fn irrevocable(&self, issuer: &str) {
+        self.with(|i| *i.irrevocable.entry(issuer.into()).or_default() += 1)
+    }
     pub fn expired(&self) {
         self.with(|i| i.expired += 1)
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, live_leases: usize, pending_revocations: usize, open_handles: usize) -> String {
+    pub fn render(&self, g: Gauges) -> String {
         let mut o = String::new();
-        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let i = self.inner.lock();
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
@@ -122,14 +136,25 @@ impl Metrics {
         for (k, v) in &i.revoke_failed {
             let _ = writeln!(o, "leasefs_revocation_failures_total{{issuer=\"{k}\"}} {v}");
         }
+        family(
+            &mut o,
+            "leasefs_irrevocable_total",
+            "counter",
+            "Leases marked irrevocable (revocation refused past irrevocable_after), by issuer.",
+        );
+        for (k, v) in &i.irrevocable {
+            let _ = writeln!(o, "leasefs_irrevocable_total{{issuer=\"{k}\"}} {v}");
+        }
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);
         family(&mut o, "leasefs_leases_live", "gauge", "Live leases.");
-        let _ = writeln!(o, "leasefs_leases_live {live_leases}");
+        let _ = writeln!(o, "leasefs_leases_live {}", g.live_leases);
         family(&mut o, "leasefs_revocations_pending", "gauge", "Leases whose revocation has not succeeded yet.");
-        let _ = writeln!(o, "leasefs_revocations_pending {pending_revocations}");
+        let _ = writeln!(o, "leasefs_revocations_pending {}", g.pending_revocations);
+        family(&mut o, "leasefs_leases_irrevocable", "gauge", "Ended leases whose issuer keeps refusing revocation.");
+        let _ = writeln!(o, "leasefs_leases_irrevocable {}", g.irrevocable_leases);
         family(&mut o, "leasefs_open_handles", "gauge", "Open file handles.");
-        let _ = writeln!(o, "leasefs_open_handles {open_handles}");
+        let _ = writeln!(o, "leasefs_open_handles {}", g.open_handles);
         family(&mut o, "leasefs_fuse_ops_total", "counter", "FUSE operations served, by operation.");
         let ops = &self.ops;
         for (name, c) in [

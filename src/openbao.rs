@@ -1,4 +1,5 @@
-//! A small OpenBao (Vault-compatible) HTTP client shared by the `openbao` source and issuer: every call has a timeout; the token never reaches a log.
+//! A small OpenBao (Vault-compatible) HTTP client shared by the `openbao` source and issuer: one
+//! connection pool per server, every call has a timeout, the token never reaches a log.
 
 use std::time::Duration;
 
@@ -26,24 +27,11 @@ pub struct BaoClient {
     token: SecretString,
 }
 
-/// Installs the process-wide rustls crypto provider (ring) once; reqwest is built without one.
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl BaoClient {
-    pub fn new(address: &str, token: SecretString, timeout: Duration) -> Result<Self, BaoError> {
-        install_crypto();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| BaoError::Refused(format!("cannot build an HTTP client: {e}")))?;
-        Ok(BaoClient { http, address: address.trim_end_matches('/').to_string(), token })
-    }
-
-    pub fn address(&self) -> &str {
-        &self.address
+    /// A client for `address` with `token`; the HTTP connections are the server's shared pool.
+    pub fn new(address: &str, token: SecretString, timeout: Duration) -> Self {
+        let address = address.trim_end_matches('/').to_string();
+        BaoClient { http: crate::tls::client_for(&address, timeout), address, token }
     }
 
     fn url(&self, path: &str) -> String {
@@ -92,7 +80,7 @@ impl BaoClient {
             .unwrap_or_default())
     }
 
-    /// `GET` a path, as raw JSON text kept in a zeroizing buffer's stead: callers take what they need.
+    /// `GET` a path; callers move what they need out of the answer.
     pub async fn read(&self, path: &str) -> Result<Value, BaoError> {
         self.call(reqwest::Method::GET, path, None).await
     }

@@ -62,18 +62,9 @@ pub type Bytes = Zeroizing<Vec<u8>>;
 
 fn buffer(fields: &SecretFields) -> Bytes {
     // Reserve enough up front so that the buffer never reallocates (and leaves copies behind).
-    let need: usize = fields.fields.iter().map(|(k, v)| k.len() * 2 + v.text_len() * 2 + 64).sum();
+    use secrecy::ExposeSecret;
+    let need: usize = fields.fields.iter().map(|(k, v)| k.len() * 2 + v.text.expose_secret().len() * 2 + 64).sum();
     Zeroizing::new(Vec::with_capacity(need + 1024))
-}
-
-trait TextLen {
-    fn text_len(&self) -> usize;
-}
-impl TextLen for crate::secret::FieldValue {
-    fn text_len(&self) -> usize {
-        use secrecy::ExposeSecret;
-        self.text.expose_secret().len()
-    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -136,15 +127,27 @@ pub fn render(fields: &SecretFields, format: &Format, expires_at: Option<DateTim
             write_json(&mut out, &cp)?;
         }
         Format::ExecCredential => {
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Status<'a> {
+                token: &'a str,
+                expiration_timestamp: Option<String>,
+            }
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct ExecCredential<'a> {
+                api_version: &'static str,
+                kind: &'static str,
+                status: Status<'a>,
+            }
+            // Borrowed straight from the secret box into the output buffer: no copy of the token.
             let token = need(fields, &["token", "Token"], "exec_credential")?;
-            let v = serde_json::json!({
-                "apiVersion": "client.authentication.k8s.io/v1",
-                "kind": "ExecCredential",
-                "status": {"token": token, "expirationTimestamp": expiry()},
-            });
+            let v = ExecCredential {
+                api_version: "client.authentication.k8s.io/v1",
+                kind: "ExecCredential",
+                status: Status { token, expiration_timestamp: expiry() },
+            };
             write_json(&mut out, &v)?;
-            // The json! value holds a copy of the token; overwrite it before it is dropped.
-            drop(Zeroizing::new(v.to_string()));
         }
         Format::AwsIni => {
             out.extend_from_slice(b"[default]\n");

@@ -1,7 +1,6 @@
-//! The model shared by sources, issuers and the filesystem: secret metadata, secret-holding fields, requesters, path rules.
+//! The model shared by sources, issuers and the filesystem: secret metadata, secret-holding fields, requesters.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,107 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
-/// Longest path segment accepted (Linux NAME_MAX).
-pub const MAX_SEGMENT: usize = 255;
-/// Longest whole path accepted.
-pub const MAX_PATH: usize = 4096;
-
-/// Splits a secret path (`dynamic:aws:temp-api` or `dynamic/aws/temp-api`) into its segments,
-/// refusing anything that could escape or confuse the tree.
-pub fn split_path(path: &str, allow_empty: bool) -> Result<Vec<String>, String> {
-    if path.len() > MAX_PATH {
-        return Err(format!("path is {} bytes long (limit {MAX_PATH})", path.len()));
-    }
-    if path.is_empty() {
-        return if allow_empty { Ok(Vec::new()) } else { Err("path is empty".into()) };
-    }
-    if path.contains(':') && path.contains('/') {
-        return Err("path mixes ':' and '/' separators".into());
-    }
-    let sep = if path.contains(':') { ':' } else { '/' };
-    let mut out = Vec::new();
-    for seg in path.split(sep) {
-        if seg.is_empty() {
-            return Err("path has an empty segment".into());
-        }
-        if seg == "." || seg == ".." {
-            return Err(format!("path segment {seg:?} is not allowed"));
-        }
-        if seg.len() > MAX_SEGMENT {
-            return Err(format!("path segment is {} bytes long (limit {MAX_SEGMENT})", seg.len()));
-        }
-        if seg.contains('/') {
-            return Err("path segment contains '/'".into());
-        }
-        if seg.chars().any(|c| c == '\0' || c.is_control()) {
-            return Err("path contains a NUL or control character".into());
-        }
-        if seg == ".leasefs" {
-            return Err("path segment \".leasefs\" is reserved for the control directory".into());
-        }
-        out.push(seg.to_string());
-    }
-    Ok(out)
-}
-
-/// Parses an octal mode string such as `"0440"`.
-pub fn parse_mode(text: &str) -> Result<u16, String> {
-    let t = text.trim();
-    let digits = t.strip_prefix("0o").unwrap_or(t);
-    let m = u32::from_str_radix(digits, 8).map_err(|_| format!("{text:?} is not an octal mode"))?;
-    if m > 0o7777 {
-        return Err(format!("{text:?} is out of range"));
-    }
-    if m & 0o7000 != 0 {
-        return Err(format!("{text:?}: setuid, setgid and sticky bits are not allowed"));
-    }
-    Ok(m as u16)
-}
-
-/// Resolves an owner given as a number, a numeric string or a user name.
-pub fn resolve_user(v: &serde_json::Value) -> Result<u32, String> {
-    resolve_id(v, true)
-}
-
-/// Resolves a group given as a number, a numeric string or a group name.
-pub fn resolve_group(v: &serde_json::Value) -> Result<u32, String> {
-    resolve_id(v, false)
-}
-
-fn resolve_id(v: &serde_json::Value, user: bool) -> Result<u32, String> {
-    let what = if user { "user" } else { "group" };
-    match v {
-        serde_json::Value::Number(n) => {
-            n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("{what} id {n} is out of range"))
-        }
-        serde_json::Value::String(s) => {
-            if let Ok(n) = s.parse::<u32>() {
-                return Ok(n);
-            }
-            lookup_name(s, user).ok_or_else(|| format!("unknown {what} {s:?}"))
-        }
-        other => Err(format!("{what} must be a number or a name, not {other}")),
-    }
-}
-
-fn lookup_name(name: &str, user: bool) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: the *_r functions write only into the structs and buffer we pass, whose sizes we give.
-    unsafe {
-        if user {
-            let mut pw: libc::passwd = std::mem::zeroed();
-            let mut out: *mut libc::passwd = std::ptr::null_mut();
-            let rc = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out);
-            (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
-        } else {
-            let mut gr: libc::group = std::mem::zeroed();
-            let mut out: *mut libc::group = std::ptr::null_mut();
-            let rc = libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut out);
-            (rc == 0 && !out.is_null()).then_some(gr.gr_gid)
-        }
-    }
-}
+use crate::policy::{IssuerKind, Policy};
 
 /// What kind of entry a secret is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,10 +19,9 @@ pub enum SecretKind {
     /// Opening issues a credential through the issuer of the base secret at `link` (source-relative path).
     Dynamic { link: String },
     /// Holds an issuer's long-lived credential; `issuer` is `attributes.type`.
-    Base { issuer: String, expose: bool },
+    Base { issuer: IssuerKind, expose: bool },
 }
 
-/// Metadata of one secret. Never holds a value.
 /// A secret's id, stored only when it is not its path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretId {
@@ -148,14 +46,17 @@ impl SecretId {
     }
 }
 
+/// Metadata of one secret. Never holds a value.
 #[derive(Debug)]
 pub struct SecretMeta {
     pub id: SecretId,
     /// Source-relative path, segments joined with `/` (no segment holds a `/`).
     pub path: Box<str>,
     pub kind: SecretKind,
-    /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …).
+    /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …), passed on to issuers.
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The lease and rendering settings of `attributes`, parsed once (None: all defaults).
+    pub policy: Option<Box<Policy>>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mode: Option<u16>,
@@ -184,6 +85,7 @@ impl SecretMeta {
             path: path.into(),
             kind,
             attributes,
+            policy: None,
             uid: None,
             gid: None,
             mode: None,
@@ -208,6 +110,11 @@ impl SecretMeta {
             SecretId::Colons => std::borrow::Cow::Owned(self.path.replace('/', ":")),
             SecretId::Own(s) => std::borrow::Cow::Borrowed(s),
         }
+    }
+    /// The entry's own policy (empty when the document sets none).
+    pub fn policy(&self) -> &Policy {
+        static EMPTY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+        self.policy.as_deref().unwrap_or_else(|| EMPTY.get_or_init(Policy::default))
     }
     pub fn attr_str(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).and_then(|v| v.as_str())
@@ -345,11 +252,6 @@ impl SecretFields {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
-
-    /// Every value, for scanning logs in tests and for redaction.
-    pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.fields.values().map(|v| v.text.expose_secret())
-    }
 }
 
 /// Serializes the fields as one JSON object; values go straight from their secret boxes to the writer.
@@ -399,70 +301,9 @@ impl Requester {
     }
 }
 
-/// Rendered contents shared by the handles of one open (and, for dynamic secrets, by the lease).
-/// `expire` zeroizes the bytes; reads after that fail with `EKEYEXPIRED`.
-pub struct SharedBytes {
-    inner: std::sync::RwLock<Option<crate::memlock::LockedBuf>>,
-}
-
-impl fmt::Debug for SharedBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SharedBytes({:?} bytes)", self.len())
-    }
-}
-
-impl SharedBytes {
-    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
-        // Copied into locked memory; the rendering buffer is zeroized as it drops here.
-        SharedBytes { inner: std::sync::RwLock::new(Some(crate::memlock::LockedBuf::copy_from(&bytes))) }
-    }
-
-    /// The length, or `None` once expired.
-    #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> Option<usize> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.len())
-    }
-
-    /// Calls `f` with the requested slice, or `None` once expired.
-    pub fn with_slice<R>(&self, offset: u64, size: u32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        match g.as_ref() {
-            None => f(None),
-            Some(b) => {
-                let b = b.as_slice();
-                let start = (offset as usize).min(b.len());
-                let end = start.saturating_add(size as usize).min(b.len());
-                f(Some(&b[start..end]))
-            }
-        }
-    }
-
-    /// Zeroizes the bytes now; later reads see `None`.
-    pub fn expire(&self) {
-        let taken = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
-        drop(taken);
-    }
-
-    pub fn is_expired(&self) -> bool {
-        self.len().is_none()
-    }
-}
-
-impl Drop for SharedBytes {
-    fn drop(&mut self) {
-        self.expire();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_split_on_colon_or_slash() {
-        assert_eq!(split_path("dynamic:aws:temp-api", false).unwrap(), ["dynamic", "aws", "temp-api"]);
-        assert_eq!(split_path("app/db/password", false).unwrap(), ["app", "db", "password"]);
-    }
 
     #[test]
     fn an_id_is_stored_only_when_it_is_not_the_path() {
@@ -484,46 +325,6 @@ mod tests {
         // Mixed separators are kept as written.
         assert_eq!(meta("a:b/c").id(), "a:b/c");
         assert_eq!(meta("Cred01").id(), "Cred01");
-    }
-
-    #[test]
-    fn hostile_paths_are_refused() {
-        for bad in [
-            "",
-            "a::b",
-            "a:..:b",
-            "..",
-            ".",
-            "a/../b",
-            "/abs",
-            "a/",
-            "a\0b",
-            "a\nb",
-            "a\x1bb",
-            "a:b/c",
-            ".leasefs/status.json",
-        ] {
-            assert!(split_path(bad, false).is_err(), "{bad:?} accepted");
-        }
-        assert!(split_path(&"x".repeat(300), false).is_err());
-        assert!(split_path(&"a:".repeat(3000), false).is_err());
-    }
-
-    #[test]
-    fn modes() {
-        assert_eq!(parse_mode("0440").unwrap(), 0o440);
-        assert_eq!(parse_mode("400").unwrap(), 0o400);
-        assert!(parse_mode("0999").is_err());
-        assert!(parse_mode("4755").is_err());
-    }
-
-    #[test]
-    fn ids_resolve_by_number_and_name() {
-        assert_eq!(resolve_user(&serde_json::json!(0)).unwrap(), 0);
-        assert_eq!(resolve_user(&serde_json::json!("root")).unwrap(), 0);
-        assert_eq!(resolve_group(&serde_json::json!("1000")).unwrap(), 1000);
-        assert!(resolve_user(&serde_json::json!("no-such-user-here")).is_err());
-        assert!(resolve_user(&serde_json::json!(-1)).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use leasefs::config::Defaults;
 use leasefs::fs::tree::Owner;
 use leasefs::fs::{EntryKind, LeaseFs, ROOT, Settings, SourceSpec};
 use leasefs::issuer::Issuers;
-use leasefs::lease::LeaseManager;
+use leasefs::lease::{EndReason, LeaseManager};
 use leasefs::metrics::Metrics;
 use leasefs::secret::Requester;
 use leasefs::source::local::LocalSource;
@@ -48,7 +48,7 @@ fn who(uid: u32, gid: u32) -> Requester {
 }
 
 fn ino(fs: &LeaseFs, path: &str) -> u64 {
-    path.split('/').fold(ROOT, |parent, name| fs.lookup(parent, name).unwrap().ino)
+    path.split('/').fold(ROOT, |parent, name| fs.lookup(parent, name).unwrap().attr.ino)
 }
 
 const DOCS: &str = r#"[
@@ -116,7 +116,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     let (a, exact) = fs.getattr(token, None, me.pid + 1).unwrap();
     assert!(!exact && a.size == 0, "others see 0");
     // Revoke every lease: the open handle now reads EKEYEXPIRED.
-    fs.leases().revoke_all("revoke");
+    fs.leases().revoke_all(EndReason::Revoke);
     assert_eq!(fs.read(o.fh, 0, 10, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
     fs.release(o.fh);
     assert_eq!(fs.read(o.fh, 0, 10, |r| r.unwrap_err().errno), libc::EBADF);

@@ -114,10 +114,7 @@ fn wait_no_daemon(mnt: &Path) {
 
 #[test]
 fn mount_t_leasefs_and_fstab_work_through_mount_leasefs() {
-    if !is_root() {
-        eprintln!("skipped: mount(8) helpers need root");
-        return;
-    }
+    require_root("mount(8) helpers need root");
     let env = dynamic_env(&[]);
     let _helper = Helper::install();
     let cfg = env.path("config.json");
@@ -183,10 +180,7 @@ fn load_credential_style_reads_and_cp_get_a_fresh_credential_each_time() {
 
 #[test]
 fn a_bind_mount_of_one_file_in_a_new_mount_namespace_serves_fresh_credentials() {
-    if !is_root() {
-        eprintln!("skipped: unshare -m needs root");
-        return;
-    }
+    require_root("unshare -m needs root");
     // What `docker run -v /secrets/dynamic/db/app:/run/secrets/db:ro` does, without a container engine.
     let mut env = dynamic_env(&[("dynamic:db:app", "royal", json!({"ttl": "5m"}))]);
     env.start();

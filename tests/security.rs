@@ -22,9 +22,7 @@ fn gid_of(user: &str) -> u32 {
 
 #[test]
 fn group_readable_secrets_are_readable_by_that_group_only_and_nobody_writes_anywhere() {
-    if !is_root() {
-        return eprintln!("skipped: needs root to run children as other users");
-    }
+    require_root("needs root to run children as other users");
     let mut env = Env::new();
     let daemon_gid = gid_of("daemon");
     env.doc(
@@ -61,9 +59,7 @@ fn group_readable_secrets_are_readable_by_that_group_only_and_nobody_writes_anyw
 
 #[test]
 fn the_daemon_is_not_dumpable_has_no_core_and_locks_secret_pages() {
-    if !is_root() {
-        return eprintln!("skipped: needs root to start a daemon as another user");
-    }
+    require_root("needs root to start a daemon as another user");
     // Run the daemon as nobody (through fusermount3): /proc/PID files of a non-dumpable process
     // belong to root, which is only visible when the process itself is not root.
     let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o777;

@@ -275,10 +275,7 @@ fn a_second_daemon_on_a_live_mount_is_refused() {
 
 #[test]
 fn other_users_are_kept_out_by_mode_and_by_allow_other() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run a child as nobody");
-        return;
-    }
+    require_root("needs root to run a child as nobody");
     // Without allow_other only the mounting user gets in, whatever the mode.
     let env = mounted(serde_json::json!({}));
     let o = as_user("nobody", &["cat", env.m("public/motd").to_str().unwrap()]);

@@ -1,16 +1,23 @@
-//! Filesystem errors: each carries the errno the kernel will see, and a message that never holds a value.
+//! Filesystem errors: each carries the errno the kernel will see, the level its failed operation
+//! is logged at, and a message that never holds a value.
 
 use std::fmt;
+
+use crate::error::{LeaseError, ToErrno};
+use crate::source::SourceError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsError {
     pub errno: i32,
     pub message: String,
+    /// How loudly the adapter logs the operation that failed with it.
+    pub level: tracing::Level,
 }
 
 impl FsError {
+    /// An ordinary refusal (missing name, read-only, denied): logged at debug.
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        FsError { errno, message: message.into() }
+        FsError { errno, message: message.into(), level: tracing::Level::DEBUG }
     }
     pub fn enoent() -> Self {
         FsError::new(libc::ENOENT, "no such entry")
@@ -21,8 +28,9 @@ impl FsError {
     pub fn eacces(why: impl Into<String>) -> Self {
         FsError::new(libc::EACCES, why)
     }
+    /// A failure of a source, an issuer or a document: logged at warn.
     pub fn eio(why: impl Into<String>) -> Self {
-        FsError::new(libc::EIO, why)
+        FsError { level: tracing::Level::WARN, ..FsError::new(libc::EIO, why) }
     }
     pub fn expired() -> Self {
         FsError::new(libc::EKEYEXPIRED, "lease expired")
@@ -35,6 +43,35 @@ impl FsError {
     }
     pub fn bad_handle() -> Self {
         FsError::new(libc::EBADF, "unknown file handle")
+    }
+    /// Adds context (a path) in front of the message.
+    pub fn at(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl ToErrno for FsError {
+    fn errno(&self) -> i32 {
+        self.errno
+    }
+}
+
+impl From<LeaseError> for FsError {
+    fn from(e: LeaseError) -> Self {
+        FsError { errno: e.errno(), message: e.to_string(), level: e.level() }
+    }
+}
+
+impl ToErrno for SourceError {
+    fn errno(&self) -> i32 {
+        libc::EIO
+    }
+}
+
+impl From<SourceError> for FsError {
+    fn from(e: SourceError) -> Self {
+        FsError::eio(e.to_string())
     }
 }
 

@@ -1,123 +1,57 @@
-//! The filesystem logic — inodes, handles, open/read/readdir/xattr — with no FUSE types, so it is tested without a mount.
+//! The filesystem logic — inodes, handles, open/read/readdir/xattr — with no FUSE types, so it is
+//! tested without a mount. Each answer carries what the kernel may do with it (cache TTLs, open
+//! flags), so the adapter holds no policy.
 
+pub mod access;
+pub mod cache;
+pub mod control;
 pub mod error;
+pub mod handles;
 pub mod tree;
+pub mod types;
+pub mod xattr;
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
 
+pub use control::Health;
 pub use error::FsError;
-use tree::{Changes, Control, Node, NodeKind, Owner, SourceListing, Tree};
+use handles::{Handle, Handles};
+use tree::{Changes, Control, Node, NodeKind, SourceListing, Tree};
+pub use types::*;
 
-use crate::audit::{Audit, Event};
-use crate::config::{Defaults, FileError};
-use crate::lease::{Lease, LeaseError, LeaseManager, OpenRequest};
-use crate::render::{Format, render_static};
-use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta, SharedBytes};
+use crate::audit::{Audit, Event, EventKind};
+use crate::config::Defaults;
+use crate::diag::FileError;
+use crate::lease::{LeaseManager, OpenRequest};
+use crate::memlock::SharedBytes;
+use crate::render::render_static;
+use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta};
 use crate::source::{Source, SourceError};
 
 pub use tree::ROOT;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    Dir,
-    File,
-}
-
-/// Attributes of an entry, as `stat` shows them.
-#[derive(Clone, Copy, Debug)]
-pub struct Attr {
-    pub ino: u64,
-    pub size: u64,
-    pub kind: EntryKind,
-    pub perm: u16,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: SystemTime,
-    pub nlink: u32,
-}
-
-/// A directory entry handed to the adapter; `next` is the offset of the entry after it.
-pub struct DirEntry<'a> {
-    pub ino: u64,
-    pub name: &'a str,
-    pub attr: Attr,
-    pub next: u64,
-}
-
-/// A source as mounted: where, with which default owner, and what it last listed.
-pub struct SourceSpec {
-    pub source: Arc<dyn Source>,
-    pub prefix: Vec<String>,
-    pub owner: Owner,
-}
-
-#[derive(Default, Clone, serde::Serialize)]
-pub struct Health {
-    pub up: bool,
-    pub last_ok: Option<String>,
-    pub last_error: Option<String>,
-    pub secrets: usize,
-    pub problems: usize,
-}
 
 struct Slot {
     spec: SourceSpec,
     last: Mutex<(Arc<Vec<Arc<SecretMeta>>>, Health)>,
 }
 
-/// Settings the filesystem needs from the configuration.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub defaults: Defaults,
-    pub root_owner: Owner,
-    /// Whether `/.leasefs/` is shown.
-    pub control: bool,
-}
-
-struct Cached {
-    fetched: Instant,
-    fields: Arc<SecretFields>,
-}
-
-struct Handle {
-    ino: u64,
-    /// The lease behind a dynamic secret's handle.
-    lease: Option<Arc<Lease>>,
-    /// The process that opened it: `fstat` reaches us without a handle, but with the caller's pid.
-    pid: u32,
-    bytes: Arc<SharedBytes>,
-}
-
-/// What `open` returns to the adapter.
-#[derive(Debug, Clone, Copy)]
-pub struct Opened {
-    pub fh: u64,
-}
+type ChangeHook = Box<dyn Fn(&Changes) + Send + Sync>;
 
 pub struct LeaseFs {
     settings: Settings,
     tree: RwLock<Arc<Tree>>,
     slots: Vec<Slot>,
-    handles: Mutex<HashMap<u64, Handle>>,
-    next_fh: AtomicU64,
-    cache: Mutex<LruCache<u64, Cached>>,
+    handles: Handles,
+    cache: cache::PayloadCache,
     audit: Arc<Audit>,
     leases: Arc<LeaseManager>,
     started: SystemTime,
     rebuilding: Mutex<()>,
     changed: std::sync::OnceLock<ChangeHook>,
 }
-
-type ChangeHook = Box<dyn Fn(&Changes) + Send + Sync>;
-
-/// Static payloads kept for `cache_ttl` (zeroized when evicted or dropped).
-const CACHE_ENTRIES: usize = 16384;
 
 impl LeaseFs {
     pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>, leases: Arc<LeaseManager>) -> Self {
@@ -129,9 +63,8 @@ impl LeaseFs {
             settings,
             tree: RwLock::new(Arc::new(Tree::default())),
             slots,
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            cache: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).unwrap())),
+            handles: Handles::default(),
+            cache: cache::PayloadCache::default(),
             audit,
             leases,
             started: SystemTime::now(),
@@ -154,13 +87,18 @@ impl LeaseFs {
         &self.leases
     }
 
+    /// How long the kernel may keep names, attributes and missing names (never contents).
+    pub fn entry_ttl(&self) -> Duration {
+        self.settings.defaults.attr_ttl.0
+    }
+
     /// Root, or the user the daemon runs as: who may use `/.leasefs/`.
     fn is_admin(&self, who: &Requester) -> bool {
         who.uid == 0 || who.uid == self.settings.root_owner.uid
     }
 
-    fn count(&self, op: &AtomicU64) {
-        op.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, op: &std::sync::atomic::AtomicU64) {
+        op.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The key the journal uses for a source: its prefix.
@@ -179,7 +117,7 @@ impl LeaseFs {
     }
 
     pub fn tree(&self) -> Arc<Tree> {
-        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tree.read().clone()
     }
 
     /// Lists every source again (each bounded by `issue_timeout`). A source that fails keeps its last
@@ -192,7 +130,7 @@ impl LeaseFs {
                 Ok(r) => r,
                 Err(_) => Err(SourceError::Unavailable(format!("listing took longer than {timeout:?}"))),
             };
-            let mut g = slot.last.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = slot.last.lock();
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             match result {
                 Ok(listing) => {
@@ -226,8 +164,7 @@ impl LeaseFs {
     }
 
     fn rebuild(&self) -> Vec<FileError> {
-        let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> =
-            self.slots.iter().map(|s| s.last.lock().unwrap_or_else(|e| e.into_inner()).0.clone()).collect();
+        let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> = self.slots.iter().map(|s| s.last.lock().0.clone()).collect();
         let listings: Vec<SourceListing<'_>> = self
             .slots
             .iter()
@@ -235,12 +172,12 @@ impl LeaseFs {
             .map(|(s, l)| SourceListing { prefix: s.spec.prefix.clone(), owner: s.spec.owner, secrets: l })
             .collect();
         // One rebuild at a time: each starts from the snapshot it replaces (inode numbers stay per path).
-        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.rebuilding.lock();
         let prev = self.tree();
         let (tree, problems) = Tree::build(&prev, &listings, self.settings.root_owner, self.settings.control);
         // Compared only when someone listens (the mount; not `check`, not the first build).
         let changes = self.changed.get().map(|f| (f, tree.changes_since(&prev)));
-        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tree);
+        *self.tree.write() = Arc::new(tree);
         drop(prev);
         trim_heap();
         if let Some((f, changes)) = changes.filter(|(_, c)| !c.is_empty()) {
@@ -250,10 +187,7 @@ impl LeaseFs {
     }
 
     pub fn health(&self) -> Vec<(String, Health)> {
-        self.slots
-            .iter()
-            .map(|s| (s.spec.source.describe(), s.last.lock().unwrap_or_else(|e| e.into_inner()).1.clone()))
-            .collect()
+        self.slots.iter().map(|s| (s.spec.source.describe(), s.last.lock().1.clone())).collect()
     }
 
     fn attr_of(&self, tree: &Tree, ino: u64, n: &Node) -> Attr {
@@ -265,7 +199,7 @@ impl LeaseFs {
         Attr { ino, size, kind, perm: n.mode, uid: n.uid, gid: n.gid, mtime, nlink }
     }
 
-    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
         self.count(&self.leases.metrics.ops.lookup);
         let tree = self.tree();
         let p = tree.node(parent).ok_or_else(FsError::enoent)?;
@@ -274,7 +208,7 @@ impl LeaseFs {
         }
         let ino = tree.child(parent, name).ok_or_else(FsError::enoent)?;
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        Ok(self.attr_of(&tree, ino, n))
+        Ok(Entry { attr: self.attr_of(&tree, ino, n), ttl: self.settings.defaults.attr_ttl.0 })
     }
 
     /// `stat`. For a process that holds this file open (`fstat`), the size is the real size of its
@@ -288,16 +222,10 @@ impl LeaseFs {
         if a.kind == EntryKind::Dir {
             return Ok((a, false));
         }
-        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         let own = match fh {
-            Some(fh) => handles.get(&fh).map(|h| h.bytes.clone()),
-            None => handles
-                .values()
-                .filter(|h| h.ino == ino && h.pid == pid)
-                .max_by_key(|h| h.bytes.len())
-                .map(|h| h.bytes.clone()),
+            Some(fh) => self.handles.bytes(fh),
+            None => self.handles.held_by(ino, pid),
         };
-        drop(handles);
         match own {
             Some(b) => {
                 a.size = b.len().unwrap_or(0) as u64;
@@ -307,7 +235,15 @@ impl LeaseFs {
         }
     }
 
-    /// Opening a directory: it must exist and be one.
+    /// `getattr` as the kernel gets it: a handle's true size is never cached (it is true only
+    /// for its holder).
+    pub fn getattr_entry(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<Entry, FsError> {
+        let (attr, own) = self.getattr(ino, fh, pid)?;
+        Ok(Entry { attr, ttl: if own { Duration::ZERO } else { self.settings.defaults.attr_ttl.0 } })
+    }
+
+    /// Opening a directory: it must exist and be one. Listings are metadata, so the kernel may
+    /// keep them (until a reload changes the directory and `on_change` drops them).
     pub fn opendir(&self, ino: u64) -> Result<(), FsError> {
         match self.tree().node(ino) {
             Some(n) if n.is_dir() => Ok(()),
@@ -343,37 +279,28 @@ impl LeaseFs {
         Ok(())
     }
 
-    /// Defence in depth beside the kernel's `default_permissions`: checks the mode bits again for the requester.
-    fn check_access(&self, path: &str, n: &Node, who: &Requester, want_write: bool) -> Result<(), FsError> {
-        if who.uid == 0 {
-            return Ok(());
-        }
-        let bits = if who.uid == n.uid {
-            (n.mode >> 6) & 7
-        } else if who.gid == n.gid || supplementary_groups(who.pid).contains(&n.gid) {
-            (n.mode >> 3) & 7
-        } else {
-            n.mode & 7
-        };
-        let need = if want_write { 2 } else { 4 };
-        if bits & need == 0 {
-            self.audit.record(
-                &Event {
-                    event: "deny",
-                    path,
-                    lease_id: None,
-                    issuer: None,
-                    outcome: "denied",
-                    detail: Some("permission"),
-                },
-                Some(who),
-            );
-            return Err(FsError::eacces("permission denied"));
-        }
-        Ok(())
+    fn record(&self, event: EventKind, path: &str, outcome: &str, detail: Option<&str>, who: &Requester) {
+        self.audit.record(&Event { event, path, lease_id: None, issuer: None, outcome, detail }, Some(who));
     }
 
-    /// Opens an entry: fetches a static payload (cached for `cache_ttl`) or renders a control file.
+    /// Starts an open for the adapter: the work as a `'static` future, and whether it may finish
+    /// in place (no process to start, no round trip to wait for).
+    pub fn opening(self: &Arc<Self>, ino: u64, flags: i32, who: Requester) -> Opening {
+        let inline = match self.tree().node(ino).map(|n| &n.kind) {
+            Some(NodeKind::Secret { meta, source }) => match &meta.kind {
+                SecretKind::Dynamic { link } => self.tree().base(*source, link).is_some_and(
+                    |b| matches!(b.kind, SecretKind::Base { issuer, .. } if self.leases.is_inline(issuer)),
+                ),
+                _ => true,
+            },
+            _ => true,
+        };
+        let me = self.clone();
+        Opening { inline, future: Box::pin(async move { me.open(ino, flags, who).await }) }
+    }
+
+    /// Opens an entry: fetches a static payload (cached for `cache_ttl`), issues a dynamic secret,
+    /// or renders a control file.
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
         self.count(&self.leases.metrics.ops.open);
         let who = if self.audit.is_enabled() { who.with_comm() } else { who };
@@ -384,12 +311,22 @@ impl LeaseFs {
         r
     }
 
+    fn new_handle(
+        &self,
+        ino: u64,
+        pid: u32,
+        bytes: Arc<SharedBytes>,
+        lease: Option<Arc<crate::lease::Lease>>,
+    ) -> Opened {
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease });
+        Opened { fh, direct_io: true, refresh_attr: true }
+    }
+
     async fn open_inner(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let path = tree.path_of(ino);
-        let acc = flags & libc::O_ACCMODE;
-        let writes = wants_write(flags);
+        let writes = access::wants_write(flags);
         match &n.kind {
             NodeKind::Dir(_) => Err(FsError::is_dir()),
             NodeKind::Control(c) => {
@@ -397,7 +334,7 @@ impl LeaseFs {
                     return Err(FsError::eacces("the control directory is for root only"));
                 }
                 if *c == Control::Revoke {
-                    if acc == libc::O_RDONLY {
+                    if flags & libc::O_ACCMODE == libc::O_RDONLY {
                         return Err(FsError::eacces("revoke is write-only"));
                     }
                     return Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(Default::default())), None));
@@ -405,37 +342,37 @@ impl LeaseFs {
                 if writes {
                     return Err(FsError::erofs());
                 }
-                let bytes = self.control_contents(*c);
+                let view = control::View {
+                    started: self.started,
+                    counts: tree.counts,
+                    sources: self.health(),
+                    open_handles: self.handles.len(),
+                    leases: &self.leases,
+                };
+                let bytes = control::contents(*c, &view);
                 Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
             }
             NodeKind::Secret { source, meta } => {
                 if writes {
                     return Err(FsError::erofs());
                 }
-                self.check_access(&path, n, &who, false)?;
+                if !access::allowed(n.uid, n.gid, n.mode, &who, false) {
+                    self.record(EventKind::Deny, &path, "denied", Some("permission"), &who);
+                    return Err(FsError::eacces("permission denied"));
+                }
                 match &meta.kind {
                     SecretKind::Static | SecretKind::Base { .. } => {
-                        let result = self.open_static(ino, *source, meta).await;
-                        self.audit_open(&path, &result, &who);
-                        let bytes = result?;
-                        Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
+                        let result = self.open_static(ino, *source, meta).await.map_err(|e| e.at(&path));
+                        let detail = result.as_ref().err().map(|e| e.message.clone());
+                        let outcome = if result.is_ok() { "ok" } else { "error" };
+                        self.record(EventKind::Open, &path, outcome, detail.as_deref(), &who);
+                        Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(result?)), None))
                     }
                     SecretKind::Dynamic { link } => {
                         let slot = &self.slots[*source].spec;
                         let Some(base) = tree.base(*source, link).cloned() else {
                             let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
-                            tracing::warn!("{msg}");
-                            self.audit.record(
-                                &Event {
-                                    event: "error",
-                                    path: &path,
-                                    lease_id: None,
-                                    issuer: None,
-                                    outcome: "error",
-                                    detail: Some(&msg),
-                                },
-                                Some(&who),
-                            );
+                            self.record(EventKind::Error, &path, "error", Some(&msg), &who);
                             return Err(FsError::eio(msg));
                         };
                         let req = OpenRequest {
@@ -446,43 +383,16 @@ impl LeaseFs {
                             source_key: Self::source_key(slot),
                             requester: who.clone().with_comm(),
                         };
-                        match self.leases.open(req).await {
-                            Ok(lease) => Ok(self.new_handle(ino, who.pid, lease.bytes.clone(), Some(lease))),
-                            Err(LeaseError::Timeout(d)) => {
-                                Err(FsError::new(libc::ETIMEDOUT, format!("issuance timed out after {d:?}")))
-                            }
-                            Err(LeaseError::Failed(m)) => Err(FsError::eio(m)),
-                        }
+                        let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(&path))?;
+                        Ok(self.new_handle(ino, who.pid, lease.bytes.clone(), Some(lease)))
                     }
                 }
             }
         }
     }
 
-    fn audit_open(&self, path: &str, result: &Result<crate::render::Bytes, FsError>, who: &Requester) {
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        let detail = result.as_ref().err().map(|e| e.message.clone());
-        self.audit.record(
-            &Event { event: "open", path, lease_id: None, issuer: None, outcome, detail: detail.as_deref() },
-            Some(who),
-        );
-    }
-
     fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
-        let format = match meta.attr_str("format") {
-            Some(f) => Some(Format::parse(f).map_err(FsError::eio)?),
-            None => None,
-        };
-        render_static(fields, format.as_ref()).map_err(|e| {
-            tracing::warn!(path = %meta.path(), error = %e, "cannot render secret");
-            FsError::eio(e)
-        })
-    }
-
-    fn new_handle(&self, ino: u64, pid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Opened {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Handle { ino, lease, pid, bytes });
-        Opened { fh }
+        render_static(fields, meta.policy().format.as_ref()).map_err(|e| FsError::eio(format!("cannot render: {e}")))
     }
 
     async fn open_static(
@@ -491,56 +401,15 @@ impl LeaseFs {
         source: usize,
         meta: &Arc<SecretMeta>,
     ) -> Result<crate::render::Bytes, FsError> {
-        let d = &self.settings.defaults;
-        let cached = {
-            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            c.get(&ino).map(|e| (e.fetched.elapsed(), e.fields.clone()))
-        };
-        let fields = match cached {
-            Some((age, f)) if age < d.cache_ttl.0 => f,
-            stale => {
-                let src = &self.slots[source].spec.source;
-                let fetched = match tokio::time::timeout(d.issue_timeout.0, src.read(meta)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        Err(SourceError::Unavailable(format!("reading took longer than {:?}", d.issue_timeout.0)))
-                    }
-                };
-                match fetched {
-                    Ok(f) => {
-                        let f = Arc::new(f);
-                        self.cache
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .put(ino, Cached { fetched: Instant::now(), fields: f.clone() });
-                        f
-                    }
-                    Err(SourceError::Unavailable(msg)) => match stale {
-                        Some((age, f)) if age < d.cache_ttl.0 + d.max_stale.0 => {
-                            tracing::warn!(path = %meta.path(), error = %msg, age_s = age.as_secs(), "source unavailable; serving the cached value");
-                            f
-                        }
-                        _ => {
-                            self.cache.lock().unwrap_or_else(|e| e.into_inner()).pop(&ino);
-                            return Err(FsError::eio(msg));
-                        }
-                    },
-                    Err(SourceError::Invalid(msg)) => {
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).pop(&ino);
-                        tracing::warn!(path = %meta.path(), error = %msg, "cannot read secret");
-                        return Err(FsError::eio(msg));
-                    }
-                }
-            }
-        };
+        let src = &self.slots[source].spec.source;
+        let fields = self.cache.fetch(ino, src.as_ref(), meta, &self.settings.defaults).await?;
         Self::render_for(meta, &fields)
     }
 
     /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`.
     pub fn read<R>(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(Result<&[u8], FsError>) -> R) -> R {
         self.count(&self.leases.metrics.ops.read);
-        let bytes = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh).map(|h| h.bytes.clone());
-        match bytes {
+        match self.handles.bytes(fh) {
             None => f(Err(FsError::bad_handle())),
             Some(b) => b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired))),
         }
@@ -548,8 +417,7 @@ impl LeaseFs {
 
     pub fn release(&self, fh: u64) {
         self.count(&self.leases.metrics.ops.release);
-        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh);
-        if let Some(lease) = h.and_then(|h| h.lease) {
+        if let Some(lease) = self.handles.remove(fh).and_then(|h| h.lease) {
             self.leases.closed(&lease);
         }
     }
@@ -559,19 +427,7 @@ impl LeaseFs {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         match n.kind {
-            NodeKind::Control(Control::Revoke) if self.is_admin(&who) => {
-                let text =
-                    std::str::from_utf8(data).map_err(|_| FsError::new(libc::EINVAL, "write a lease id or \"all\""))?;
-                for word in text.split_whitespace() {
-                    if word == "all" {
-                        let n = self.leases.revoke_all("revoke").len();
-                        tracing::info!(count = n, comm = %who.comm, "revoke all requested");
-                    } else if !self.leases.revoke(word) {
-                        return Err(FsError::new(libc::ENOENT, "no live lease with that id"));
-                    }
-                }
-                Ok(data.len())
-            }
+            NodeKind::Control(Control::Revoke) if self.is_admin(&who) => control::revoke(&self.leases, data, &who),
             NodeKind::Control(Control::Revoke) => Err(FsError::eacces("the control directory is for root only")),
             _ => Err(FsError::erofs()),
         }
@@ -588,38 +444,13 @@ impl LeaseFs {
     }
 
     pub fn open_handles(&self) -> usize {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn xattrs(&self, n: &Node) -> Vec<(&'static str, String)> {
-        let NodeKind::Secret { source, meta } = &n.kind else {
-            return Vec::new();
-        };
-        let mut v = vec![("user.leasefs.id", meta.id().into_owned())];
-        match &meta.kind {
-            SecretKind::Dynamic { link } => {
-                v.insert(0, ("user.leasefs.kind", "dynamic".into()));
-                v.push(("user.leasefs.link", link.replace('/', ":")));
-                let ttl = meta
-                    .attr_str("ttl")
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format_duration(self.settings.defaults.ttl.0));
-                v.push(("user.leasefs.ttl", ttl));
-                let issuer = self.tree().base(*source, link).and_then(|b| match &b.kind {
-                    SecretKind::Base { issuer, .. } => Some(issuer.clone()),
-                    _ => None,
-                });
-                v.push(("user.leasefs.issuer", issuer.unwrap_or_else(|| "unresolved".into())));
-            }
-            _ => v.insert(0, ("user.leasefs.kind", "static".into())),
-        }
-        v
+        self.handles.len()
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        self.xattrs(n)
+        xattr::of(&tree, n, self.settings.defaults.ttl.0)
             .into_iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.into_bytes())
@@ -630,69 +461,12 @@ impl LeaseFs {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let mut out = Vec::new();
-        for (k, _) in self.xattrs(n) {
+        for (k, _) in xattr::of(&tree, n, self.settings.defaults.ttl.0) {
             out.extend_from_slice(k.as_bytes());
             out.push(0);
         }
         Ok(out)
     }
-
-    fn control_contents(&self, c: Control) -> crate::render::Bytes {
-        let text = match c {
-            Control::Status => {
-                let tree = self.tree();
-                let sources: Vec<serde_json::Value> = self
-                    .health()
-                    .into_iter()
-                    .map(|(name, h)| serde_json::json!({"source": name, "health": h}))
-                    .collect();
-                let v = serde_json::json!({
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "started": chrono::DateTime::<chrono::Utc>::from(self.started).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "sources": sources,
-                    "counts": tree.counts,
-                    "open_handles": self.open_handles(),
-                    "live_leases": self.leases.live(),
-                    "pending_revocations": self.leases.pending_revocations(),
-                });
-                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
-            }
-            Control::Leases => serde_json::to_string_pretty(&self.leases.list()).unwrap_or_default() + "\n",
-            Control::Metrics => {
-                self.leases.metrics.render(self.leases.live(), self.leases.pending_revocations(), self.open_handles())
-            }
-            Control::Revoke => String::new(),
-        };
-        zeroize::Zeroizing::new(text.into_bytes())
-    }
-}
-
-/// Whether open flags ask to change the file (leasefs is read-only but for `/.leasefs/revoke`).
-fn wants_write(flags: i32) -> bool {
-    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0
-}
-
-/// Formats a duration the way the configuration writes them (`"15m"`).
-pub fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s > 0 && s % 3600 == 0 {
-        format!("{}h", s / 3600)
-    } else if s > 0 && s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// The supplementary groups of a process, from `/proc/PID/status`.
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 /// Hands the heap's free pages back to the system after a rebuild (parsing and the old snapshot

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::FileError;
+use crate::diag::FileError;
 use crate::secret::{SecretKind, SecretMeta};
 
 pub const ROOT: u64 = 1;

@@ -7,7 +7,7 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use chrono::Utc;
 
-use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest, parse_expiry};
+use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expiry};
 use crate::secret::SecretFields;
 
 /// STS refuses sessions shorter than 15 minutes; a shorter lease simply ends earlier on our side.
@@ -19,14 +19,12 @@ pub struct AwsIssuer {
 
 impl AwsIssuer {
     pub fn new(timeout: Duration) -> Self {
-        crate::openbao::install_crypto();
-        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build().unwrap_or_default();
-        AwsIssuer { http }
+        AwsIssuer { http: crate::tls::new_client(timeout) }
     }
 }
 
-fn fail(msg: impl std::fmt::Display) -> IssueError {
-    IssueError::Failed(format!("aws: {msg}"))
+fn fail(msg: impl std::fmt::Display) -> LeaseError {
+    LeaseError::failed(format!("aws: {msg}"))
 }
 
 /// The text of `<tag>…</tag>` in an STS answer (a fixed, flat schema; no entities in these fields).
@@ -38,17 +36,7 @@ fn tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 }
 
 fn form_encode(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                url::form_urlencoded::byte_serialize(k.as_bytes()).collect::<String>(),
-                url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
 /// A valid RoleSessionName: 2–64 of `[\w+=,.@-]`.
@@ -64,7 +52,7 @@ fn session_name(req: &IssueRequest<'_>) -> String {
 
 #[async_trait]
 impl Issuer for AwsIssuer {
-    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         let base = req.base;
         let akid = base.get("access_key_id").ok_or_else(|| fail("the base secret needs \"access_key_id\""))?;
         let secret =
@@ -160,7 +148,7 @@ impl Issuer for AwsIssuer {
     }
 
     /// STS credentials cannot be revoked individually; they end at their expiry.
-    async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+    async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         Ok(())
     }
 }

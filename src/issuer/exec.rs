@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest, parse_expiry};
+use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expiry};
 use crate::secret::{Requester, SecretFields};
 
 /// Output larger than this is refused (`EIO`).
@@ -53,13 +53,13 @@ struct Ran {
     stderr: String,
 }
 
-fn command_of(base: &SecretFields, key: &str) -> Result<Option<Vec<String>>, IssueError> {
+fn command_of(base: &SecretFields, key: &str) -> Result<Option<Vec<String>>, LeaseError> {
     let Some(text) = base.get(key) else { return Ok(None) };
     let argv: Vec<String> = serde_json::from_str(text).map_err(|_| {
-        IssueError::Failed(format!("exec: base data \"{key}\" must be an array of strings (argv, no shell)"))
+        LeaseError::failed(format!("exec: base data \"{key}\" must be an array of strings (argv, no shell)"))
     })?;
     if argv.is_empty() || argv[0].is_empty() {
-        return Err(IssueError::Failed(format!("exec: base data \"{key}\" is empty")));
+        return Err(LeaseError::failed(format!("exec: base data \"{key}\" is empty")));
     }
     Ok(Some(argv))
 }
@@ -75,7 +75,7 @@ fn sanitize(bytes: &[u8]) -> String {
     }
 }
 
-async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ran, IssueError> {
+async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ran, LeaseError> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()
@@ -87,7 +87,7 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| IssueError::Failed(format!("exec: cannot run {:?}: {e}", argv[0])))?;
+    let mut child = cmd.spawn().map_err(|e| LeaseError::failed(format!("exec: cannot run {:?}: {e}", argv[0])))?;
     let mut sin = child.stdin.take();
     let mut sout = child.stdout.take().expect("piped");
     let mut serr = child.stderr.take().expect("piped");
@@ -116,14 +116,14 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         buf
     };
     let ((), out, err) = tokio::join!(write, read_out, read_err);
-    let stdout = out.map_err(|e| IssueError::Failed(format!("exec: reading output: {e}")))?;
+    let stdout = out.map_err(|e| LeaseError::failed(format!("exec: reading output: {e}")))?;
     if stdout.len() > MAX_OUTPUT {
         drop(guard); // kills the group
-        return Err(IssueError::Failed(format!("exec: {:?} printed more than {MAX_OUTPUT} bytes", argv[0])));
+        return Err(LeaseError::failed(format!("exec: {:?} printed more than {MAX_OUTPUT} bytes", argv[0])));
     }
     let status = match guard.child.as_mut() {
-        Some(c) => c.wait().await.map_err(|e| IssueError::Failed(format!("exec: {e}")))?,
-        None => return Err(IssueError::Failed("exec: lost the child".into())),
+        Some(c) => c.wait().await.map_err(|e| LeaseError::failed(format!("exec: {e}")))?,
+        None => return Err(LeaseError::failed("exec: lost the child")),
     };
     guard.child = None;
     // Children the script left behind in its group are not ours to keep.
@@ -221,12 +221,9 @@ fn to_secret_json<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
 
 #[async_trait]
 impl Issuer for ExecIssuer {
-    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
-        // An open is first polled on the FUSE thread that received it; starting a process
-        // (a fork and exec) belongs on the runtime, so give way before doing it.
-        tokio::task::yield_now().await;
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         let argv = command_of(req.base, "command")?
-            .ok_or_else(|| IssueError::Failed("exec: the base secret has no \"command\"".into()))?;
+            .ok_or_else(|| LeaseError::failed("exec: the base secret has no \"command\""))?;
         let name = req.secret.name();
         let id = req.secret.id();
         let body = Request {
@@ -240,17 +237,17 @@ impl Issuer for ExecIssuer {
         let env = tokens(req.lease_id, &id, name, req.path, req.requester);
         let ran = run(&argv, &env, &stdin).await?;
         if !ran.status.success() {
-            return Err(IssueError::Failed(format!(
+            return Err(LeaseError::failed(format!(
                 "exec: {:?} failed ({}); stderr: {}",
                 argv[0], ran.status, ran.stderr
             )));
         }
         let (fields, expires_at, revocation) =
-            parse_output(&ran.stdout).map_err(|m| IssueError::Failed(format!("exec: {:?}: {m}", argv[0])))?;
+            parse_output(&ran.stdout).map_err(|m| LeaseError::failed(format!("exec: {:?}: {m}", argv[0])))?;
         Ok(Issued { fields, expires_at, revocation })
     }
 
-    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         let Some(argv) = command_of(req.base, "revoke_command")? else { return Ok(()) };
         let body = RevokeBody {
             lease_id: req.lease_id,
@@ -267,7 +264,7 @@ impl Issuer for ExecIssuer {
         ];
         let ran = run(&argv, &env, &stdin).await?;
         if !ran.status.success() {
-            return Err(IssueError::Failed(format!(
+            return Err(LeaseError::failed(format!(
                 "exec: revoke {:?} failed ({}); stderr: {}",
                 argv[0], ran.status, ran.stderr
             )));

@@ -4,14 +4,14 @@ use async_trait::async_trait;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest};
+use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
 use crate::secret::SecretFields;
 
 pub struct JwtIssuer;
 
 #[async_trait]
 impl Issuer for JwtIssuer {
-    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         let base = req.base;
         let alg = base.get("algorithm").unwrap_or("EdDSA");
         let (algorithm, key) = match alg {
@@ -72,14 +72,19 @@ impl Issuer for JwtIssuer {
         false
     }
 
+    /// Signing is in-process: nothing to wait for.
+    fn is_inline(&self) -> bool {
+        true
+    }
+
     /// A signed token cannot be recalled; it dies at `exp`. Nothing to do.
-    async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+    async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         Ok(())
     }
 }
 
-fn fail(msg: &str) -> IssueError {
-    IssueError::Failed(format!("jwt: {msg}"))
+fn fail(msg: &str) -> LeaseError {
+    LeaseError::failed(format!("jwt: {msg}"))
 }
 
 /// A fresh Ed25519 private key as PKCS#8 PEM (for the demo; production keys come from the base secret).

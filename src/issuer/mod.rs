@@ -13,6 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use crate::error::LeaseError;
+use crate::policy::IssuerKind;
 use crate::secret::{Requester, SecretFields, SecretMeta};
 
 /// Everything an issuer may use to issue one credential.
@@ -49,16 +51,6 @@ pub struct RevokeRequest<'a> {
     pub revocation: &'a serde_json::Value,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum IssueError {
-    /// The issuer did not answer in time (`ETIMEDOUT`).
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// The issuer failed or answered something unusable (`EIO`).
-    #[error("{0}")]
-    Failed(String),
-}
-
 #[async_trait]
 pub trait Issuer: Send + Sync {
     /// For issuers whose credential name is chosen locally: choose it now, so that the lease
@@ -66,16 +58,21 @@ pub trait Issuer: Send + Sync {
     fn prepare(&self, _req: &IssueRequest<'_>) -> Option<serde_json::Value> {
         None
     }
-    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError>;
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
-    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError>;
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError>;
     /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token, STS
     /// keys) are not journaled: after a crash there would be nothing to do for them.
     fn can_revoke(&self) -> bool {
         true
     }
+    /// Whether `issue` finishes without waiting on I/O or a process (an in-process signer): an
+    /// open through it may be answered on the thread that received it.
+    fn is_inline(&self) -> bool {
+        false
+    }
     /// Extends a renewable lease by about `increment`; the new expiry, or None when it cannot be renewed.
-    async fn renew(&self, _req: &RevokeRequest<'_>, _increment: Duration) -> Result<Option<DateTime<Utc>>, IssueError> {
+    async fn renew(&self, _req: &RevokeRequest<'_>, _increment: Duration) -> Result<Option<DateTime<Utc>>, LeaseError> {
         Ok(None)
     }
 }
@@ -83,27 +80,33 @@ pub trait Issuer: Send + Sync {
 /// The issuers by kind (`attributes.type` of a base secret).
 #[derive(Clone, Default)]
 pub struct Issuers {
-    by_kind: HashMap<String, Arc<dyn Issuer>>,
+    by_kind: HashMap<IssuerKind, Arc<dyn Issuer>>,
 }
 
 impl Issuers {
-    /// The issuers built into this binary; `timeout` bounds their network calls.
+    /// The issuers built into this binary, one per [`IssuerKind`]; `timeout` bounds their network calls.
     pub fn builtin(timeout: Duration) -> Self {
         let mut i = Issuers::default();
-        i.insert("exec", Arc::new(exec::ExecIssuer));
-        i.insert("jwt", Arc::new(jwt::JwtIssuer));
-        i.insert("postgres", Arc::new(postgres::PostgresIssuer::new(timeout)));
-        i.insert("aws", Arc::new(aws::AwsIssuer::new(timeout)));
-        i.insert("openbao", Arc::new(openbao::OpenBaoIssuer::new(timeout)));
+        for kind in IssuerKind::ALL {
+            let issuer: Arc<dyn Issuer> = match kind {
+                IssuerKind::Exec => Arc::new(exec::ExecIssuer),
+                IssuerKind::Jwt => Arc::new(jwt::JwtIssuer),
+                IssuerKind::Postgres => Arc::new(postgres::PostgresIssuer::new(timeout)),
+                IssuerKind::Aws => Arc::new(aws::AwsIssuer::new(timeout)),
+                IssuerKind::Openbao => Arc::new(openbao::OpenBaoIssuer::new(timeout)),
+            };
+            i.insert(kind, issuer);
+        }
         i
     }
 
-    pub fn insert(&mut self, kind: &str, issuer: Arc<dyn Issuer>) {
-        self.by_kind.insert(kind.to_string(), issuer);
+    /// Puts `issuer` in place for `kind` (tests put a test issuer in place of a real one).
+    pub fn insert(&mut self, kind: IssuerKind, issuer: Arc<dyn Issuer>) {
+        self.by_kind.insert(kind, issuer);
     }
 
-    pub fn get(&self, kind: &str) -> Option<Arc<dyn Issuer>> {
-        self.by_kind.get(kind).cloned()
+    pub fn get(&self, kind: IssuerKind) -> Option<Arc<dyn Issuer>> {
+        self.by_kind.get(&kind).cloned()
     }
 }
 

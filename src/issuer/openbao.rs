@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest};
+use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
 use crate::openbao::{BaoClient, BaoError, fields_of};
 use crate::secret::SecretFields;
 
@@ -19,15 +19,15 @@ impl OpenBaoIssuer {
         OpenBaoIssuer { timeout }
     }
 
-    fn client(&self, base: &SecretFields) -> Result<BaoClient, IssueError> {
+    fn client(&self, base: &SecretFields) -> Result<BaoClient, LeaseError> {
         let address = base.get("address").ok_or_else(|| fail("the base secret needs \"address\""))?;
         let token = base.get("token").ok_or_else(|| fail("the base secret needs \"token\""))?;
-        BaoClient::new(address, SecretString::from(token.to_string()), self.timeout).map_err(fail)
+        Ok(BaoClient::new(address, SecretString::from(token.to_string()), self.timeout))
     }
 }
 
-fn fail(msg: impl std::fmt::Display) -> IssueError {
-    IssueError::Failed(format!("openbao: {msg}"))
+fn fail(msg: impl std::fmt::Display) -> LeaseError {
+    LeaseError::failed(format!("openbao: {msg}"))
 }
 
 fn lease_id(v: &serde_json::Value) -> Option<&str> {
@@ -36,7 +36,7 @@ fn lease_id(v: &serde_json::Value) -> Option<&str> {
 
 #[async_trait]
 impl Issuer for OpenBaoIssuer {
-    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         let path = req
             .secret
             .attr_str("path")
@@ -58,13 +58,13 @@ impl Issuer for OpenBaoIssuer {
         Ok(Issued { fields, expires_at, revocation: serde_json::json!({"lease_id": id, "renewable": renewable}) })
     }
 
-    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         let Some(id) = lease_id(req.revocation) else { return Ok(()) };
         let client = self.client(req.base)?;
         client.put("sys/leases/revoke", &serde_json::json!({"lease_id": id})).await.map(|_| ()).map_err(fail)
     }
 
-    async fn renew(&self, req: &RevokeRequest<'_>, increment: Duration) -> Result<Option<DateTime<Utc>>, IssueError> {
+    async fn renew(&self, req: &RevokeRequest<'_>, increment: Duration) -> Result<Option<DateTime<Utc>>, LeaseError> {
         let Some(id) = lease_id(req.revocation) else { return Ok(None) };
         if req.revocation.get("renewable").and_then(|r| r.as_bool()) != Some(true) {
             return Ok(None);

@@ -7,7 +7,7 @@ use base64::Engine;
 use chrono::Utc;
 use tokio_postgres::{Client, NoTls};
 
-use super::{IssueError, IssueRequest, Issued, Issuer, RevokeRequest};
+use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
 use crate::secret::SecretFields;
 
 pub struct PostgresIssuer {
@@ -37,8 +37,8 @@ async fn acl_change(client: &Client, sql: &str) -> Result<(), tokio_postgres::Er
     }
 }
 
-fn fail(msg: impl std::fmt::Display) -> IssueError {
-    IssueError::Failed(format!("postgres: {msg}"))
+fn fail(msg: impl std::fmt::Display) -> LeaseError {
+    LeaseError::failed(format!("postgres: {msg}"))
 }
 
 /// `"name"` with inner quotes doubled: an identifier, never pasted raw.
@@ -81,14 +81,14 @@ struct Admin<'a> {
     database: &'a str,
 }
 
-fn admin(base: &SecretFields) -> Result<Admin<'_>, IssueError> {
+fn admin(base: &SecretFields) -> Result<Admin<'_>, LeaseError> {
     let host = base.get("host").unwrap_or("127.0.0.1");
     let port = base.get("port").unwrap_or("5432").parse().map_err(|_| fail("\"port\" is not a port number"))?;
     let database = base.get("database").unwrap_or("postgres");
     Ok(Admin { host, port, database })
 }
 
-async fn connect(base: &SecretFields, timeout: Duration) -> Result<Client, IssueError> {
+async fn connect(base: &SecretFields, timeout: Duration) -> Result<Client, LeaseError> {
     match base.get("sslmode").unwrap_or("disable") {
         "disable" | "prefer" | "allow" => {}
         other => return Err(fail(format!("sslmode {other:?} is not supported by this build (disable, prefer)"))),
@@ -113,7 +113,7 @@ async fn connect(base: &SecretFields, timeout: Duration) -> Result<Client, Issue
 }
 
 /// The entry's `grants`: one SQL string or an array, with `{{name}}` standing for the quoted role.
-fn grants(req: &IssueRequest<'_>, role: &str) -> Result<Vec<String>, IssueError> {
+fn grants(req: &IssueRequest<'_>, role: &str) -> Result<Vec<String>, LeaseError> {
     let list: Vec<String> = match req.secret.attributes.get("grants") {
         None => Vec::new(),
         Some(serde_json::Value::String(s)) => vec![s.clone()],
@@ -132,7 +132,7 @@ impl Issuer for PostgresIssuer {
         Some(serde_json::json!({"role": role_name(req.path)}))
     }
 
-    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         let role = req
             .intent
             .and_then(|i| i.get("role"))
@@ -180,7 +180,7 @@ impl Issuer for PostgresIssuer {
         Ok(Issued { fields, expires_at: Some(expires_at), revocation: serde_json::json!({"role": role}) })
     }
 
-    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), IssueError> {
+    async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         let role =
             req.revocation.get("role").and_then(|r| r.as_str()).ok_or_else(|| fail("the lease names no role"))?;
         let client = connect(req.base, self.timeout).await?;
@@ -195,7 +195,7 @@ fn db_error(e: &tokio_postgres::Error) -> String {
 }
 
 /// Ends a role: no new logins, its sessions terminated, what it owns reassigned, then dropped.
-async fn drop_role(client: &Client, role: &str) -> Result<(), IssueError> {
+async fn drop_role(client: &Client, role: &str) -> Result<(), LeaseError> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
         .await

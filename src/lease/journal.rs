@@ -1,13 +1,18 @@
-//! The lease journal: one JSON line per intent/issue/revoke in `state_dir`, fsynced before contents are returned; read back at start to revoke orphans.
+//! The lease journal: one JSON line per intent/issue/revoke in `state_dir`, fsynced before contents
+//! are returned (several appends share one fsync); compacted while running; read back at start to
+//! revoke what a run that died left behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+
+use super::table::Origin;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -42,9 +47,29 @@ pub struct Record {
     pub time: DateTime<Utc>,
 }
 
-pub struct Journal {
-    path: PathBuf,
-    file: Mutex<File>,
+impl Record {
+    /// The one place a journal record is built.
+    pub fn new(
+        op: Op,
+        lease_id: &str,
+        origin: &Origin,
+        revocation: &serde_json::Value,
+        expires_at: Option<DateTime<Utc>>,
+        time: DateTime<Utc>,
+    ) -> Record {
+        Record {
+            op,
+            lease_id: lease_id.into(),
+            path: origin.path.clone(),
+            secret_id: origin.secret_id.clone(),
+            issuer: origin.issuer.as_str().into(),
+            source: origin.source_key.clone(),
+            base: origin.base.path().to_string(),
+            revocation: revocation.clone(),
+            expires_at,
+            time,
+        }
+    }
 }
 
 /// What a journal held when it was opened.
@@ -56,59 +81,139 @@ pub struct Replay {
     pub problems: Vec<String>,
 }
 
+/// A journal is rewritten with only its open records once it holds this many lines and at
+/// least four times as many lines as open records.
+const COMPACT_AT: usize = 4096;
+
+type Reply = tokio::sync::oneshot::Sender<std::io::Result<()>>;
+
+pub struct Journal {
+    path: PathBuf,
+    writer: std::sync::mpsc::Sender<(Record, Reply)>,
+}
+
+/// The writer thread's state: the file, the records still open, and how many lines it holds.
+struct Writer {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    open: IndexMap<String, Record>,
+    lines: usize,
+    compact_at: usize,
+}
+
 impl Journal {
     pub const FILE: &'static str = "journal.jsonl";
 
-    /// Opens (creating) `dir/journal.jsonl` and replays it.
+    /// Opens (creating) `dir/journal.jsonl`, replays it, and compacts it to what is still open.
     pub fn open(dir: &Path) -> std::io::Result<(Arc<Journal>, Replay)> {
+        Self::open_with(dir, COMPACT_AT)
+    }
+
+    fn open_with(dir: &Path, compact_at: usize) -> std::io::Result<(Arc<Journal>, Replay)> {
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let path = dir.join(Self::FILE);
-        let replay = match std::fs::read(&path) {
+        let (replay, open) = match std::fs::read(&path) {
             Ok(bytes) => replay(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Replay::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Replay::default(), IndexMap::new()),
             Err(e) => return Err(e),
         };
-        // Rewrite with only what is still pending, so the journal does not grow across runs.
-        let tmp = dir.join(format!("{}.tmp", Self::FILE));
-        {
-            let mut f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-            for r in &replay.pending {
-                let mut line = serde_json::to_vec(r)?;
-                line.push(b'\n');
-                f.write_all(&line)?;
-            }
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()?;
-        let file = OpenOptions::new().append(true).mode(0o600).open(&path)?;
-        Ok((Arc::new(Journal { path, file: Mutex::new(file) }), replay))
+        let file = rewrite(dir, &path, open.values())?;
+        let mut w = Writer { dir: dir.to_path_buf(), path: path.clone(), file, lines: open.len(), open, compact_at };
+        let (tx, rx) = std::sync::mpsc::channel::<(Record, Reply)>();
+        std::thread::Builder::new().name("leasefs-journal".into()).spawn(move || w.serve(rx))?;
+        Ok((Arc::new(Journal { path, writer: tx }), replay))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends a record and fsyncs it (blocking; call from a blocking context).
-    pub fn append_blocking(&self, r: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(r)?;
-        line.push(b'\n');
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(&line)?;
-        f.sync_data()
+    fn submit(&self, r: Record) -> tokio::sync::oneshot::Receiver<std::io::Result<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The writer lives as long as the journal; a send fails only if it died.
+        let _ = self.writer.send((r, tx));
+        rx
     }
 
-    /// Appends a record and fsyncs it, off the async threads.
-    pub async fn append(self: &Arc<Self>, r: Record) -> std::io::Result<()> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.append_blocking(&r)).await.map_err(std::io::Error::other)?
+    /// Appends a record and returns once it is on disk (blocking; from a blocking context).
+    pub fn append_blocking(&self, r: Record) -> std::io::Result<()> {
+        self.submit(r).blocking_recv().unwrap_or_else(|_| Err(std::io::Error::other("the journal writer stopped")))
+    }
+
+    /// Appends a record and returns once it is on disk.
+    pub async fn append(&self, r: Record) -> std::io::Result<()> {
+        self.submit(r).await.unwrap_or_else(|_| Err(std::io::Error::other("the journal writer stopped")))
     }
 }
 
-fn replay(bytes: &[u8]) -> Replay {
+/// Writes `records` to a new file, syncs it and moves it over `path`; returns the file for appending.
+fn rewrite<'a>(dir: &Path, path: &Path, records: impl Iterator<Item = &'a Record>) -> std::io::Result<File> {
+    let tmp = dir.join(format!("{}.tmp", Journal::FILE));
+    {
+        let mut f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut buf = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut buf, r)?;
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    OpenOptions::new().append(true).mode(0o600).open(path)
+}
+
+impl Writer {
+    /// Writes what arrives, one fsync for everything that queued up meanwhile (group commit):
+    /// each caller is answered only after the fsync that covers its record.
+    fn serve(&mut self, rx: std::sync::mpsc::Receiver<(Record, Reply)>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let result = self.write(batch.iter().map(|(r, _)| r));
+            for (_, reply) in batch {
+                let _ =
+                    reply.send(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
+            }
+            if result.is_ok() && self.lines >= self.compact_at && self.lines >= 4 * self.open.len() {
+                match rewrite(&self.dir, &self.path, self.open.values()) {
+                    Ok(f) => {
+                        self.file = f;
+                        self.lines = self.open.len();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot compact the lease journal; it keeps growing"),
+                }
+            }
+        }
+    }
+
+    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Record>) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut buf, r)?;
+            buf.push(b'\n');
+            self.lines += 1;
+            match r.op {
+                Op::Intent | Op::Issued => {
+                    self.open.insert(r.lease_id.clone(), r.clone());
+                }
+                Op::Revoked => {
+                    self.open.shift_remove(&r.lease_id);
+                }
+            }
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()
+    }
+}
+
+/// Reads a journal: what is still open (first-seen order; a later `issued` replaces an `intent`).
+fn replay(bytes: &[u8]) -> (Replay, IndexMap<String, Record>) {
     let mut out = Replay::default();
-    let mut open: indexmap_lite::Ordered = Default::default();
+    let mut open: IndexMap<String, Record> = IndexMap::new();
     let text = String::from_utf8_lossy(bytes);
     let ends_clean = text.ends_with('\n');
     let lines: Vec<&str> = text.split('\n').collect();
@@ -119,59 +224,33 @@ fn replay(bytes: &[u8]) -> Replay {
         }
         match serde_json::from_str::<Record>(line) {
             Ok(r) => match r.op {
-                Op::Intent | Op::Issued => open.insert(r),
-                Op::Revoked => open.remove(&r.lease_id),
+                Op::Intent | Op::Issued => {
+                    open.insert(r.lease_id.clone(), r);
+                }
+                Op::Revoked => {
+                    open.shift_remove(&r.lease_id);
+                }
             },
             Err(e) => {
                 let torn = i == last && !ends_clean;
                 out.problems.push(if torn {
                     format!("line {}: torn record at the end (the previous run died while writing it); ignored", i + 1)
                 } else {
-                    format!("line {}: unreadable ({}); ignored", i + 1, e.classify_name())
+                    format!("line {}: unreadable ({}); ignored", i + 1, category(&e))
                 });
             }
         }
     }
-    out.pending = open.into_values();
-    out
+    out.pending = open.values().cloned().collect();
+    (out, open)
 }
 
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "i/o error",
-            serde_json::error::Category::Syntax => "not JSON",
-            serde_json::error::Category::Data => "not a journal record",
-            serde_json::error::Category::Eof => "cut short",
-        }
-    }
-}
-
-/// Records by lease id in first-seen order; a later `issued` replaces an `intent`.
-mod indexmap_lite {
-    use super::Record;
-
-    #[derive(Default)]
-    pub struct Ordered {
-        items: Vec<Record>,
-    }
-
-    impl Ordered {
-        pub fn insert(&mut self, r: Record) {
-            match self.items.iter_mut().find(|x| x.lease_id == r.lease_id) {
-                Some(x) => *x = r,
-                None => self.items.push(r),
-            }
-        }
-        pub fn remove(&mut self, id: &str) {
-            self.items.retain(|x| x.lease_id != id);
-        }
-        pub fn into_values(self) -> Vec<Record> {
-            self.items
-        }
+fn category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "i/o error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "not a journal record",
+        serde_json::error::Category::Eof => "cut short",
     }
 }
 
@@ -207,7 +286,7 @@ mod tests {
                 rec(Op::Revoked, "a"),
                 rec(Op::Issued, "b"),
             ] {
-                j.append_blocking(&x).unwrap();
+                j.append_blocking(x).unwrap();
             }
         }
         let p = dir.path().join(Journal::FILE);
@@ -225,5 +304,41 @@ mod tests {
         let (_j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.pending.len(), 2);
         assert!(r.problems.is_empty());
+    }
+
+    #[test]
+    fn the_journal_is_compacted_while_running_and_keeps_what_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open_with(dir.path(), 64).unwrap();
+        j.append_blocking(rec(Op::Issued, "keep")).unwrap();
+        for i in 0..200 {
+            let id = format!("l{i}");
+            j.append_blocking(rec(Op::Issued, &id)).unwrap();
+            j.append_blocking(rec(Op::Revoked, &id)).unwrap();
+        }
+        let lines = std::fs::read_to_string(dir.path().join(Journal::FILE)).unwrap().lines().count();
+        assert!(lines < 64 + 2, "401 appends left {lines} lines: not compacted");
+        drop(j);
+        let (_j, r) = Journal::open(dir.path()).unwrap();
+        let ids: Vec<_> = r.pending.iter().map(|x| x.lease_id.as_str()).collect();
+        assert_eq!(ids, ["keep"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_fsyncs_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(async move { j.append(rec(Op::Issued, &format!("c{i}"))).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        drop(j);
+        let (_j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.pending.len(), 100);
     }
 }

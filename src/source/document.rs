@@ -10,13 +10,11 @@ use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::config::FileError;
-use crate::secret::{
-    DocFile, Locator, SecretFields, SecretKind, SecretMeta, parse_mode, resolve_group, resolve_user, split_path,
-};
-
-/// Issuer kinds a base secret may name in `attributes.type`.
-pub const ISSUER_KINDS: &[&str] = &["exec", "jwt", "postgres", "aws", "openbao"];
+use crate::diag::FileError;
+use crate::diag::json_cause;
+use crate::paths::{parse_mode, resolve_group, resolve_user, split_path};
+use crate::policy::{IssuerKind, Policy};
+use crate::secret::{DocFile, Locator, SecretFields, SecretKind, SecretMeta};
 
 /// `data` must be an object; its contents are skipped without being copied.
 struct ObjectShape;
@@ -135,14 +133,6 @@ fn too_deep(slice: &str) -> Option<usize> {
     None
 }
 
-fn json_cause(e: &serde_json::Error) -> String {
-    let t = e.to_string();
-    match t.rfind(" at line ") {
-        Some(i) => t[..i].to_string(),
-        None => t,
-    }
-}
-
 fn layout<'a>(file: &Path, text: &'a str) -> Result<Layout<'a>, FileError> {
     let first = text.trim_start().chars().next();
     match first {
@@ -210,40 +200,22 @@ fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretK
         ));
     }
     if let Some(t) = attrs.get("type") {
-        let issuer = t.as_str().ok_or("attributes.type must be a string")?;
-        if !ISSUER_KINDS.contains(&issuer) {
-            return Err(format!("attributes.type {issuer:?} is not an issuer kind ({})", ISSUER_KINDS.join(", ")));
-        }
+        let name = t.as_str().ok_or("attributes.type must be a string")?;
+        let issuer = IssuerKind::parse(name)
+            .ok_or_else(|| format!("attributes.type {name:?} is not an issuer kind ({})", IssuerKind::names()))?;
         let expose = match attrs.get("expose") {
             None => false,
             Some(v) => v.as_bool().ok_or("attributes.expose must be true or false")?,
         };
-        return Ok(SecretKind::Base { issuer: issuer.to_string(), expose });
+        return Ok(SecretKind::Base { issuer, expose });
     }
     Ok(SecretKind::Static)
 }
 
-fn check_attr_types(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
-    for key in ["ttl", "max_ttl", "min_remaining"] {
-        if let Some(v) = attrs.get(key) {
-            let s = v.as_str().ok_or_else(|| format!("attributes.{key} must be a duration string"))?;
-            crate::config::parse_duration(s).map_err(|e| format!("attributes.{key}: {e}"))?;
-        }
-    }
-    if let Some(v) = attrs.get("reuse") {
-        let s = v.as_str().unwrap_or("");
-        crate::config::Reuse::parse(s).ok_or("attributes.reuse must be \"none\", \"uid\" or \"pid\"")?;
-    }
-    if let Some(v) = attrs.get("format") {
-        let s = v.as_str().ok_or("attributes.format must be a string")?;
-        crate::render::Format::parse(s).map_err(|e| format!("attributes.format: {e}"))?;
-    }
-    for key in ["revoke_on_close", "renew_while_open"] {
-        if let Some(v) = attrs.get(key) {
-            v.as_bool().ok_or_else(|| format!("attributes.{key} must be true or false"))?;
-        }
-    }
-    Ok(())
+/// The entry's policy, boxed only when the document sets one (most static entries do not).
+fn policy_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Option<Box<Policy>>, String> {
+    let p = Policy::parse(attrs)?;
+    Ok((!p.is_empty()).then(|| Box::new(p)))
 }
 
 /// Reads the metadata of every secret in a file. Values are skipped, never copied.
@@ -282,13 +254,13 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                 let built = (|| -> Result<SecretMeta, String> {
                     let segments = split_path(&doc.path, false).map_err(|e| format!("path {:?}: {e}", doc.path))?;
                     let kind = kind_of(&doc.attributes)?;
-                    check_attr_types(&doc.attributes)?;
+                    let policy = policy_of(&doc.attributes)?;
                     let own = ownership(&doc.attributes)?;
                     let (offset, len) = span(slice);
                     let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
                     let id = doc.id.as_deref().unwrap_or(&doc.path);
                     let mut m = SecretMeta::new(Some(id), &segments, kind, doc.attributes, None, mtime, locator);
-                    (m.uid, m.gid, m.mode) = (own.uid, own.gid, own.mode);
+                    (m.uid, m.gid, m.mode, m.policy) = (own.uid, own.gid, own.mode, policy);
                     Ok(m)
                 })();
                 match built {
@@ -328,15 +300,19 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     )?;
                     split_path(&link, false).map_err(|e| format!("linkedSecret: {e}"))?;
                     let mut attributes = serde_json::Map::new();
+                    let mut policy = None;
                     if let Some(f) = &obj.format {
-                        crate::render::Format::parse(f).map_err(|e| format!("format: {e}"))?;
+                        let format = crate::render::Format::parse(f).map_err(|e| format!("format: {e}"))?;
                         attributes.insert("format".into(), f.clone().into());
+                        policy = Some(Box::new(Policy { format: Some(format), ..Policy::default() }));
                     }
                     attributes.insert("royal".into(), true.into());
                     let (offset, len) = span(slice);
                     let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
                     let kind = SecretKind::Dynamic { link: link.replace(':', "/") };
-                    Ok(SecretMeta::new(Some(&id), &segments, kind, attributes, Some(0), mtime, locator))
+                    let mut m = SecretMeta::new(Some(&id), &segments, kind, attributes, Some(0), mtime, locator);
+                    m.policy = policy;
+                    Ok(m)
                 })();
                 match built {
                     Ok(m) => out.secrets.push(m),

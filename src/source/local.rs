@@ -7,8 +7,9 @@ use zeroize::Zeroizing;
 
 use super::document::{parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
-use crate::config::FileError;
+use crate::diag::FileError;
 use crate::secret::{Locator, SecretFields, SecretMeta};
+use crate::trust::check_private;
 
 /// Documents larger than this are refused (a secret catalog is small; this bounds memory).
 pub const MAX_DOCUMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -63,19 +64,6 @@ fn read_span(path: &Path, offset: u64, len: u32) -> Option<Zeroizing<String>> {
     f.read_exact(&mut buf).ok()?;
     let text = std::str::from_utf8(&buf).ok()?;
     Some(Zeroizing::new(text.to_string()))
-}
-
-/// Refuses a document that others can read when it holds data (like ssh with private keys).
-pub fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "readable or writable by group or others (mode {:04o}); chmod 600 it, or start with --insecure-perms",
-            mode & 0o7777
-        ));
-    }
-    Ok(())
 }
 
 fn read_text(path: &Path, strict: bool) -> Result<(Zeroizing<String>, std::fs::Metadata), String> {

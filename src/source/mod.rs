@@ -6,7 +6,7 @@ pub mod openbao;
 
 use async_trait::async_trait;
 
-use crate::config::FileError;
+use crate::diag::FileError;
 use crate::secret::{SecretFields, SecretMeta};
 
 /// Everything a source knows about its secrets, without any value.

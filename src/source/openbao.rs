@@ -7,9 +7,11 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::{Listing, Source, SourceError};
-use crate::config::FileError;
+use crate::diag::FileError;
 use crate::openbao::{BaoClient, BaoError, fields_of};
-use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta, split_path};
+use crate::paths::split_path;
+use crate::policy::IssuerKind;
+use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
 
 /// Where the synthesized base secret of a dynamic mount lives (never listed).
 pub const BASE_DIR: &str = "_openbao";
@@ -42,7 +44,7 @@ impl OpenBaoSource {
     }
 
     fn client(&self) -> Result<BaoClient, SourceError> {
-        BaoClient::new(&self.address, self.token()?, self.timeout).map_err(map_err)
+        Ok(BaoClient::new(&self.address, self.token()?, self.timeout))
     }
 
     async fn walk_kv(
@@ -154,7 +156,7 @@ impl Source for OpenBaoSource {
             listing.secrets.push(meta(
                 format!("{mount}/"),
                 vec![BASE_DIR.into(), mount.to_string()],
-                SecretKind::Base { issuer: "openbao".into(), expose: false },
+                SecretKind::Base { issuer: IssuerKind::Openbao, expose: false },
                 Default::default(),
                 now,
                 Locator::None,

@@ -301,6 +301,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Fails the test (never skips it) when it does not run as root: the suite runs as root in CI,
+/// and a test whose precondition is missing must not pass.
+pub fn require_root(why: &str) {
+    assert!(is_root(), "this test must run as root ({why}); run ./scripts/test.sh as root");
+}
+
 /// A test issuer script (sh) with modes chosen by its first argument; it logs what it was asked
 /// to `issued.txt`, `last-request.json`, `last-env.txt`, and revocations to `revoked.jsonl`.
 pub const ISSUER_SCRIPT: &str = r#"#!/bin/sh

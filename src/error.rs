@@ -1,0 +1,123 @@
+//! Errors of issuance, leases and sources: each carries the errno a reader will see, the level it
+//! is logged at, and its cause — and never a secret value.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The errno an error turns into at the filesystem boundary (mountpoint-s3's `ToErrno`).
+pub trait ToErrno {
+    fn errno(&self) -> i32;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The issuer or source did not answer within `issue_timeout` (`ETIMEDOUT`).
+    Timeout,
+    /// It answered with an error or something unusable (`EIO`).
+    Failed,
+    /// It could not be reached (`EIO`; callers may serve what they had).
+    Unavailable,
+    /// leasefs is stopping; nothing new is issued (`EIO`).
+    ShuttingDown,
+}
+
+/// Why an issuance, renewal or revocation failed.
+#[derive(Clone)]
+pub struct LeaseError {
+    pub kind: ErrorKind,
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl LeaseError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        LeaseError { kind, message: message.into(), source: None }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Failed, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+    pub fn timeout(after: Duration) -> Self {
+        Self::new(ErrorKind::Timeout, format!("timed out after {after:?}"))
+    }
+    /// Keeps `cause` as this error's source (its text must hold no value either).
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(cause));
+        self
+    }
+    /// Adds context in front of the message.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+    /// The level a failed operation with this error is logged at.
+    pub fn level(&self) -> tracing::Level {
+        match self.kind {
+            ErrorKind::ShuttingDown => tracing::Level::INFO,
+            _ => tracing::Level::WARN,
+        }
+    }
+    /// A short reason for metrics and the audit log.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ShuttingDown => "shutdown",
+            ErrorKind::Failed | ErrorKind::Unavailable => "error",
+        }
+    }
+}
+
+impl ToErrno for LeaseError {
+    fn errno(&self) -> i32 {
+        match self.kind {
+            ErrorKind::Timeout => libc::ETIMEDOUT,
+            ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown => libc::EIO,
+        }
+    }
+}
+
+impl fmt::Display for LeaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LeaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseError({:?}, {self})", self.kind)
+    }
+}
+
+impl std::error::Error for LeaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_errno_level_and_cause() {
+        let e = LeaseError::timeout(Duration::from_secs(2));
+        assert_eq!(e.errno(), libc::ETIMEDOUT);
+        assert_eq!(e.reason(), "timeout");
+        let io = std::io::Error::other("connection refused");
+        let e = LeaseError::unavailable("cannot reach the server").caused_by(io).context("/db/app");
+        assert_eq!(e.errno(), libc::EIO);
+        assert_eq!(e.level(), tracing::Level::WARN);
+        assert_eq!(e.to_string(), "/db/app: cannot reach the server: connection refused");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

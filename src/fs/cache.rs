@@ -1,0 +1,84 @@
+//! Static payloads kept for `cache_ttl` (and served up to `max_stale` longer while their source is
+//! down); zeroized when evicted or dropped.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::error::FsError;
+use crate::config::Defaults;
+use crate::secret::{SecretFields, SecretMeta};
+use crate::source::{Source, SourceError};
+
+/// How many payloads are kept.
+pub const ENTRIES: usize = 16384;
+
+pub struct PayloadCache {
+    entries: Mutex<LruCache<u64, (Instant, Arc<SecretFields>)>>,
+}
+
+impl Default for PayloadCache {
+    fn default() -> Self {
+        PayloadCache { entries: Mutex::new(LruCache::new(NonZeroUsize::new(ENTRIES).expect("non-zero"))) }
+    }
+}
+
+impl PayloadCache {
+    /// The payload of `ino` and how old it is.
+    pub fn get(&self, ino: u64) -> Option<(Duration, Arc<SecretFields>)> {
+        self.entries.lock().get(&ino).map(|(at, f)| (at.elapsed(), f.clone()))
+    }
+
+    pub fn put(&self, ino: u64, fields: Arc<SecretFields>) {
+        self.entries.lock().put(ino, (Instant::now(), fields));
+    }
+
+    pub fn forget(&self, ino: u64) {
+        self.entries.lock().pop(&ino);
+    }
+}
+
+impl PayloadCache {
+    /// The payload of `ino`: from the cache while fresh, else from `source` (under
+    /// `issue_timeout`); while the source is unavailable, a cached payload up to `max_stale` old.
+    pub async fn fetch(
+        &self,
+        ino: u64,
+        source: &dyn Source,
+        meta: &SecretMeta,
+        d: &Defaults,
+    ) -> Result<Arc<SecretFields>, FsError> {
+        let stale = match self.get(ino) {
+            Some((age, f)) if age < d.cache_ttl.0 => return Ok(f),
+            other => other,
+        };
+        let fetched = match tokio::time::timeout(d.issue_timeout.0, source.read(meta)).await {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::Unavailable(format!("reading took longer than {:?}", d.issue_timeout.0))),
+        };
+        match fetched {
+            Ok(f) => {
+                let f = Arc::new(f);
+                self.put(ino, f.clone());
+                Ok(f)
+            }
+            Err(SourceError::Unavailable(msg)) => match stale {
+                Some((age, f)) if age < d.cache_ttl.0 + d.max_stale.0 => {
+                    tracing::warn!(path = %meta.path(), error = %msg, age_s = age.as_secs(), "source unavailable; serving the cached value");
+                    Ok(f)
+                }
+                _ => {
+                    self.forget(ino);
+                    Err(FsError::eio(msg))
+                }
+            },
+            Err(e @ SourceError::Invalid(_)) => {
+                self.forget(ino);
+                Err(e.into())
+            }
+        }
+    }
+}

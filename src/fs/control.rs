@@ -1,0 +1,70 @@
+//! The control directory `/.leasefs/` (root only): `status.json`, `leases.json`, `metrics` and the
+//! write-only `revoke`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::error::FsError;
+use super::tree::{Control, Counts};
+use crate::lease::{EndReason, LeaseManager};
+use crate::render::Bytes;
+use crate::secret::Requester;
+
+/// A source as `status.json` shows it.
+#[derive(Default, Clone, serde::Serialize)]
+pub struct Health {
+    pub up: bool,
+    pub last_ok: Option<String>,
+    pub last_error: Option<String>,
+    pub secrets: usize,
+    pub problems: usize,
+}
+
+/// What the control files are made from.
+pub struct View<'a> {
+    pub started: SystemTime,
+    pub counts: Counts,
+    pub sources: Vec<(String, Health)>,
+    pub open_handles: usize,
+    pub leases: &'a LeaseManager,
+}
+
+/// The contents of a control file, rendered when it is opened.
+pub fn contents(c: Control, v: &View<'_>) -> Bytes {
+    let text = match c {
+        Control::Status => {
+            let sources: Vec<serde_json::Value> =
+                v.sources.iter().map(|(name, h)| serde_json::json!({"source": name, "health": h})).collect();
+            let irrevocable: Vec<String> = v.leases.irrevocable().into_iter().map(|l| l.id).collect();
+            let s = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "started": chrono::DateTime::<chrono::Utc>::from(v.started).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "sources": sources,
+                "counts": v.counts,
+                "open_handles": v.open_handles,
+                "live_leases": v.leases.live(),
+                "pending_revocations": v.leases.pending_revocations(),
+                "irrevocable_leases": irrevocable,
+            });
+            serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
+        }
+        Control::Leases => serde_json::to_string_pretty(&v.leases.list()).unwrap_or_default() + "\n",
+        Control::Metrics => v.leases.metrics.render(v.leases.gauges(v.open_handles)),
+        Control::Revoke => String::new(),
+    };
+    zeroize::Zeroizing::new(text.into_bytes())
+}
+
+/// A write to `/.leasefs/revoke`: lease ids (one per line or word), or `all`.
+pub fn revoke(leases: &Arc<LeaseManager>, data: &[u8], who: &Requester) -> Result<usize, FsError> {
+    let text = std::str::from_utf8(data).map_err(|_| FsError::new(libc::EINVAL, "write a lease id or \"all\""))?;
+    for word in text.split_whitespace() {
+        if word == "all" {
+            let n = leases.revoke_all(EndReason::Revoke).len();
+            tracing::info!(count = n, comm = %who.comm, "revoke all requested");
+        } else if !leases.revoke(word) {
+            return Err(FsError::new(libc::ENOENT, "no live lease with that id"));
+        }
+    }
+    Ok(data.len())
+}

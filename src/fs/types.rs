@@ -1,0 +1,80 @@
+//! The values the filesystem logic answers with: attributes and how long the kernel may keep
+//! them, directory entries, opened handles and how the kernel must treat them, settings.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::error::FsError;
+use super::tree::Owner;
+use crate::config::Defaults;
+use crate::source::Source;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+}
+
+/// Attributes of an entry, as `stat` shows them.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub kind: EntryKind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub nlink: u32,
+}
+
+/// An answer to `lookup` or `getattr`: the attributes and how long the kernel may keep them.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// A directory entry handed to the adapter; `next` is the offset of the entry after it.
+pub struct DirEntry<'a> {
+    pub ino: u64,
+    pub name: &'a str,
+    pub attr: Attr,
+    pub next: u64,
+}
+
+/// A source as mounted: where, with which default owner.
+pub struct SourceSpec {
+    pub source: Arc<dyn Source>,
+    pub prefix: Vec<String>,
+    pub owner: Owner,
+}
+
+/// Settings the filesystem needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub defaults: Defaults,
+    pub root_owner: Owner,
+    /// Whether `/.leasefs/` is shown.
+    pub control: bool,
+}
+
+/// What `open` returns: the handle and how the kernel must treat it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// Contents never enter the page cache; every read reaches the handle's bytes.
+    pub direct_io: bool,
+    /// The inode's cached attributes must be dropped before answering, so that `fstat` asks
+    /// again and sees the handle's true size.
+    pub refresh_attr: bool,
+}
+
+/// An open under way. `inline` says it may finish without waiting (a cached payload, an
+/// in-process issuer): the adapter polls it once in place before handing it to the runtime.
+pub struct Opening {
+    pub inline: bool,
+    pub future: Pin<Box<dyn Future<Output = Result<Opened, FsError>> + Send>>,
+}

@@ -1,0 +1,31 @@
+//! Extended attributes (`user.leasefs.*`): metadata of an entry — kind, id, link, ttl, issuer —
+//! never a value.
+
+use std::time::Duration;
+
+use super::tree::{Node, NodeKind, Tree};
+use crate::config::format_duration;
+use crate::secret::SecretKind;
+
+/// The attributes of an entry; `default_ttl` is shown for dynamic entries that set none.
+pub fn of(tree: &Tree, n: &Node, default_ttl: Duration) -> Vec<(&'static str, String)> {
+    let NodeKind::Secret { source, meta } = &n.kind else {
+        return Vec::new();
+    };
+    let mut v = vec![("user.leasefs.id", meta.id().into_owned())];
+    match &meta.kind {
+        SecretKind::Dynamic { link } => {
+            v.insert(0, ("user.leasefs.kind", "dynamic".into()));
+            v.push(("user.leasefs.link", link.replace('/', ":")));
+            let ttl = meta.attr_str("ttl").map(str::to_string).unwrap_or_else(|| format_duration(default_ttl));
+            v.push(("user.leasefs.ttl", ttl));
+            let issuer = tree.base(*source, link).and_then(|b| match &b.kind {
+                SecretKind::Base { issuer, .. } => Some(issuer.as_str()),
+                _ => None,
+            });
+            v.push(("user.leasefs.issuer", issuer.unwrap_or("unresolved").into()));
+        }
+        _ => v.insert(0, ("user.leasefs.kind", "static".into())),
+    }
+    v
+}

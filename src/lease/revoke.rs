@@ -1,0 +1,232 @@
+//! The engine that talks to issuers (issuance is in `issue.rs`), and revocation: each ended lease
+//! is revoked at its issuer exactly once, retried with jittered backoff; one refused for longer
+//! than `irrevocable_after` is marked irrevocable (shown, counted, logged at error, kept in the
+//! journal) and still retried, slowly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use super::bases::Bases;
+use super::journal::{Journal, Op, Record};
+use super::table::{LeaseInfo, LeaseState, Origin};
+use crate::audit::{Audit, Event, EventKind};
+use crate::clock::Clock;
+use crate::error::LeaseError;
+use crate::issuer::{Issuers, RevokeRequest};
+use crate::metrics::Metrics;
+
+/// One credential to revoke.
+pub struct Job {
+    pub lease_id: String,
+    pub origin: Arc<Origin>,
+    pub revocation: serde_json::Value,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// What `leases.json` shows while it waits (metadata only).
+    pub info: LeaseInfo,
+}
+
+struct Pending {
+    info: LeaseInfo,
+    irrevocable: bool,
+}
+
+/// Issuers, the base-secret cache and the journal, with the revocations under way.
+pub struct Engine {
+    pub issuers: Issuers,
+    pub bases: Arc<Bases>,
+    pub journal: Option<Arc<Journal>>,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub timeout: Duration,
+    pub irrevocable_after: Duration,
+    pub shutting_down: AtomicBool,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// Backoff before attempt `attempt + 1`: 1 s, 2 s, 4 s … at most 60 s, each ±25 % so that a fleet
+/// that lost its issuer at once does not retry in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
+    let mut r = [0u8; 2];
+    getrandom::fill(&mut r).expect("the OS random source");
+    let unit = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX); // 0..=1
+    base.mul_f64(0.75 + unit / 2.0)
+}
+
+/// How often an irrevocable lease is tried again.
+const SLOW_RETRY: Duration = Duration::from_secs(300);
+/// During shutdown, a revocation gives up after this many attempts (the journal keeps it).
+const SHUTDOWN_ATTEMPTS: u32 = 3;
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)] // the rooms it works with
+    pub fn new(
+        issuers: Issuers,
+        bases: Arc<Bases>,
+        journal: Option<Arc<Journal>>,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        timeout: Duration,
+        irrevocable_after: Duration,
+    ) -> Self {
+        Engine {
+            issuers,
+            bases,
+            journal,
+            audit,
+            metrics,
+            clock,
+            timeout,
+            irrevocable_after,
+            shutting_down: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Revocations not done yet.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Leases whose revocation has been refused for longer than `irrevocable_after`.
+    pub fn irrevocable(&self) -> Vec<LeaseInfo> {
+        let mut v: Vec<LeaseInfo> =
+            self.pending.lock().values().filter(|p| p.irrevocable).map(|p| p.info.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Whether leases of this issuer are journaled (issuers that cannot revoke have nothing to
+    /// do after a crash).
+    pub fn journals(&self, r: &Record) -> bool {
+        self.journal.is_some()
+            && crate::policy::IssuerKind::parse(&r.issuer)
+                .and_then(|k| self.issuers.get(k))
+                .is_some_and(|i| i.can_revoke())
+    }
+
+    /// Appends to the journal when the issuer can revoke.
+    pub async fn journal(&self, r: Record) -> Result<(), LeaseError> {
+        match &self.journal {
+            Some(j) if self.journals(&r) => {
+                j.append(r).await.map_err(|e| LeaseError::failed("cannot write the lease journal").caused_by(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn event(&self, kind: EventKind, job: &Job, outcome: &str, detail: Option<&str>) {
+        self.audit.record(
+            &Event {
+                event: kind,
+                path: &job.origin.path,
+                lease_id: Some(&job.lease_id),
+                issuer: Some(job.origin.issuer.as_str()),
+                outcome,
+                detail,
+            },
+            None,
+        );
+    }
+
+    /// Revokes in the background until it succeeds (during shutdown: after a few attempts,
+    /// leaving the rest to the journal and the next start).
+    pub fn spawn(self: &Arc<Self>, job: Job) -> JoinHandle<()> {
+        let me = self.clone();
+        me.pending.lock().insert(job.lease_id.clone(), Pending { info: job.info.clone(), irrevocable: false });
+        tokio::spawn(async move {
+            let started = me.clock.now();
+            let mut attempt = 0u32;
+            loop {
+                match me.revoke_once(&job).await {
+                    Ok(()) => {
+                        me.metrics.revoked(job.origin.issuer.as_str());
+                        let done = Record::new(
+                            Op::Revoked,
+                            &job.lease_id,
+                            &job.origin,
+                            &job.revocation,
+                            job.expires_at,
+                            me.clock.now(),
+                        );
+                        if let Err(e) = me.journal(done).await {
+                            tracing::warn!(lease = %job.lease_id, error = %e, "revoked, but the journal could not say so; the next start revokes it again");
+                        }
+                        me.event(EventKind::Revoke, &job, "revoked", None);
+                        let was = me.pending.lock().remove(&job.lease_id);
+                        if was.is_some_and(|p| p.irrevocable) {
+                            tracing::warn!(lease = %job.lease_id, path = %job.origin.path, "an irrevocable lease was revoked after all");
+                        } else {
+                            tracing::info!(lease = %job.lease_id, path = %job.origin.path, "revoked");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        me.metrics.revoke_failed(job.origin.issuer.as_str());
+                        let detail = e.to_string();
+                        me.event(EventKind::Error, &job, "revoke failed", Some(&detail));
+                        attempt += 1;
+                        if me.shutting_down.load(Ordering::SeqCst) && attempt >= SHUTDOWN_ATTEMPTS {
+                            tracing::error!(lease = %job.lease_id, path = %job.origin.path, error = %detail, "revocation failed; it stays in the journal for the next start");
+                            me.pending.lock().remove(&job.lease_id);
+                            return;
+                        }
+                        let failing_for = (me.clock.now() - started).to_std().unwrap_or_default();
+                        let wait = if failing_for >= me.irrevocable_after {
+                            me.mark_irrevocable(&job, &detail);
+                            SLOW_RETRY
+                        } else {
+                            tracing::warn!(lease = %job.lease_id, path = %job.origin.path, error = %detail, attempt, "revocation failed; retrying");
+                            // The last try before giving the verdict falls on the deadline itself.
+                            backoff(attempt - 1).min(me.irrevocable_after - failing_for)
+                        };
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        })
+    }
+
+    fn mark_irrevocable(&self, job: &Job, detail: &str) {
+        let mut g = self.pending.lock();
+        let Some(p) = g.get_mut(&job.lease_id) else { return };
+        if p.irrevocable {
+            return;
+        }
+        p.irrevocable = true;
+        p.info.state = LeaseState::Irrevocable;
+        drop(g);
+        self.metrics.irrevocable(job.origin.issuer.as_str());
+        self.event(EventKind::Irrevocable, job, "irrevocable", Some(detail));
+        tracing::error!(lease = %job.lease_id, path = %job.origin.path, issuer = %job.origin.issuer, error = %detail,
+            after = ?self.irrevocable_after, "lease is irrevocable: its issuer keeps refusing revocation; retrying every 5 minutes and at the next start");
+    }
+
+    async fn revoke_once(&self, job: &Job) -> Result<(), LeaseError> {
+        let issuer = self
+            .issuers
+            .get(job.origin.issuer)
+            .ok_or_else(|| LeaseError::failed(format!("issuer kind {} is not available", job.origin.issuer)))?;
+        let work = async {
+            let base = self.bases.fields(&job.origin).await?;
+            issuer
+                .revoke(&RevokeRequest {
+                    lease_id: &job.lease_id,
+                    path: &job.origin.path,
+                    secret_id: &job.origin.secret_id,
+                    base: &base,
+                    revocation: &job.revocation,
+                })
+                .await
+        };
+        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| Err(LeaseError::timeout(self.timeout)))
+    }
+}

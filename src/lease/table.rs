@@ -1,0 +1,259 @@
+//! The lease table: live leases by id, where an open finds a lease it may reuse, and what
+//! `leases.json` shows (metadata only).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::Reuse;
+use crate::memlock::SharedBytes;
+use crate::policy::IssuerKind;
+use crate::secret::{Requester, SecretMeta};
+use crate::source::Source;
+
+/// Where a lease comes from: enough to revoke it, now or after a restart.
+pub struct Origin {
+    /// Path in the mount.
+    pub path: String,
+    pub secret_id: String,
+    pub issuer: IssuerKind,
+    /// The prefix of the source that holds the base secret (how the journal finds it again).
+    pub source_key: String,
+    pub base: Arc<SecretMeta>,
+    pub source: Arc<dyn Source>,
+}
+
+/// A live credential and its rendered bytes.
+pub struct Lease {
+    pub id: String,
+    pub origin: Arc<Origin>,
+    pub requester: Requester,
+    pub issued_at: DateTime<Utc>,
+    /// Milliseconds since the epoch; moves later when a renewable lease is renewed.
+    expires_ms: AtomicI64,
+    /// issued_at + max_ttl: no renewal goes past it.
+    pub cap: DateTime<Utc>,
+    /// The lease's length at issue: what each renewal asks for.
+    pub period: Duration,
+    pub bytes: Arc<SharedBytes>,
+    /// A non-secret handle that the issuer's revoke needs (journaled).
+    pub revocation: serde_json::Value,
+    handles: AtomicUsize,
+    pub revoke_on_close: bool,
+    pub renew_while_open: bool,
+    /// Set once: the lease has ended (expiry, revoke, close or shutdown). Revocation runs once.
+    ended: AtomicBool,
+    /// Its place in the deadline queue, removed when it ends early.
+    pub(super) expiry_slot: Mutex<Option<(i64, u64)>>,
+}
+
+/// The parts a new lease is made of.
+pub struct NewLease {
+    pub id: String,
+    pub origin: Arc<Origin>,
+    pub requester: Requester,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub cap: DateTime<Utc>,
+    pub bytes: SharedBytes,
+    pub revocation: serde_json::Value,
+    pub revoke_on_close: bool,
+    pub renew_while_open: bool,
+}
+
+impl Lease {
+    pub fn new(n: NewLease) -> Lease {
+        Lease {
+            period: (n.expires_at - n.issued_at).to_std().unwrap_or_default(),
+            id: n.id,
+            origin: n.origin,
+            requester: n.requester,
+            issued_at: n.issued_at,
+            expires_ms: AtomicI64::new(n.expires_at.timestamp_millis()),
+            cap: n.cap,
+            bytes: Arc::new(n.bytes),
+            revocation: n.revocation,
+            handles: AtomicUsize::new(1),
+            revoke_on_close: n.revoke_on_close,
+            renew_while_open: n.renew_while_open,
+            ended: AtomicBool::new(false),
+            expiry_slot: Mutex::new(None),
+        }
+    }
+    pub fn path(&self) -> &str {
+        &self.origin.path
+    }
+    pub fn issuer(&self) -> IssuerKind {
+        self.origin.issuer
+    }
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.expires_ms.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+    pub(super) fn set_expiry(&self, t: DateTime<Utc>) {
+        self.expires_ms.store(t.timestamp_millis(), Ordering::SeqCst);
+    }
+    pub fn remaining(&self, now: DateTime<Utc>) -> Duration {
+        (self.expires_at() - now).to_std().unwrap_or_default()
+    }
+    pub fn is_live(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst)
+    }
+    /// Marks the lease ended; true for the one caller that ended it.
+    pub(super) fn mark_ended(&self) -> bool {
+        !self.ended.swap(true, Ordering::SeqCst)
+    }
+    pub fn open_handles(&self) -> usize {
+        self.handles.load(Ordering::SeqCst)
+    }
+    pub(super) fn hold(&self) {
+        self.handles.fetch_add(1, Ordering::SeqCst);
+    }
+    /// Drops one handle; the number left.
+    pub(super) fn release(&self) -> usize {
+        self.handles.fetch_sub(1, Ordering::SeqCst).saturating_sub(1)
+    }
+
+    pub fn info(&self, now: DateTime<Utc>) -> LeaseInfo {
+        LeaseInfo {
+            id: self.id.clone(),
+            path: self.origin.path.clone(),
+            secret_id: self.origin.secret_id.clone(),
+            issuer: self.origin.issuer.as_str().into(),
+            uid: self.requester.uid,
+            gid: self.requester.gid,
+            pid: self.requester.pid,
+            comm: self.requester.comm.clone(),
+            issued_at: rfc3339(self.issued_at),
+            expires_at: rfc3339(self.expires_at()),
+            remaining_seconds: self.remaining(now).as_secs(),
+            open_handles: self.open_handles(),
+            state: LeaseState::Live,
+        }
+    }
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    Live,
+    /// Ended, but its issuer has refused revocation for longer than `irrevocable_after`.
+    Irrevocable,
+}
+
+/// A lease as `leases.json` shows it: metadata only.
+#[derive(Serialize, Clone, Debug)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub path: String,
+    pub secret_id: String,
+    pub issuer: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub issued_at: String,
+    pub expires_at: String,
+    pub remaining_seconds: u64,
+    pub open_handles: usize,
+    pub state: LeaseState,
+}
+
+impl LeaseInfo {
+    /// The row of a credential that is waiting for revocation without a live lease (an
+    /// issuance that failed half-way, an orphan from the journal).
+    pub fn revoking(
+        id: &str,
+        origin: &Origin,
+        who: Option<&Requester>,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> LeaseInfo {
+        let who = who.cloned().unwrap_or_default();
+        LeaseInfo {
+            id: id.into(),
+            path: origin.path.clone(),
+            secret_id: origin.secret_id.clone(),
+            issuer: origin.issuer.as_str().into(),
+            uid: who.uid,
+            gid: who.gid,
+            pid: who.pid,
+            comm: who.comm,
+            issued_at: rfc3339(issued_at),
+            expires_at: rfc3339(expires_at),
+            remaining_seconds: 0,
+            open_handles: 0,
+            state: LeaseState::Live,
+        }
+    }
+}
+
+/// Live leases by id.
+#[derive(Default)]
+pub struct Table {
+    leases: Mutex<HashMap<String, Arc<Lease>>>,
+}
+
+impl Table {
+    pub fn len(&self) -> usize {
+        self.leases.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn get(&self, id: &str) -> Option<Arc<Lease>> {
+        self.leases.lock().get(id).cloned()
+    }
+    pub fn insert(&self, lease: Arc<Lease>) {
+        self.leases.lock().insert(lease.id.clone(), lease);
+    }
+    pub fn remove(&self, id: &str) {
+        self.leases.lock().remove(id);
+    }
+    pub fn all(&self) -> Vec<Arc<Lease>> {
+        self.leases.lock().values().cloned().collect()
+    }
+
+    /// A live lease of `path` that `who` may share under `reuse`, with at least `min_remaining`
+    /// left (the one that lasts longest). Takes a handle on it.
+    pub fn reuse(
+        &self,
+        path: &str,
+        reuse: Reuse,
+        who: &Requester,
+        min_remaining: Duration,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<Lease>> {
+        if reuse == Reuse::None {
+            return None;
+        }
+        let g = self.leases.lock();
+        let found = g
+            .values()
+            .filter(|l| l.path() == path && l.is_live() && l.remaining(now) >= min_remaining)
+            .filter(|l| match reuse {
+                Reuse::Uid => l.requester.uid == who.uid,
+                Reuse::Pid => l.requester.pid == who.pid,
+                Reuse::None => false,
+            })
+            .max_by_key(|l| l.expires_at())
+            .cloned()?;
+        found.hold();
+        Some(found)
+    }
+
+    /// Metadata of every live lease, soonest expiry first.
+    pub fn list(&self, now: DateTime<Utc>) -> Vec<LeaseInfo> {
+        let mut v: Vec<LeaseInfo> = self.leases.lock().values().map(|l| l.info(now)).collect();
+        v.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
+        v
+    }
+}

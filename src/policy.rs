@@ -1,0 +1,173 @@
+//! An entry's policy, typed once when its document is parsed: issuer kinds, format, ttl, reuse and
+//! the other lease settings. Nothing on the open path parses settings again.
+
+use std::time::Duration;
+
+use crate::config::{Defaults, Reuse, parse_duration};
+use crate::render::Format;
+
+/// The issuer kinds a base secret may name in `attributes.type`: the one list of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IssuerKind {
+    Exec,
+    Jwt,
+    Postgres,
+    Aws,
+    Openbao,
+}
+
+impl IssuerKind {
+    pub const ALL: [IssuerKind; 5] =
+        [IssuerKind::Exec, IssuerKind::Jwt, IssuerKind::Postgres, IssuerKind::Aws, IssuerKind::Openbao];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Exec => "exec",
+            IssuerKind::Jwt => "jwt",
+            IssuerKind::Postgres => "postgres",
+            IssuerKind::Aws => "aws",
+            IssuerKind::Openbao => "openbao",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IssuerKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The names, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(IssuerKind::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for IssuerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a document sets for its entry; unset values fall back to the configuration's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub format: Option<Format>,
+    pub ttl: Option<Duration>,
+    pub max_ttl: Option<Duration>,
+    pub reuse: Option<Reuse>,
+    pub min_remaining: Option<Duration>,
+    pub revoke_on_close: Option<bool>,
+    pub renew_while_open: Option<bool>,
+}
+
+/// The attribute keys a policy reads.
+pub const KEYS: [&str; 7] =
+    ["format", "ttl", "max_ttl", "reuse", "min_remaining", "revoke_on_close", "renew_while_open"];
+
+impl Policy {
+    /// Parses the policy keys of a document's `attributes`; an error names the key, never a value.
+    pub fn parse(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Policy, String> {
+        let mut p = Policy::default();
+        let dur = |key: &str| -> Result<Option<Duration>, String> {
+            match attrs.get(key) {
+                None => Ok(None),
+                Some(v) => {
+                    let s = v.as_str().ok_or_else(|| format!("attributes.{key} must be a duration string"))?;
+                    parse_duration(s).map(Some).map_err(|e| format!("attributes.{key}: {e}"))
+                }
+            }
+        };
+        p.ttl = dur("ttl")?;
+        p.max_ttl = dur("max_ttl")?;
+        p.min_remaining = dur("min_remaining")?;
+        if let Some(v) = attrs.get("reuse") {
+            let r = v.as_str().and_then(Reuse::parse);
+            p.reuse = Some(r.ok_or("attributes.reuse must be \"none\", \"uid\" or \"pid\"")?);
+        }
+        if let Some(v) = attrs.get("format") {
+            let s = v.as_str().ok_or("attributes.format must be a string")?;
+            p.format = Some(Format::parse(s).map_err(|e| format!("attributes.format: {e}"))?);
+        }
+        let flag = |key: &str| -> Result<Option<bool>, String> {
+            attrs
+                .get(key)
+                .map(|v| v.as_bool().ok_or_else(|| format!("attributes.{key} must be true or false")))
+                .transpose()
+        };
+        p.revoke_on_close = flag("revoke_on_close")?;
+        p.renew_while_open = flag("renew_while_open")?;
+        Ok(p)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+
+    /// The settings in force for one issuance: this policy over `d`.
+    pub fn effective(&self, d: &Defaults) -> Effective {
+        let max_ttl = self.max_ttl.unwrap_or(d.max_ttl.0).min(d.max_ttl.0);
+        Effective {
+            format: self.format.clone().unwrap_or(Format::Json),
+            ttl: self.ttl.unwrap_or(d.ttl.0).min(max_ttl),
+            max_ttl,
+            reuse: self.reuse.unwrap_or(d.reuse),
+            min_remaining: self.min_remaining.unwrap_or(d.min_remaining.0),
+            revoke_on_close: self.revoke_on_close.unwrap_or(d.revoke_on_close),
+            renew_while_open: self.renew_while_open.unwrap_or(false),
+        }
+    }
+}
+
+/// A policy with every default applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effective {
+    pub format: Format,
+    /// Already capped at `max_ttl`.
+    pub ttl: Duration,
+    /// Never above the configuration's `max_ttl`.
+    pub max_ttl: Duration,
+    pub reuse: Reuse,
+    pub min_remaining: Duration,
+    pub revoke_on_close: bool,
+    pub renew_while_open: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_policy_is_parsed_once_and_defaults_fill_the_rest() {
+        let p = Policy::parse(&attrs(serde_json::json!({"ttl": "2h", "reuse": "uid", "format": "env"}))).unwrap();
+        let d = Defaults::default();
+        let e = p.effective(&d);
+        assert_eq!(e.ttl, d.max_ttl.0, "ttl is capped at max_ttl");
+        assert_eq!(e.reuse, Reuse::Uid);
+        assert_eq!(e.format, Format::Env);
+        assert!(!e.revoke_on_close);
+        assert!(Policy::parse(&attrs(serde_json::json!({}))).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        for (v, key) in [
+            (serde_json::json!({"ttl": 5}), "ttl"),
+            (serde_json::json!({"reuse": "always"}), "reuse"),
+            (serde_json::json!({"format": "yaml"}), "format"),
+            (serde_json::json!({"renew_while_open": "yes"}), "renew_while_open"),
+        ] {
+            let e = Policy::parse(&attrs(v)).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn issuer_kinds_round_trip() {
+        for k in IssuerKind::ALL {
+            assert_eq!(IssuerKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(IssuerKind::parse("nope"), None);
+    }
+}
