@@ -124,6 +124,10 @@ pub struct Defaults {
     pub attr_ttl: Dur,
     /// A lease whose revocation keeps failing this long is marked irrevocable (and still retried).
     pub irrevocable_after: Dur,
+    /// Leases one uid may hold with their bytes in memory (open, or kept for reuse).
+    pub max_leases_per_uid: usize,
+    /// Bytes of rendered credentials one uid may hold.
+    pub max_lease_bytes_per_uid: u64,
 }
 
 impl Default for Defaults {
@@ -141,6 +145,8 @@ impl Default for Defaults {
             revoke_on_close: false,
             attr_ttl: Dur::secs(1),
             irrevocable_after: Dur::secs(600),
+            max_leases_per_uid: 1000,
+            max_lease_bytes_per_uid: 64 * 1024 * 1024,
         }
     }
 }

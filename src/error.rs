@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Unavailable,
     /// leasefs is stopping; nothing new is issued (`EIO`).
     ShuttingDown,
+    /// The requester's uid holds as many leases (or bytes) as it may (`EDQUOT`).
+    Quota,
 }
 
 /// Why an issuance, renewal or revocation failed.
@@ -28,11 +30,14 @@ pub struct LeaseError {
     pub kind: ErrorKind,
     message: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// Diagnostics for the daemon log only (a script's stderr): never in the audit log, never in
+    /// `Display`.
+    log_detail: Option<String>,
 }
 
 impl LeaseError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        LeaseError { kind, message: message.into(), source: None }
+        LeaseError { kind, message: message.into(), source: None, log_detail: None }
     }
     pub fn failed(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Failed, message)
@@ -48,6 +53,14 @@ impl LeaseError {
         self.source = Some(Arc::new(cause));
         self
     }
+    /// Text for the daemon log only, never the audit log (e.g. a failing script's stderr).
+    pub fn with_log_detail(mut self, detail: String) -> Self {
+        self.log_detail = Some(detail);
+        self
+    }
+    pub fn log_detail(&self) -> Option<&str> {
+        self.log_detail.as_deref()
+    }
     /// Adds context in front of the message.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
         self.message = format!("{what}: {}", self.message);
@@ -59,7 +72,7 @@ impl LeaseError {
     /// The level a failed operation with this error is logged at.
     pub fn level(&self) -> tracing::Level {
         match self.kind {
-            ErrorKind::ShuttingDown => tracing::Level::INFO,
+            ErrorKind::ShuttingDown | ErrorKind::Quota => tracing::Level::INFO,
             _ => tracing::Level::WARN,
         }
     }
@@ -68,6 +81,7 @@ impl LeaseError {
         match self.kind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::ShuttingDown => "shutdown",
+            ErrorKind::Quota => "quota",
             ErrorKind::Failed | ErrorKind::Unavailable => "error",
         }
     }
@@ -77,6 +91,7 @@ impl ToErrno for LeaseError {
     fn errno(&self) -> i32 {
         match self.kind {
             ErrorKind::Timeout => libc::ETIMEDOUT,
+            ErrorKind::Quota => libc::EDQUOT,
             ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown => libc::EIO,
         }
     }

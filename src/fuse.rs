@@ -37,6 +37,12 @@ impl FuseAdapter {
                 }
             }
         });
+        // A lease that ends takes its pages along: a private mmap's next fault then reaches the
+        // daemon and fails like a read does.
+        let tx = closed.clone();
+        fs.on_drop_pages(move |ino| {
+            let _ = tx.send(INodeNo(ino));
+        });
         FuseAdapter { fs, rt, notifier, closed }
     }
 }
@@ -416,9 +422,12 @@ impl Filesystem for FuseAdapter {
 fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
     match r {
         Ok(o) => {
-            if o.refresh_attr {
-                if let Some(n) = notifier.get() {
+            if let Some(n) = notifier.get() {
+                if o.refresh_attr {
                     let _ = n.inval_inode(ino, -1, 0);
+                }
+                if o.direct_io && o.size > 0 {
+                    raise_size(n, ino, o.size);
                 }
             }
             let mut flags = FopenFlags::FOPEN_NOFLUSH;
@@ -428,6 +437,24 @@ fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, F
             reply.opened(FileHandle(o.fh), flags)
         }
         Err(e) => reply.error(failed("open", ino, &e)),
+    }
+}
+
+/// Makes the kernel's size of `ino` at least `size` before an open is answered.
+///
+/// `sendfile`/`splice` of a FUSE file go through the page cache, bounded by the inode's size
+/// (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), and that size is 0 until
+/// someone stats the file: busybox `cat` would print nothing. FUSE has one way to raise it from
+/// the daemon: a store notification, which grows the size to its end — and only if it stores at
+/// least one byte. So one placeholder byte is stored at a position that is never the first byte
+/// of its page: such a page is not marked up to date, so nobody reads the placeholder; a read
+/// fetches the real page from the handle. Where `size - 1` starts a page, the byte goes at `size`
+/// instead, and the first read (a short one) brings the size back down to the real end.
+fn raise_size(n: &Notifier, ino: INodeNo, size: u64) {
+    const PAGE: u64 = 4096;
+    let at = if (size - 1) % PAGE == 0 { size } else { size - 1 };
+    if let Err(e) = n.store(ino, at, &[0]) {
+        tracing::debug!(ino = ino.0, error = %e, "cannot raise the kernel's file size");
     }
 }
 

@@ -132,7 +132,9 @@ fn init_logs(level: &str, format: LogFormat) {
     let caps: String = QUIET.iter().map(|c| format!(",{c}=info")).collect();
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{level}{caps}"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info{caps}")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a log file or journald gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Text => tracing::subscriber::set_global_default(b.finish()),
         LogFormat::Json => tracing::subscriber::set_global_default(b.json().finish()),

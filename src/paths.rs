@@ -6,6 +6,17 @@ use std::ffi::CString;
 pub const MAX_SEGMENT: usize = 255;
 /// Longest whole path accepted.
 pub const MAX_PATH: usize = 4096;
+/// Most segments (directory levels) in one path.
+pub const MAX_DEPTH: usize = 64;
+
+/// Characters that change how text is displayed without being seen — bidirectional overrides
+/// and isolates, zero-width characters, the byte-order mark — so that a name could pose as
+/// another (`rtl\u{202e}x`).
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}'
+        | '\u{FEFF}' | '\u{061C}' | '\u{180E}' | '\u{00AD}')
+}
 
 /// Splits a secret path (`dynamic:aws:temp-api` or `dynamic/aws/temp-api`) into its segments,
 /// refusing anything that could escape or confuse the tree.
@@ -37,10 +48,16 @@ pub fn split_path(path: &str, allow_empty: bool) -> Result<Vec<String>, String> 
         if seg.chars().any(|c| c == '\0' || c.is_control()) {
             return Err("path contains a NUL or control character".into());
         }
+        if seg.chars().any(is_invisible) {
+            return Err("path contains an invisible or bidirectional-override character".into());
+        }
         if seg == ".leasefs" {
             return Err("path segment \".leasefs\" is reserved for the control directory".into());
         }
         out.push(seg.to_string());
+        if out.len() > MAX_DEPTH {
+            return Err(format!("path has more than {MAX_DEPTH} segments"));
+        }
     }
     Ok(out)
 }
@@ -130,11 +147,17 @@ mod tests {
             "a\x1bb",
             "a:b/c",
             ".leasefs/status.json",
+            "rtl\u{202e}txt.exe",
+            "a:zero\u{200b}width",
+            "\u{feff}bom",
         ] {
             assert!(split_path(bad, false).is_err(), "{bad:?} accepted");
         }
         assert!(split_path(&"x".repeat(300), false).is_err());
         assert!(split_path(&"a:".repeat(3000), false).is_err());
+        assert!(split_path(&vec!["a"; 65].join(":"), false).is_err(), "65 levels");
+        assert!(split_path(&vec!["a"; 64].join(":"), false).is_ok(), "64 levels");
+        assert!(split_path("café:日本", false).is_ok(), "ordinary non-ASCII names are fine");
     }
 
     #[test]

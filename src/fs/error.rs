@@ -12,12 +12,14 @@ pub struct FsError {
     pub message: String,
     /// How loudly the adapter logs the operation that failed with it.
     pub level: tracing::Level,
+    /// More for the daemon log only (a script's stderr), never for the audit log.
+    pub log_detail: Option<String>,
 }
 
 impl FsError {
     /// An ordinary refusal (missing name, read-only, denied): logged at debug.
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        FsError { errno, message: message.into(), level: tracing::Level::DEBUG }
+        FsError { errno, message: message.into(), level: tracing::Level::DEBUG, log_detail: None }
     }
     pub fn enoent() -> Self {
         FsError::new(libc::ENOENT, "no such entry")
@@ -59,7 +61,7 @@ impl ToErrno for FsError {
 
 impl From<LeaseError> for FsError {
     fn from(e: LeaseError) -> Self {
-        FsError { errno: e.errno(), message: e.to_string(), level: e.level() }
+        FsError { errno: e.errno(), message: e.to_string(), level: e.level(), log_detail: e.log_detail().map(str::to_string) }
     }
 }
 
@@ -77,7 +79,11 @@ impl From<SourceError> for FsError {
 
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, std::io::Error::from_raw_os_error(self.errno))
+        write!(f, "{} ({})", self.message, std::io::Error::from_raw_os_error(self.errno))?;
+        if let Some(d) = &self.log_detail {
+            write!(f, "; {d}")?;
+        }
+        Ok(())
     }
 }
 

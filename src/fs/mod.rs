@@ -51,7 +51,11 @@ pub struct LeaseFs {
     started: SystemTime,
     rebuilding: Mutex<()>,
     changed: std::sync::OnceLock<ChangeHook>,
+    /// Drops an inode's pages from the page cache (set by the adapter).
+    drop_pages: Arc<std::sync::OnceLock<PagesHook>>,
 }
+
+type PagesHook = Box<dyn Fn(u64) + Send + Sync>;
 
 impl LeaseFs {
     pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>, leases: Arc<LeaseManager>) -> Self {
@@ -59,6 +63,14 @@ impl LeaseFs {
             .into_iter()
             .map(|spec| Slot { spec, last: Mutex::new((Arc::new(Vec::new()), Health::default())) })
             .collect();
+        // When a lease ends, what a reader's mmap or splice put in the page cache goes too.
+        let drop_pages: Arc<std::sync::OnceLock<PagesHook>> = Arc::default();
+        let hook = drop_pages.clone();
+        leases.on_end(move |ino| {
+            if let Some(f) = hook.get() {
+                f(ino)
+            }
+        });
         let fs = LeaseFs {
             settings,
             tree: RwLock::new(Arc::new(Tree::default())),
@@ -70,6 +82,7 @@ impl LeaseFs {
             started: SystemTime::now(),
             rebuilding: Mutex::new(()),
             changed: std::sync::OnceLock::new(),
+            drop_pages,
         };
         fs.rebuild();
         fs
@@ -156,6 +169,11 @@ impl LeaseFs {
         }
         problems.extend(self.rebuild());
         problems
+    }
+
+    /// Called with each inode whose pages must leave the page cache (its lease ended).
+    pub fn on_drop_pages(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.drop_pages.set(Box::new(f));
     }
 
     /// Called with what each rebuild changed (the adapter drops the kernel's cached copies).
@@ -318,8 +336,9 @@ impl LeaseFs {
         bytes: Arc<SharedBytes>,
         lease: Option<Arc<crate::lease::Lease>>,
     ) -> Opened {
+        let size = bytes.len().unwrap_or(0) as u64;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease });
-        Opened { fh, direct_io: true, refresh_attr: true }
+        Opened { fh, direct_io: true, refresh_attr: true, size }
     }
 
     async fn open_inner(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
@@ -382,6 +401,7 @@ impl LeaseFs {
                             source: slot.source.clone(),
                             source_key: Self::source_key(slot),
                             requester: who.clone().with_comm(),
+                            ino,
                         };
                         let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(&path))?;
                         Ok(self.new_handle(ino, who.pid, lease.bytes.clone(), Some(lease)))

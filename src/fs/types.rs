@@ -70,6 +70,9 @@ pub struct Opened {
     /// The inode's cached attributes must be dropped before answering, so that `fstat` asks
     /// again and sees the handle's true size.
     pub refresh_attr: bool,
+    /// The handle's size: the kernel's idea of the file's size must reach at least this before
+    /// the open is answered, or `sendfile`/`splice` (which the kernel bounds by it) read nothing.
+    pub size: u64,
 }
 
 /// An open under way. `inline` says it may finish without waiting (a cached payload, an

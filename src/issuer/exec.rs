@@ -110,9 +110,12 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         }
         r.map(|_| buf)
     };
+    // Drained to the end (keeping the first 64 KiB): a script blocked on a full stderr pipe
+    // would never exit.
     let read_err = async {
         let mut buf = Vec::new();
         let _ = (&mut serr).take(64 * 1024).read_to_end(&mut buf).await;
+        let _ = tokio::io::copy(&mut serr, &mut tokio::io::sink()).await;
         buf
     };
     let ((), out, err) = tokio::join!(write, read_out, read_err);
@@ -237,10 +240,9 @@ impl Issuer for ExecIssuer {
         let env = tokens(req.lease_id, &id, name, req.path, req.requester);
         let ran = run(&argv, &env, &stdin).await?;
         if !ran.status.success() {
-            return Err(LeaseError::failed(format!(
-                "exec: {:?} failed ({}); stderr: {}",
-                argv[0], ran.status, ran.stderr
-            )));
+            // Its stderr goes to the daemon log only: never to the audit log or a reader.
+            return Err(LeaseError::failed(format!("exec: {:?} failed ({})", argv[0], ran.status))
+                .with_log_detail(format!("stderr: {}", ran.stderr)));
         }
         let (fields, expires_at, revocation) =
             parse_output(&ran.stdout).map_err(|m| LeaseError::failed(format!("exec: {:?}: {m}", argv[0])))?;
@@ -264,10 +266,8 @@ impl Issuer for ExecIssuer {
         ];
         let ran = run(&argv, &env, &stdin).await?;
         if !ran.status.success() {
-            return Err(LeaseError::failed(format!(
-                "exec: revoke {:?} failed ({}); stderr: {}",
-                argv[0], ran.status, ran.stderr
-            )));
+            return Err(LeaseError::failed(format!("exec: revoke {:?} failed ({})", argv[0], ran.status))
+                .with_log_detail(format!("stderr: {}", ran.stderr)));
         }
         Ok(())
     }

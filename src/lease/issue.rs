@@ -10,11 +10,11 @@ use super::journal::{Op, Record};
 use super::revoke::{Engine, Job};
 use super::table::{Lease, LeaseInfo, NewLease, Origin, rfc3339};
 use crate::error::LeaseError;
-use crate::issuer::{IssueRequest, Issued};
+use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
 use crate::policy::Effective;
 use crate::render::render;
-use crate::secret::{Requester, SecretMeta};
+use crate::secret::{FieldValue, Requester, SecretFields, SecretMeta};
 
 /// One issuance under way.
 pub struct Issue<'a> {
@@ -23,6 +23,8 @@ pub struct Issue<'a> {
     pub secret: &'a SecretMeta,
     pub requester: &'a Requester,
     pub policy: &'a Effective,
+    /// The inode of the file being opened.
+    pub ino: u64,
 }
 
 impl Engine {
@@ -62,7 +64,7 @@ impl Engine {
         req.intent = intent.as_ref();
         // If this future is dropped (timeout), the intent stays journaled and is revoked at the
         // next start; a failure here revokes it now.
-        let issued: Issued = match issuer.issue(&req).await {
+        let mut issued: Issued = match issuer.issue(&req).await {
             Ok(i) => i,
             Err(e) => {
                 if let Some(i) = intent {
@@ -84,6 +86,9 @@ impl Engine {
             }
             Some(t) => t.min(cap),
         };
+        // A credential that says it lasts longer than its lease would be cached that long by
+        // SDKs: the fields that state an expiry say the lease's when it is earlier.
+        cap_expiry(&mut issued.fields, expires_at);
         let rendered = render(&issued.fields, &policy.format, Some(expires_at)).map_err(LeaseError::failed);
         let rendered = match rendered {
             Ok(r) => r,
@@ -110,6 +115,8 @@ impl Engine {
             revocation,
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,
+            reusable: policy.reuse != crate::config::Reuse::None,
+            ino: issue.ino,
         }))
     }
 
@@ -132,5 +139,47 @@ impl Engine {
             issuer.renew(&req, increment).await
         };
         tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| Err(LeaseError::timeout(self.timeout)))
+    }
+}
+
+/// Field names (compared without case and underscores) that state when a credential expires.
+const EXPIRY_FIELDS: [&str; 6] = ["expiration", "expiresat", "expirationtimestamp", "expiry", "validuntil", "expires"];
+
+/// Rewrites every field that states an expiry later than `at` to say `at` (RFC 3339, or epoch
+/// seconds where the issuer wrote a number).
+pub fn cap_expiry(fields: &mut SecretFields, at: DateTime<Utc>) {
+    use secrecy::ExposeSecret;
+    for (k, v) in fields.fields.iter_mut() {
+        let norm: String = k.chars().filter(|c| *c != '_').collect::<String>().to_ascii_lowercase();
+        if !EXPIRY_FIELDS.contains(&norm.as_str()) {
+            continue;
+        }
+        let later = parse_expiry(v.text.expose_secret()).is_some_and(|t| t > at);
+        if later {
+            *v = if v.json {
+                FieldValue { text: at.timestamp().to_string().into(), json: true }
+            } else {
+                FieldValue::string(rfc3339(at))
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_later_than_the_lease_is_rendered_as_the_lease() {
+        let mut f = SecretFields::from_json_object(
+            r#"{"Expiration": "2036-01-01T00:00:00Z", "expires_at": 2082758400, "ExpiresAt": "2020-01-01T00:00:00Z", "Password": "2099-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let at = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        cap_expiry(&mut f, at);
+        assert_eq!(f.get("Expiration"), Some("2030-01-01T00:00:00Z"));
+        assert_eq!(f.get("expires_at"), Some("1893456000"));
+        assert_eq!(f.get("ExpiresAt"), Some("2020-01-01T00:00:00Z"), "an earlier expiry stays");
+        assert_eq!(f.get("Password"), Some("2099-01-01T00:00:00Z"), "only expiry fields");
     }
 }

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod revoke;
 pub mod table;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, Event, EventKind};
 use crate::clock::Clock;
-use crate::config::Defaults;
+use crate::config::{Defaults, Reuse};
 use crate::error::ErrorKind;
 pub use crate::error::LeaseError;
 use crate::issuer::Issuers;
@@ -33,6 +34,9 @@ use revoke::{Engine, Job};
 pub use table::{Lease, LeaseInfo, LeaseState, Origin};
 use table::{Table, rfc3339};
 
+/// One place in the queue of opens that may share a lease.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
 /// What the filesystem hands over to open a dynamic secret.
 pub struct OpenRequest {
     pub secret: Arc<SecretMeta>,
@@ -43,6 +47,8 @@ pub struct OpenRequest {
     /// The prefix of that source (how the journal finds the base again after a restart).
     pub source_key: String,
     pub requester: Requester,
+    /// The inode of the file being opened.
+    pub ino: u64,
 }
 
 /// Why a lease ended before (or at) its expiry.
@@ -78,6 +84,10 @@ pub struct LeaseManager {
     /// Issuances under way: shutdown waits for them so that none escapes revocation.
     in_flight: TaskTracker,
     serving: AtomicBool,
+    /// Opens that may share a lease (same path and uid or pid) queue here for one issuance.
+    flights: parking_lot::Mutex<HashMap<(String, u32), Turn>>,
+    /// Told the inode of each lease that ends (its pages must leave the page cache).
+    ended_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 /// A fresh lease id: 128 random bits, hex.
@@ -128,7 +138,14 @@ impl LeaseManager {
             engine: Arc::new(engine),
             in_flight: TaskTracker::new(),
             serving: AtomicBool::new(false),
+            flights: parking_lot::Mutex::default(),
+            ended_hook: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Called with the inode of every lease that ends, so that the adapter drops its pages.
+    pub fn on_end(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.ended_hook.set(Box::new(f));
     }
 
     pub fn clock(&self) -> &Clock {
@@ -197,11 +214,71 @@ impl LeaseManager {
             )));
         };
         let policy = req.secret.policy().effective(&self.defaults);
+        // Opens that may share a lease wait for one issuance instead of each issuing their own.
+        let scope = match policy.reuse {
+            Reuse::None => None,
+            Reuse::Uid => Some(req.requester.uid),
+            Reuse::Pid => Some(req.requester.pid),
+        };
+        let flight = scope.map(|id| {
+            let key = (req.path.clone(), id);
+            let lock = self.flights.lock().entry(key.clone()).or_default().clone();
+            (key, lock)
+        });
+        let _turn = match &flight {
+            Some((_, lock)) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let result = self.open_in_turn(req, kind, &policy).await;
+        drop(_turn);
+        if let Some((key, lock)) = flight {
+            let mut g = self.flights.lock();
+            // Only the map and this open hold it: nobody else is waiting.
+            if Arc::strong_count(&lock) == 2 {
+                g.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn open_in_turn(
+        self: &Arc<Self>,
+        req: OpenRequest,
+        kind: IssuerKind,
+        policy: &crate::policy::Effective,
+    ) -> Result<Arc<Lease>, LeaseError> {
         let now = self.clock.now();
         if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, now) {
             self.metrics.reused(kind.as_str());
             self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
             return Ok(l);
+        }
+        let usage = self.table.usage(req.requester.uid);
+        if usage.leases >= self.defaults.max_leases_per_uid || usage.bytes >= self.defaults.max_lease_bytes_per_uid {
+            let e = LeaseError::new(
+                ErrorKind::Quota,
+                format!(
+                    "uid {} holds {} leases ({} bytes); the bound is {} leases, {} bytes (max_leases_per_uid, max_lease_bytes_per_uid)",
+                    req.requester.uid,
+                    usage.leases,
+                    usage.bytes,
+                    self.defaults.max_leases_per_uid,
+                    self.defaults.max_lease_bytes_per_uid
+                ),
+            );
+            self.metrics.failed(kind.as_str(), e.reason());
+            self.audit.record(
+                &Event {
+                    event: EventKind::Deny,
+                    path: &req.path,
+                    lease_id: None,
+                    issuer: Some(kind.as_str()),
+                    outcome: e.reason(),
+                    detail: Some(&e.to_string()),
+                },
+                Some(&req.requester),
+            );
+            return Err(e);
         }
 
         let _in_flight = self.in_flight.token();
@@ -223,7 +300,8 @@ impl LeaseManager {
             origin: &origin,
             secret: &req.secret,
             requester: &req.requester,
-            policy: &policy,
+            policy,
+            ino: req.ino,
         };
         let timeout = self.defaults.issue_timeout.0;
         let result = tokio::time::timeout(timeout, self.engine.issue(&issue))
@@ -328,10 +406,19 @@ impl LeaseManager {
         });
     }
 
-    /// A handle on the lease was closed.
+    /// A handle on the lease was closed. With none left, a lease that nobody may share has bytes
+    /// nobody can read again: they are zeroized now (the lease stays live until its expiry, and
+    /// no longer counts against its uid's bound); `revoke_on_close` ends it.
     pub fn closed(self: &Arc<Self>, lease: &Arc<Lease>) {
-        if lease.release() == 0 && lease.revoke_on_close && lease.is_live() {
+        if lease.release() > 0 || !lease.is_live() {
+            return;
+        }
+        if lease.revoke_on_close {
             self.end(lease, EndReason::Close);
+        } else if !lease.reusable {
+            let n = lease.bytes.len().unwrap_or(0) as u64;
+            lease.bytes.expire();
+            self.table.uncharge(lease, n);
         }
     }
 
@@ -341,8 +428,13 @@ impl LeaseManager {
         if !lease.mark_ended() {
             return None;
         }
+        let n = lease.bytes.len().unwrap_or(0) as u64;
         lease.bytes.expire();
+        self.table.uncharge(lease, n);
         self.table.remove(&lease.id);
+        if let Some(f) = self.ended_hook.get() {
+            f(lease.ino);
+        }
         if why != EndReason::Expire {
             self.deadlines.forget(lease);
         }

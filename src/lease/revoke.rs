@@ -171,8 +171,13 @@ impl Engine {
                     }
                     Err(e) => {
                         me.metrics.revoke_failed(job.origin.issuer.as_str());
-                        let detail = e.to_string();
-                        me.event(EventKind::Error, &job, "revoke failed", Some(&detail));
+                        let audited = e.to_string();
+                        me.event(EventKind::Error, &job, "revoke failed", Some(&audited));
+                        // The daemon log also gets what the audit log must not (a script's stderr).
+                        let detail = match e.log_detail() {
+                            Some(d) => format!("{audited}; {d}"),
+                            None => audited.clone(),
+                        };
                         attempt += 1;
                         if me.shutting_down.load(Ordering::SeqCst) && attempt >= SHUTDOWN_ATTEMPTS {
                             tracing::error!(lease = %job.lease_id, path = %job.origin.path, error = %detail, "revocation failed; it stays in the journal for the next start");
@@ -181,7 +186,7 @@ impl Engine {
                         }
                         let failing_for = (me.clock.now() - started).to_std().unwrap_or_default();
                         let wait = if failing_for >= me.irrevocable_after {
-                            me.mark_irrevocable(&job, &detail);
+                            me.mark_irrevocable(&job, &audited, &detail);
                             SLOW_RETRY
                         } else {
                             tracing::warn!(lease = %job.lease_id, path = %job.origin.path, error = %detail, attempt, "revocation failed; retrying");
@@ -195,7 +200,7 @@ impl Engine {
         })
     }
 
-    fn mark_irrevocable(&self, job: &Job, detail: &str) {
+    fn mark_irrevocable(&self, job: &Job, audited: &str, detail: &str) {
         let mut g = self.pending.lock();
         let Some(p) = g.get_mut(&job.lease_id) else { return };
         if p.irrevocable {
@@ -205,7 +210,7 @@ impl Engine {
         p.info.state = LeaseState::Irrevocable;
         drop(g);
         self.metrics.irrevocable(job.origin.issuer.as_str());
-        self.event(EventKind::Irrevocable, job, "irrevocable", Some(detail));
+        self.event(EventKind::Irrevocable, job, "irrevocable", Some(audited));
         tracing::error!(lease = %job.lease_id, path = %job.origin.path, issuer = %job.origin.issuer, error = %detail,
             after = ?self.irrevocable_after, "lease is irrevocable: its issuer keeps refusing revocation; retrying every 5 minutes and at the next start");
     }

@@ -46,6 +46,13 @@ pub struct Lease {
     handles: AtomicUsize,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
+    /// Whether another open may share it (`reuse` uid or pid): its bytes are kept while no
+    /// handle is open.
+    pub reusable: bool,
+    /// The inode of its file (its pages are dropped from the page cache when it ends).
+    pub ino: u64,
+    /// Whether its bytes count against its uid's bound.
+    charged: AtomicBool,
     /// Set once: the lease has ended (expiry, revoke, close or shutdown). Revocation runs once.
     ended: AtomicBool,
     /// Its place in the deadline queue, removed when it ends early.
@@ -64,6 +71,8 @@ pub struct NewLease {
     pub revocation: serde_json::Value,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
+    pub reusable: bool,
+    pub ino: u64,
 }
 
 impl Lease {
@@ -81,6 +90,9 @@ impl Lease {
             handles: AtomicUsize::new(1),
             revoke_on_close: n.revoke_on_close,
             renew_while_open: n.renew_while_open,
+            reusable: n.reusable,
+            ino: n.ino,
+            charged: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             expiry_slot: Mutex::new(None),
         }
@@ -196,13 +208,49 @@ impl LeaseInfo {
     }
 }
 
-/// Live leases by id.
+/// What one uid holds: leases whose bytes are in memory, and those bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub leases: usize,
+    pub bytes: u64,
+}
+
+/// Live leases by id, and what each uid holds.
 #[derive(Default)]
 pub struct Table {
     leases: Mutex<HashMap<String, Arc<Lease>>>,
+    usage: Mutex<HashMap<u32, Usage>>,
 }
 
 impl Table {
+    /// What `uid` holds now.
+    pub fn usage(&self, uid: u32) -> Usage {
+        self.usage.lock().get(&uid).copied().unwrap_or_default()
+    }
+
+    fn charge(&self, lease: &Lease) {
+        if !lease.charged.swap(true, Ordering::SeqCst) {
+            let mut u = self.usage.lock();
+            let e = u.entry(lease.requester.uid).or_default();
+            e.leases += 1;
+            e.bytes += lease.bytes.len().unwrap_or(0) as u64;
+        }
+    }
+
+    /// Its bytes no longer count (they were zeroized: the lease ended, or it cannot be read again).
+    pub fn uncharge(&self, lease: &Lease, bytes: u64) {
+        if lease.charged.swap(false, Ordering::SeqCst) {
+            let mut u = self.usage.lock();
+            if let Some(e) = u.get_mut(&lease.requester.uid) {
+                e.leases = e.leases.saturating_sub(1);
+                e.bytes = e.bytes.saturating_sub(bytes);
+                if e.leases == 0 {
+                    u.remove(&lease.requester.uid);
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.leases.lock().len()
     }
@@ -213,6 +261,7 @@ impl Table {
         self.leases.lock().get(id).cloned()
     }
     pub fn insert(&self, lease: Arc<Lease>) {
+        self.charge(&lease);
         self.leases.lock().insert(lease.id.clone(), lease);
     }
     pub fn remove(&self, id: &str) {

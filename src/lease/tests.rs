@@ -24,11 +24,14 @@ struct TestIssuer {
     renewable: bool,
     renewals: AtomicUsize,
     clock: Mutex<Option<Clock>>,
+    /// How long an issuance takes.
+    delay: Duration,
 }
 
 #[async_trait]
 impl Issuer for TestIssuer {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
+        tokio::time::sleep(self.delay).await;
         let n = self.issued.fetch_add(1, Ordering::SeqCst);
         let mut fields = SecretFields::default();
         fields.insert("user", format!("u{n}"));
@@ -103,6 +106,7 @@ fn request(path: &str, attrs: serde_json::Value, uid: u32, pid: u32) -> OpenRequ
         source: Arc::new(NoSource),
         source_key: "/".into(),
         requester: Requester { uid, gid: uid, pid, comm: "test".into() },
+        ino: 7,
     }
 }
 
@@ -254,4 +258,48 @@ async fn shutdown_revokes_every_live_lease_and_refuses_new_ones() {
     let Err(e) = m.open(request("late", serde_json::json!({}), 0, 1)).await else { panic!("issued during shutdown") };
     assert_eq!(e.kind, ErrorKind::ShuttingDown);
     assert_eq!(crate::error::ToErrno::errno(&e), libc::EIO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_opens_that_may_share_wait_for_one_issuance() {
+    let i = Arc::new(TestIssuer { delay: Duration::from_millis(300), ..TestIssuer::default() });
+    let m = manager(&i, defaults());
+    let opens: Vec<_> = (0..200)
+        .map(|n| {
+            let m = m.clone();
+            tokio::spawn(async move { m.open(request("db/app", serde_json::json!({"reuse": "uid"}), 1000, n)).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for o in opens {
+        ids.insert(o.await.unwrap().ok().expect("opened").id.clone());
+    }
+    assert_eq!(ids.len(), 1, "200 concurrent opens by one uid share one lease");
+    assert_eq!(i.issued.load(Ordering::SeqCst), 1);
+    // Another uid queues separately and gets its own.
+    let other = m.open(request("db/app", serde_json::json!({"reuse": "uid"}), 1001, 1)).await.ok().unwrap();
+    assert!(!ids.contains(&other.id));
+    assert!(m.flights.lock().is_empty(), "no queue is left behind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_uid_holds_at_most_max_leases_per_uid_and_closing_frees_its_place() {
+    let i = Arc::new(TestIssuer::default());
+    let m = manager(&i, Defaults { max_leases_per_uid: 3, ..defaults() });
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(m.open(request("q", serde_json::json!({}), 1000, 1)).await.ok().unwrap());
+    }
+    let Err(e) = m.open(request("q", serde_json::json!({}), 1000, 1)).await else { panic!("a 4th lease") };
+    assert_eq!(crate::error::ToErrno::errno(&e), libc::EDQUOT);
+    assert!(m.open(request("q", serde_json::json!({}), 1001, 1)).await.is_ok(), "other uids are not affected");
+    // A closed lease nobody may share has its bytes zeroized and no longer counts.
+    m.closed(&held.pop().unwrap());
+    assert!(m.open(request("q", serde_json::json!({}), 1000, 1)).await.is_ok());
+    let bytes = Defaults { max_lease_bytes_per_uid: 10, ..defaults() };
+    let m = manager(&i, bytes);
+    let first = m.open(request("b", serde_json::json!({}), 7, 1)).await.ok().unwrap();
+    assert!(first.bytes.len().unwrap() >= 10);
+    let Err(e) = m.open(request("b", serde_json::json!({}), 7, 1)).await else { panic!("over the byte bound") };
+    assert_eq!(crate::error::ToErrno::errno(&e), libc::EDQUOT);
 }

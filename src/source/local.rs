@@ -49,8 +49,13 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, de
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             collect(&path, out, problems, depth + 1);
-        } else if path.extension().is_some_and(|x| x == "json") && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            out.push(path);
+        } else if path.extension().is_some_and(|x| x == "json") {
+            // Never opened unless it is a regular file: a FIFO would block the listing.
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => out.push(path),
+                Ok(_) => problems.push(FileError::whole(&path, "not a regular file (a FIFO, socket or device); skipped")),
+                Err(e) => problems.push(FileError::whole(&path, format!("cannot read: {e}"))),
+            }
         }
     }
 }
