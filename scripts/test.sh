@@ -19,6 +19,7 @@ command -v unshare     >/dev/null || missing+=(util-linux)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kubectl     >/dev/null || missing+=(kubernetes-client)
 command -v bindfs      >/dev/null || missing+=(bindfs)
+[ -x /bin/busybox ]                || missing+=(busybox-static)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ ${#missing[@]} -gt 0 ]; then

@@ -32,9 +32,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number before the unit"));
+            return Err("invalid duration: expected a number before the unit".into());
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| "invalid duration: number too large".to_string())?;
         rest = &rest[digits..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
@@ -46,9 +46,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86400)),
             "" => {
-                return Err(format!("invalid duration {text:?}: missing unit (ms, s, m, h, d)"));
+                return Err("invalid duration: missing unit (ms, s, m, h, d)".into());
             }
-            other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
+            _ => return Err("invalid duration: unknown unit (ms, s, m, h, d)".into()),
         };
         total = total.saturating_add(part);
     }

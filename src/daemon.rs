@@ -86,7 +86,7 @@ pub fn build_fs(cfg: &Config, opts: &RunOptions, mounting: bool) -> anyhow::Resu
         (None, Vec::new())
     };
     let leases = LeaseManager::new(
-        Issuers::builtin(cfg.defaults.issue_timeout.0),
+        Issuers::builtin(cfg.defaults.issue_timeout.0, !opts.insecure_perms),
         journal,
         cfg.defaults.clone(),
         audit.clone(),
@@ -167,6 +167,14 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
 /// Mounts and serves until SIGTERM/SIGINT (or an external unmount), then unmounts cleanly.
 pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     crate::memlock::harden_process();
+    if opts.insecure_perms {
+        tracing::warn!("--insecure-perms: ownership and mode checks of the config, documents, their directories and exec programs are OFF; anyone who can write them can read every secret and run programs as this daemon");
+    }
+    // exec scripts run under this binary as their guard, so that they die with the daemon.
+    match std::env::current_exe() {
+        Ok(me) => crate::issuer::guard::install(me),
+        Err(e) => tracing::warn!(error = %e, "cannot find this binary; exec scripts will not be killed with their children if the daemon dies"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("leasefs-rt").build()?;
     let (fs, orphans) = build_fs(&cfg, &opts, true)?;
     let fs = Arc::new(fs);

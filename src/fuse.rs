@@ -244,8 +244,8 @@ impl Filesystem for FuseAdapter {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
+        fh: FileHandle,
+        offset: u64,
         data: &[u8],
         _wf: WriteFlags,
         _flags: OpenFlags,
@@ -256,7 +256,7 @@ impl Filesystem for FuseAdapter {
         let who = who(req);
         let data = zeroize::Zeroizing::new(data.to_vec());
         self.rt.spawn(async move {
-            match fs.write(ino.0, &data, who).await {
+            match fs.write(ino.0, fh.0, offset, &data, who).await {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(failed("write", ino, &e)),
             }

@@ -147,6 +147,11 @@ fn main() -> ExitCode {
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount.leasefs")) {
         return mount_helper(std::env::args().skip(1).collect());
     }
+    // The guard an exec script runs under (not a user command).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == leasefs::issuer::guard::ARG) {
+        return ExitCode::from(leasefs::issuer::guard::main(&args[2..]).clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     init_logs(&cli.log_level, cli.log_format);
     match cli.command {
@@ -304,6 +309,29 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
         eprintln!("{p}");
     }
     bad += problems.len();
+    for d in fs.dangling_links() {
+        eprintln!("{d}");
+        bad += 1;
+    }
+    // The programs exec bases would run, checked as the daemon would before running them.
+    let trust = leasefs::trust::Trust::new(!insecure_perms);
+    for (base, source) in fs.bases_of(leasefs::policy::IssuerKind::Exec) {
+        match rt.block_on(source.read(&base)) {
+            Ok(fields) => {
+                for p in leasefs::issuer::exec::check_programs(&trust, &fields) {
+                    eprintln!("{}: base secret {}: {p}", source.describe(), base.path().replace('/', ":"));
+                    bad += 1;
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: base secret {}: {e}", source.describe(), base.path().replace('/', ":"));
+                bad += 1;
+            }
+        }
+    }
+    if insecure_perms {
+        eprintln!("warning: --insecure-perms: ownership and mode checks are off");
+    }
     for (name, h) in fs.health() {
         if !h.up {
             eprintln!("{name}: {}", h.last_error.unwrap_or_default());

@@ -29,7 +29,7 @@ async fn fixture(docs: &str) -> Fixture {
     let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
     let defaults = Defaults::default();
     let leases = LeaseManager::new(
-        Issuers::builtin(Duration::from_secs(5)),
+        Issuers::builtin(Duration::from_secs(5), true),
         None,
         defaults.clone(),
         audit.clone(),
@@ -91,13 +91,14 @@ async fn refusals_carry_their_errno() {
     assert_eq!(fs.open(ino(fs, "a"), libc::O_RDONLY, root.clone()).await.unwrap_err().errno, libc::EISDIR);
     assert_eq!(fs.lookup(ROOT, "nope").unwrap_err().errno, libc::ENOENT);
     assert_eq!(fs.lookup(file, "x").unwrap_err().errno, libc::ENOTDIR);
-    assert_eq!(fs.write(file, b"x", root.clone()).await.unwrap_err().errno, libc::EROFS);
+    assert_eq!(fs.write(file, 0, 0, b"x", root.clone()).await.unwrap_err().errno, libc::EROFS);
     // The control directory is for root (or the daemon's user) only.
     let status = ino(fs, ".leasefs/status.json");
     assert_eq!(fs.open(status, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
     let revoke = ino(fs, ".leasefs/revoke");
-    assert_eq!(fs.write(revoke, b"all", who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
-    assert_eq!(fs.write(revoke, b"no-such-lease", root).await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(fs.write(revoke, 0, 0, b"all", who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    let h = fs.open(revoke, libc::O_WRONLY, root.clone()).await.unwrap();
+    assert_eq!(fs.write(revoke, h.fh, 0, b"no-such-lease", root).await.unwrap_err().errno, libc::ENOENT);
     // Base secrets are not listed.
     assert_eq!(fs.lookup(ROOT, "base").unwrap_err().errno, libc::ENOENT);
 }

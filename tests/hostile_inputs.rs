@@ -164,3 +164,234 @@ fn a_private_mmap_does_not_outlive_the_lease() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGBUS), "a fault after expiry fails like a read: {:?}", out.status);
 }
+
+#[test]
+fn a_writable_documents_directory_does_not_let_another_user_run_programs_as_the_daemon() {
+    require_root("documents owned by another user, a daemon running as root");
+    let mut env = Env::new();
+    let good = env.doc("good.json", r#"{"path": "app:key", "data": {"value": "fine"}}"#);
+    // The careless operator's directory: anyone may drop a document in it.
+    let open_dir = env.docs().join("dropbox");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pwned = env.path("pwned");
+    let evil = json!([
+        {"path": "base:evil", "attributes": {"type": "exec"},
+         "data": {"command": ["/bin/sh", "-c", format!("id > {}; echo '{{\"p\": \"x\"}}'", pwned.display())]}},
+        dynamic("evil:run", "base:evil", json!({"mode": "0444"})),
+    ]);
+    let nobody = (run("id", &["-u", "nobody"]).stdout, run("id", &["-g", "nobody"]).stdout);
+    let (uid, gid): (u32, u32) = (
+        String::from_utf8_lossy(&nobody.0).trim().parse().unwrap(),
+        String::from_utf8_lossy(&nobody.1).trim().parse().unwrap(),
+    );
+    let dropped = open_dir.join("evil.json");
+    std::fs::write(&dropped, evil.to_string()).unwrap();
+    std::fs::set_permissions(&dropped, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&dropped, Some(uid), Some(gid)).unwrap();
+    // A document owned by another user in a good directory, and a program others can write.
+    let foreign = env.doc("foreign.json", &json!([{"path": "foreign:x", "data": {"value": "y"}}]).to_string());
+    std::os::unix::fs::chown(&foreign, Some(uid), Some(gid)).unwrap();
+    let script = env.path("writable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho '{\"p\": \"x\"}'\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o777)).unwrap();
+    env.doc(
+        "w.json",
+        &json!([
+            {"path": "base:w", "attributes": {"type": "exec"}, "data": {"command": [script]}},
+            dynamic("w:run", "base:w", json!({})),
+        ])
+        .to_string(),
+    );
+    let cfg = env.config(json!({}));
+    // check names each one and fails.
+    let o = run(BIN, &["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("dropbox") && err.contains("writable by group or others"), "{err}");
+    assert!(err.contains("foreign.json") && err.contains("not by root or the daemon's user"), "{err}");
+    assert!(err.contains("writable.sh") && err.contains("not trusted"), "{err}");
+    // The daemon serves the rest, never reads the dropped document, never runs the writable script.
+    env.start();
+    assert_eq!(cat(&env.m("app/key")), "fine");
+    assert_eq!(errno_of(std::fs::metadata(env.m("evil/run"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::metadata(env.m("foreign/x"))), libc::ENOENT);
+    assert_eq!(errno_of(read(&env.m("w/run"))), libc::EIO);
+    assert!(!pwned.exists(), "a dropped document ran a program as the daemon");
+    assert!(env.log().contains("not trusted"), "{}", env.log());
+    // --insecure-perms relaxes it, loudly.
+    drop(env.mount.take());
+    env.start_with(&["--insecure-perms"]);
+    assert!(env.log().contains("--insecure-perms: ownership and mode checks"), "{}", env.log());
+    assert!(std::fs::metadata(env.m("foreign/x")).is_ok());
+    let _ = good;
+}
+
+#[test]
+fn two_hundred_concurrent_cats_with_reuse_uid_issue_one_credential() {
+    let env = setup(&[("dyn:shared", "royal", json!({"reuse": "uid", "format": "raw:Password"}))], json!({}));
+    let f = env.m("dyn/shared");
+    let readers: Vec<_> = (0..200)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || std::process::Command::new("cat").arg(&f).output().unwrap())
+        })
+        .collect();
+    let outs: std::collections::HashSet<String> = readers
+        .into_iter()
+        .map(|r| {
+            let o = r.join().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8(o.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(outs.len(), 1, "every reader got the one shared credential");
+    assert_eq!(env.lines("issued.txt").len(), 1, "one issuance for 200 concurrent opens");
+}
+
+#[test]
+fn a_far_expiry_is_rendered_as_the_leases_and_sdks_see_the_truth() {
+    let env = setup(
+        &[
+            ("dyn:far", "far", json!({"max_ttl": "1m", "format": "json"})),
+            ("dyn:aws", "aws", json!({"max_ttl": "1m", "format": "credential_process"})),
+        ],
+        json!({}),
+    );
+    let limit = chrono::Utc::now() + chrono::Duration::seconds(65);
+    let far: serde_json::Value = serde_json::from_str(&cat(&env.m("dyn/far"))).unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339(far["ExpiresAt"].as_str().unwrap()).unwrap();
+    assert!(t < limit, "the issuer said 2099; the file must say the lease's expiry: {far}");
+    let aws: serde_json::Value = serde_json::from_str(&cat(&env.m("dyn/aws"))).unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339(aws["Expiration"].as_str().unwrap()).unwrap();
+    assert!(t < limit, "the issuer said +10 min; max_ttl is 1 min: {aws}");
+}
+
+#[test]
+fn kill_9_during_an_exec_issuance_kills_the_script_and_its_children_and_the_restart_revokes() {
+    let mut env = setup(&[("dyn:mint", "slowmint", json!({"format": "raw:Password"}))], json!({}));
+    let f = env.m("dyn/mint");
+    let reader = std::thread::spawn(move || read(&f));
+    eventually(Duration::from_secs(5), "the script to start", || env.path("slowmint.pid").exists());
+    let pid: i32 = std::fs::read_to_string(env.path("slowmint.pid")).unwrap().trim().parse().unwrap();
+    let lease = env.lines("issued.txt")[0].clone();
+    // The intent is on disk before the program runs.
+    let journal = std::fs::read_to_string(env.path("state/journal.jsonl")).unwrap();
+    assert!(journal.contains(&lease) && journal.contains("\"intent\""), "{journal}");
+    env.daemon().kill9();
+    let _ = reader.join();
+    eventually(Duration::from_secs(3), "the script to die with the daemon", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    eventually(Duration::from_secs(3), "the script's child to die too", || {
+        !String::from_utf8_lossy(&run("pgrep", &["-f", "sleep 31.5"]).stdout).contains(char::is_numeric)
+    });
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(!env.path("minted.txt").exists(), "the script went on minting after the daemon died");
+    env.start();
+    eventually(Duration::from_secs(10), "the restart to revoke the intent", || env.revoked().contains(&lease));
+}
+
+#[test]
+fn a_failing_script_with_a_megabyte_of_stderr_fails_at_once_and_its_stderr_stays_out_of_the_audit_log() {
+    let env = setup(&[("dyn:loud", "loud", json!({}))], json!({"issue_timeout": "20s"}));
+    let t = Instant::now();
+    assert_eq!(errno_of(read(&env.m("dyn/loud"))), libc::EIO);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: stderr was not drained", t.elapsed());
+    let audit = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"error\""), "the failure is audited: {audit}");
+    assert!(!audit.contains("secret-in-stderr") && !audit.contains("eeee"), "stderr reached the audit log");
+    assert!(env.log().contains("stderr"), "stderr goes to the daemon log (truncated)");
+}
+
+#[test]
+fn a_value_in_a_malformed_document_never_reaches_check_or_the_log() {
+    let mut env = Env::new();
+    env.doc("bad.json", "{\n  \"path\": \"app:db\",\n  \"data\": \"hunter2\"\n}\n");
+    env.doc("bad2.json", "[{\"path\": \"x\", \"attributes\": {\"ttl\": \"hunter3\"}}]");
+    let cfg = env.config(json!({}));
+    let o = run(BIN, &["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("bad.json:3:") && err.contains("invalid type: string"), "named by position and type: {err}");
+    assert!(!err.contains("hunter2") && !err.contains("hunter3"), "check quoted a value: {err}");
+    env.start();
+    assert!(env.log().contains("bad.json"), "{}", env.log());
+    assert!(!env.log().contains("hunter2") && !env.log().contains("hunter3"), "the log quoted a value");
+}
+
+#[test]
+fn one_uid_cannot_hold_more_than_max_leases_per_uid() {
+    let env = setup(&[("dyn:q", "royal", json!({}))], json!({"max_leases_per_uid": 3}));
+    let f = env.m("dyn/q");
+    let held: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open(&f).unwrap()).collect();
+    let e = std::fs::File::open(&f).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    let audit = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
+    assert!(audit.lines().any(|l| l.contains("\"deny\"") && l.contains("\"quota\"")), "{audit}");
+    drop(held);
+    // Closed, their bytes are gone and they no longer count.
+    assert!(std::fs::File::open(&f).is_ok());
+}
+
+#[test]
+fn hostile_names_and_files_are_named_and_dangling_links_fail_check() {
+    let mut env = Env::new();
+    let deep = (0..500).map(|i| format!("d{i}")).collect::<Vec<_>>().join(":");
+    env.doc(
+        "names.json",
+        &json!([
+            {"path": deep, "data": {"value": "deep"}},
+            {"path": "spoof:rtl\u{202e}txt.sh", "data": {"value": "x"}},
+            {"path": "spoof:zero\u{200b}width", "data": {"value": "x"}},
+            {"path": "ok:name", "data": {"value": "fine"}},
+            dynamic("dangling:x", "base:nowhere", json!({})),
+        ])
+        .to_string(),
+    );
+    let fifo = env.docs().join("pipe.json");
+    ok("mkfifo", &[fifo.to_str().unwrap()]);
+    let cfg = env.config(json!({}));
+    let o = run(BIN, &["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("more than 64 segments"), "{err}");
+    assert_eq!(err.matches("invisible or bidirectional").count(), 2, "{err}");
+    assert!(err.contains("pipe.json: not a regular file"), "{err}");
+    assert!(err.contains("dangling/x links to \"base:nowhere\""), "{err}");
+    env.start();
+    assert_eq!(cat(&env.m("ok/name")), "fine");
+}
+
+#[test]
+fn the_revoke_file_takes_ids_in_order_refuses_empty_writes_and_audits_who() {
+    let env = setup(&[("dyn:r", "royal", json!({}))], json!({}));
+    let f = std::fs::File::open(env.m("dyn/r")).unwrap();
+    let id = env.leases()[0]["id"].as_str().unwrap().to_string();
+    let revoke = env.m(".leasefs/revoke");
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut w = std::fs::OpenOptions::new().write(true).open(&revoke).unwrap();
+    assert_eq!(w.write(b"\n").unwrap_err().raw_os_error(), Some(libc::EINVAL), "an empty line");
+    let w2 = std::fs::OpenOptions::new().write(true).open(&revoke).unwrap();
+    assert_eq!(w2.write_at(id.as_bytes(), 100).unwrap_err().raw_os_error(), Some(libc::EINVAL), "a write past the start");
+    let mut w3 = std::fs::OpenOptions::new().write(true).open(&revoke).unwrap();
+    w3.write_all(format!("{id}\n").as_bytes()).unwrap();
+    drop(f);
+    eventually(Duration::from_secs(5), "the revocation", || env.revoked().contains(&id));
+    let audit = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
+    let rev = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "revoke" && v["outcome"] == "revoke")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(rev["uid"], 0, "the revoke names who asked: {rev}");
+    assert!(audit.lines().filter(|l| l.contains("\"refused\"")).count() >= 2, "refused writes are audited: {audit}");
+}
+
+#[test]
+fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
+    let env = setup(&[], json!({}));
+    assert!(env.log().contains("mounted"));
+    assert!(!env.log().contains('\u{1b}'), "ANSI escape codes in a log file");
+}

@@ -305,3 +305,47 @@ fn renew_while_open_keeps_an_openbao_lease_alive_past_its_duration() {
     // Closed: no more renewals; the lease ends at its expiry.
     eventually(Duration::from_secs(8), "the lease ends once closed", || env.leases().is_empty());
 }
+
+#[test]
+fn a_createrole_admin_that_is_not_a_superuser_issues_and_revokes() {
+    let pg = pg();
+    // The admin the docs describe: CREATEROLE and the granted privileges WITH GRANT OPTION only.
+    let admin = "lfs_admin_nosuper";
+    let admin_pw = "admin-pw-Zq81";
+    if !pg.role_exists(admin) {
+        pg.admin(&format!("CREATE ROLE {admin} WITH LOGIN CREATEROLE PASSWORD '{admin_pw}'"));
+        pg.admin(&format!("GRANT SELECT ON orders TO {admin} WITH GRANT OPTION"));
+    }
+    assert_eq!(pg.admin(&format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{admin}'")), "f");
+    let mut env = Env::new();
+    let mut base = pg.base_data();
+    base["username"] = admin.into();
+    base["password"] = admin_pw.into();
+    let docs = json!([
+        {"path": "base:db:limited", "attributes": {"type": "postgres"}, "data": base},
+        dynamic("dynamic:db:ro", "base:db:limited", json!({
+            "ttl": "3s", "format": "json", "grants": ["GRANT SELECT ON orders TO {{name}}"]
+        })),
+    ]);
+    env.doc("db.json", &docs.to_string());
+    env.config(json!({}));
+    env.start();
+    let (user, pw) = cred(&env, "dynamic/db/ro");
+    let o = pg.psql(&user, &pw, "SELECT count(*) FROM orders");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut session = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", &user, "-d", "postgres", "-tAc", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", &pw)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the role to be dropped by the non-superuser admin", || !pg.role_exists(&user));
+    let t = Instant::now();
+    while session.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the open session survived revocation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = read(&env.m(".leasefs/metrics")).unwrap();
+    assert!(!metrics.contains("leasefs_revocation_failures_total{issuer=\"postgres\"}"), "{metrics}\n{}", env.log());
+}

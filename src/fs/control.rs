@@ -55,14 +55,18 @@ pub fn contents(c: Control, v: &View<'_>) -> Bytes {
     zeroize::Zeroizing::new(text.into_bytes())
 }
 
-/// A write to `/.leasefs/revoke`: lease ids (one per line or word), or `all`.
+/// A write to `/.leasefs/revoke`: lease ids (one per line or word), or `all`. Nothing in it (an
+/// empty line) is an error, and so is an unknown id; ids before it in the same write are revoked.
 pub fn revoke(leases: &Arc<LeaseManager>, data: &[u8], who: &Requester) -> Result<usize, FsError> {
     let text = std::str::from_utf8(data).map_err(|_| FsError::new(libc::EINVAL, "write a lease id or \"all\""))?;
+    if text.split_whitespace().next().is_none() {
+        return Err(FsError::new(libc::EINVAL, "nothing to revoke: write a lease id or \"all\""));
+    }
     for word in text.split_whitespace() {
         if word == "all" {
-            let n = leases.revoke_all(EndReason::Revoke).len();
-            tracing::info!(count = n, comm = %who.comm, "revoke all requested");
-        } else if !leases.revoke(word) {
+            let n = leases.revoke_all_by(EndReason::Revoke, Some(who)).len();
+            tracing::info!(count = n, uid = who.uid, comm = %who.comm, "revoke all requested");
+        } else if !leases.revoke_by(word, Some(who)) {
             return Err(FsError::new(libc::ENOENT, "no live lease with that id"));
         }
     }

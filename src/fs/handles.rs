@@ -17,6 +17,8 @@ pub struct Handle {
     pub bytes: Arc<SharedBytes>,
     /// The lease behind a dynamic secret's handle.
     pub lease: Option<Arc<Lease>>,
+    /// Bytes written so far (the control file `revoke` takes writes in order only).
+    pub written: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +75,17 @@ impl Handles {
             .map(|h| h.bytes.clone())
     }
 
+    /// Accepts a write of `n` bytes at `offset` on `fh` if it continues what was written so far.
+    pub fn advance(&self, fh: u64, offset: u64, n: u64) -> Option<bool> {
+        let mut g = self.inner.lock();
+        let h = g.by_fh.get_mut(&fh)?;
+        if h.written != offset {
+            return Some(false);
+        }
+        h.written += n;
+        Some(true)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().by_fh.len()
     }
@@ -90,9 +103,9 @@ mod tests {
     fn fstat_finds_the_holders_handle_without_scanning() {
         let hs = Handles::default();
         let b = |n: usize| Arc::new(SharedBytes::new(zeroize::Zeroizing::new(vec![1u8; n])));
-        let a = hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None });
-        let c = hs.insert(Handle { ino: 5, pid: 10, bytes: b(7), lease: None });
-        hs.insert(Handle { ino: 5, pid: 11, bytes: b(1), lease: None });
+        let a = hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None, written: 0 });
+        let c = hs.insert(Handle { ino: 5, pid: 10, bytes: b(7), lease: None, written: 0 });
+        hs.insert(Handle { ino: 5, pid: 11, bytes: b(1), lease: None, written: 0 });
         assert_eq!(hs.held_by(5, 10).unwrap().len(), Some(7));
         hs.remove(c);
         assert_eq!(hs.held_by(5, 10).unwrap().len(), Some(3));

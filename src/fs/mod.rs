@@ -204,6 +204,42 @@ impl LeaseFs {
         problems
     }
 
+    /// The base secrets of one issuer kind, with their sources (for `check`).
+    pub fn bases_of(&self, kind: crate::policy::IssuerKind) -> Vec<(Arc<SecretMeta>, Arc<dyn Source>)> {
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            let listed = slot.last.lock().0.clone();
+            for meta in listed.iter() {
+                if matches!(meta.kind, SecretKind::Base { issuer, .. } if issuer == kind) {
+                    out.push((meta.clone(), slot.spec.source.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Dynamic entries whose `linkedSecret` names no base secret of their source (for `check`).
+    pub fn dangling_links(&self) -> Vec<String> {
+        let tree = self.tree();
+        let mut out = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let listed = slot.last.lock().0.clone();
+            for meta in listed.iter() {
+                if let SecretKind::Dynamic { link } = &meta.kind {
+                    if tree.base(i, link).is_none() {
+                        out.push(format!(
+                            "{}: {} links to {:?}, which is not a base secret of its source",
+                            slot.spec.source.describe(),
+                            meta.path(),
+                            link.replace('/', ":")
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn health(&self) -> Vec<(String, Health)> {
         self.slots.iter().map(|s| (s.spec.source.describe(), s.last.lock().1.clone())).collect()
     }
@@ -337,7 +373,7 @@ impl LeaseFs {
         lease: Option<Arc<crate::lease::Lease>>,
     ) -> Opened {
         let size = bytes.len().unwrap_or(0) as u64;
-        let fh = self.handles.insert(Handle { ino, pid, bytes, lease });
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0 });
         Opened { fh, direct_io: true, refresh_attr: true, size }
     }
 
@@ -442,15 +478,30 @@ impl LeaseFs {
         }
     }
 
-    /// Writes reach only `/.leasefs/revoke` (a lease id per line, or `all`); everything else is read-only.
-    pub async fn write(&self, ino: u64, data: &[u8], who: Requester) -> Result<usize, FsError> {
+    /// Writes reach only `/.leasefs/revoke` (lease ids, or `all`, in order from the start of the
+    /// file); everything else is read-only. Every refused write to it is audited.
+    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], who: Requester) -> Result<usize, FsError> {
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        match n.kind {
-            NodeKind::Control(Control::Revoke) if self.is_admin(&who) => control::revoke(&self.leases, data, &who),
-            NodeKind::Control(Control::Revoke) => Err(FsError::eacces("the control directory is for root only")),
-            _ => Err(FsError::erofs()),
+        let NodeKind::Control(Control::Revoke) = n.kind else {
+            return Err(FsError::erofs());
+        };
+        let who = who.with_comm();
+        let path = tree.path_of(ino);
+        let result = if !self.is_admin(&who) {
+            Err(FsError::eacces("the control directory is for root only"))
+        } else {
+            match self.handles.advance(fh, offset, data.len() as u64) {
+                None => Err(FsError::bad_handle()),
+                Some(false) => Err(FsError::new(libc::EINVAL, "write lease ids from the start of the file, in order")),
+                Some(true) => control::revoke(&self.leases, data, &who),
+            }
+        };
+        if let Err(e) = &result {
+            let kind = if e.errno == libc::EACCES { EventKind::Deny } else { EventKind::Error };
+            self.record(kind, &path, "refused", Some(&e.message), &who);
         }
+        result
     }
 
     /// `setattr`: only truncating the revoke file (as `echo ID > revoke` does) is accepted.

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expiry};
 use crate::secret::{Requester, SecretFields};
+use crate::trust::Trust;
 
 /// Output larger than this is refused (`EIO`).
 pub const MAX_OUTPUT: usize = 1024 * 1024;
@@ -21,8 +22,10 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 const IDENTIFYING: &[&str] =
     &["LeaseId", "lease_id", "Username", "username", "user", "AccessKeyId", "access_key_id", "KeyFilePath", "id"];
 
-#[derive(Default)]
-pub struct ExecIssuer;
+pub struct ExecIssuer {
+    /// Who may own the programs a base names (`--insecure-perms` relaxes it).
+    pub trust: Trust,
+}
 
 /// Kills the script's whole process group and reaps the script unless it finished (a timeout
 /// drops the future mid-run): no process, not even a zombie, is left behind.
@@ -64,6 +67,24 @@ fn command_of(base: &SecretFields, key: &str) -> Result<Option<Vec<String>>, Lea
     Ok(Some(argv))
 }
 
+/// Checks the programs a base secret names (`command`, `revoke_command`) as they would be run.
+pub fn check_programs(trust: &Trust, base: &SecretFields) -> Vec<String> {
+    let mut problems = Vec::new();
+    for key in ["command", "revoke_command"] {
+        match command_of(base, key) {
+            Ok(Some(argv)) => {
+                if let Err(why) = trust.check_program(&argv[0], PATH) {
+                    problems.push(format!("{key} {:?} is not trusted: {why}", argv[0]));
+                }
+            }
+            Ok(None) if key == "command" => problems.push("no \"command\"".into()),
+            Ok(None) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    problems
+}
+
 fn sanitize(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(STDERR_LOGGED)];
     let s: String =
@@ -75,9 +96,14 @@ fn sanitize(bytes: &[u8]) -> String {
     }
 }
 
-async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ran, LeaseError> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+async fn run(trust: &Trust, argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ran, LeaseError> {
+    // A program others could have written or replaced is never run (SPEC §9.1).
+    trust
+        .check_program(&argv[0], PATH)
+        .map_err(|why| LeaseError::failed(format!("exec: {:?} is not trusted: {why}", argv[0])))?;
+    let wrapped = super::guard::wrap(argv);
+    let mut cmd = tokio::process::Command::new(&wrapped[0]);
+    cmd.args(&wrapped[1..])
         .env_clear()
         .env("PATH", PATH)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -87,6 +113,14 @@ async fn run(argv: &[String], env: &[(&str, String)], stdin: &[u8]) -> Result<Ra
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; the guard (or the script itself, without a guard)
+    // gets SIGTERM/SIGKILL when the daemon's thread that started it dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| LeaseError::failed(format!("exec: cannot run {:?}: {e}", argv[0])))?;
     let mut sin = child.stdin.take();
     let mut sout = child.stdout.take().expect("piped");
@@ -224,6 +258,12 @@ fn to_secret_json<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
 
 #[async_trait]
 impl Issuer for ExecIssuer {
+    /// With a `revoke_command`, the lease is journaled before the program runs: if the daemon
+    /// dies while it runs, the next start revokes by lease id (`LEASEFS_LEASE_ID`).
+    fn prepare(&self, req: &IssueRequest<'_>) -> Option<serde_json::Value> {
+        req.base.get("revoke_command").map(|_| serde_json::json!({"exec": "intent"}))
+    }
+
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         let argv = command_of(req.base, "command")?
             .ok_or_else(|| LeaseError::failed("exec: the base secret has no \"command\""))?;
@@ -238,7 +278,7 @@ impl Issuer for ExecIssuer {
         };
         let stdin = to_secret_json(&body);
         let env = tokens(req.lease_id, &id, name, req.path, req.requester);
-        let ran = run(&argv, &env, &stdin).await?;
+        let ran = run(&self.trust, &argv, &env, &stdin).await?;
         if !ran.status.success() {
             // Its stderr goes to the daemon log only: never to the audit log or a reader.
             return Err(LeaseError::failed(format!("exec: {:?} failed ({})", argv[0], ran.status))
@@ -264,7 +304,7 @@ impl Issuer for ExecIssuer {
             ("LEASEFS_SECRET_ID", req.secret_id.to_string()),
             ("LEASEFS_SECRET_PATH", req.path.to_string()),
         ];
-        let ran = run(&argv, &env, &stdin).await?;
+        let ran = run(&self.trust, &argv, &env, &stdin).await?;
         if !ran.status.success() {
             return Err(LeaseError::failed(format!("exec: revoke {:?} failed ({})", argv[0], ran.status))
                 .with_log_detail(format!("stderr: {}", ran.stderr)));

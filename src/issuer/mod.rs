@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod exec;
+pub mod guard;
 pub mod jwt;
 pub mod openbao;
 pub mod postgres;
@@ -84,12 +85,13 @@ pub struct Issuers {
 }
 
 impl Issuers {
-    /// The issuers built into this binary, one per [`IssuerKind`]; `timeout` bounds their network calls.
-    pub fn builtin(timeout: Duration) -> Self {
+    /// The issuers built into this binary, one per [`IssuerKind`]; `timeout` bounds their network
+    /// calls; `strict_perms` refuses programs others could have changed.
+    pub fn builtin(timeout: Duration, strict_perms: bool) -> Self {
         let mut i = Issuers::default();
         for kind in IssuerKind::ALL {
             let issuer: Arc<dyn Issuer> = match kind {
-                IssuerKind::Exec => Arc::new(exec::ExecIssuer),
+                IssuerKind::Exec => Arc::new(exec::ExecIssuer { trust: crate::trust::Trust::new(strict_perms) }),
                 IssuerKind::Jwt => Arc::new(jwt::JwtIssuer),
                 IssuerKind::Postgres => Arc::new(postgres::PostgresIssuer::new(timeout)),
                 IssuerKind::Aws => Arc::new(aws::AwsIssuer::new(timeout)),

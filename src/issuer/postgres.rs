@@ -206,10 +206,26 @@ async fn drop_role(client: &Client, role: &str) -> Result<(), LeaseError> {
     }
     let q = quote_ident(role);
     client.batch_execute(&format!("ALTER ROLE {q} NOLOGIN")).await.map_err(|e| fail(db_error(&e)))?;
-    client
+    // An admin that is not a superuser (CREATEROLE, its privileges WITH GRANT OPTION) may end the
+    // role's sessions and drop what it was granted only as a member of it: it makes itself one
+    // (CREATEROLE allows that for roles it may administer; a superuser needs nothing).
+    let superuser: bool = client
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = CURRENT_USER", &[])
+        .await
+        .map_err(|e| fail(db_error(&e)))?
+        .get(0);
+    if !superuser {
+        acl_change(client, &format!("GRANT {q} TO CURRENT_USER"))
+            .await
+            .map_err(|e| fail(format!("the admin cannot take membership of the role to revoke it: {}", db_error(&e))))?;
+    }
+    let terminated = client
         .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role])
         .await
-        .map_err(|e| fail(db_error(&e)))?;
+        .map_err(|e| fail(format!("cannot end the role's sessions: {}", db_error(&e))))?;
+    if terminated.iter().any(|r| !r.get::<_, bool>(0)) {
+        return Err(fail("a session of the role could not be terminated"));
+    }
     acl_change(client, &format!("REASSIGN OWNED BY {q} TO CURRENT_USER; DROP OWNED BY {q}; DROP ROLE IF EXISTS {q}"))
         .await
         .map_err(|e| fail(format!("DROP ROLE failed: {}", db_error(&e))))

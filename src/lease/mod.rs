@@ -425,6 +425,11 @@ impl LeaseManager {
     /// Ends a lease once: zeroizes its bytes (open handles then read EKEYEXPIRED), removes it from
     /// the table, and revokes it at its issuer in the background.
     pub fn end(self: &Arc<Self>, lease: &Arc<Lease>, why: EndReason) -> Option<JoinHandle<()>> {
+        self.end_by(lease, why, None)
+    }
+
+    /// `end`, on behalf of `who` (recorded in the audit log).
+    pub fn end_by(self: &Arc<Self>, lease: &Arc<Lease>, why: EndReason, who: Option<&Requester>) -> Option<JoinHandle<()>> {
         if !lease.mark_ended() {
             return None;
         }
@@ -439,7 +444,7 @@ impl LeaseManager {
             self.deadlines.forget(lease);
         }
         let kind = if why == EndReason::Expire { EventKind::Expire } else { EventKind::Revoke };
-        self.audit(kind, lease, why.as_str(), None);
+        self.audit(kind, lease, why.as_str(), who);
         tracing::info!(lease = %lease.id, path = %lease.path(), reason = why.as_str(), "lease ended; revoking");
         Some(self.engine.spawn(Job {
             lease_id: lease.id.clone(),
@@ -452,9 +457,14 @@ impl LeaseManager {
 
     /// Revokes one lease by id (`/.leasefs/revoke`, `leasefs revoke`).
     pub fn revoke(self: &Arc<Self>, id: &str) -> bool {
+        self.revoke_by(id, None)
+    }
+
+    /// `revoke`, on behalf of `who`.
+    pub fn revoke_by(self: &Arc<Self>, id: &str, who: Option<&Requester>) -> bool {
         match self.get(id) {
             Some(l) => {
-                self.end(&l, EndReason::Revoke);
+                self.end_by(&l, EndReason::Revoke, who);
                 true
             }
             None => false,
@@ -463,7 +473,12 @@ impl LeaseManager {
 
     /// Revokes every live lease.
     pub fn revoke_all(self: &Arc<Self>, why: EndReason) -> Vec<JoinHandle<()>> {
-        self.table.all().iter().filter_map(|l| self.end(l, why)).collect()
+        self.revoke_all_by(why, None)
+    }
+
+    /// `revoke_all`, on behalf of `who`.
+    pub fn revoke_all_by(self: &Arc<Self>, why: EndReason, who: Option<&Requester>) -> Vec<JoinHandle<()>> {
+        self.table.all().iter().filter_map(|l| self.end_by(l, why, who)).collect()
     }
 
     /// At shutdown: revoke every live lease and wait (bounded) for the revocations.

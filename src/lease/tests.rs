@@ -272,7 +272,8 @@ async fn concurrent_opens_that_may_share_wait_for_one_issuance() {
         .collect();
     let mut ids = std::collections::HashSet::new();
     for o in opens {
-        ids.insert(o.await.unwrap().ok().expect("opened").id.clone());
+        let Ok(l) = o.await.unwrap() else { panic!("an open failed") };
+        ids.insert(l.id.clone());
     }
     assert_eq!(ids.len(), 1, "200 concurrent opens by one uid share one lease");
     assert_eq!(i.issued.load(Ordering::SeqCst), 1);

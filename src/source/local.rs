@@ -9,24 +9,24 @@ use super::document::{parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::diag::FileError;
 use crate::secret::{Locator, SecretFields, SecretMeta};
-use crate::trust::check_private;
+use crate::trust::Trust;
 
 /// Documents larger than this are refused (a secret catalog is small; this bounds memory).
 pub const MAX_DOCUMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 pub struct LocalSource {
     root: PathBuf,
-    /// Refuse documents readable by group or others (`--insecure-perms` turns this off).
-    strict_perms: bool,
+    /// Who may own and change documents and their directories (`--insecure-perms` relaxes it).
+    trust: Trust,
 }
 
 impl LocalSource {
     pub fn new(root: PathBuf, strict_perms: bool) -> Self {
-        LocalSource { root, strict_perms }
+        LocalSource { root, trust: Trust::new(strict_perms) }
     }
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, depth: usize) {
+fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, depth: usize, trust: &Trust) {
     if depth > 32 {
         problems.push(FileError::whole(dir, "directory nesting deeper than 32 levels; not read"));
         return;
@@ -48,7 +48,11 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, de
         let path = e.path();
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
-            collect(&path, out, problems, depth + 1);
+            // A directory others can write to, or that someone else owns: nothing under it is read.
+            match std::fs::metadata(&path).map_err(|e| e.to_string()).and_then(|m| trust.check_owned(&m)) {
+                Ok(()) => collect(&path, out, problems, depth + 1, trust),
+                Err(why) => problems.push(FileError::whole(&path, format!("directory not trusted ({why}); everything under it is skipped"))),
+            }
         } else if path.extension().is_some_and(|x| x == "json") {
             // Never opened unless it is a regular file: a FIFO would block the listing.
             match std::fs::metadata(&path) {
@@ -71,28 +75,31 @@ fn read_span(path: &Path, offset: u64, len: u32) -> Option<Zeroizing<String>> {
     Some(Zeroizing::new(text.to_string()))
 }
 
-fn read_text(path: &Path, strict: bool) -> Result<(Zeroizing<String>, std::fs::Metadata), String> {
+fn read_text(path: &Path, trust: &Trust) -> Result<(Zeroizing<String>, std::fs::Metadata), String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.len() > MAX_DOCUMENT_BYTES {
         return Err(format!("{} bytes is over the {MAX_DOCUMENT_BYTES} byte limit", meta.len()));
     }
-    if strict {
-        check_private(&meta)?;
-    }
+    trust.check_private(&meta)?;
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| e.to_string())?);
     let text = std::str::from_utf8(&bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
     Ok((Zeroizing::new(text.to_string()), meta))
 }
 
-fn list_dir(root: &Path, strict: bool) -> Result<Listing, SourceError> {
+fn list_dir(root: &Path, trust: &Trust) -> Result<Listing, SourceError> {
     if !root.is_dir() {
         return Err(SourceError::Unavailable(format!("{} is not a readable directory", root.display())));
     }
     let mut files = Vec::new();
     let mut listing = Listing::default();
-    collect(root, &mut files, &mut listing.problems, 0);
+    // The root and every directory above it: if others can change them, no document is read.
+    if let Err(why) = trust.check_dirs(root) {
+        listing.problems.push(FileError::whole(root, format!("not trusted ({why}); no document under it is read")));
+        return Ok(listing);
+    }
+    collect(root, &mut files, &mut listing.problems, 0, trust);
     for f in files {
-        match read_text(&f, strict) {
+        match read_text(&f, trust) {
             Ok((text, meta)) => {
                 let mtime = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
                 let parsed = parse_file(&f, &text, mtime);
@@ -113,8 +120,8 @@ impl Source for LocalSource {
 
     async fn list(&self) -> Result<Listing, SourceError> {
         let root = self.root.clone();
-        let strict = self.strict_perms;
-        tokio::task::spawn_blocking(move || list_dir(&root, strict))
+        let trust = self.trust;
+        tokio::task::spawn_blocking(move || list_dir(&root, &trust))
             .await
             .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }
@@ -123,8 +130,8 @@ impl Source for LocalSource {
         let Locator::File { file, index, offset, len } = &secret.locator else {
             return Err(SourceError::Invalid(format!("{} has no document file", secret.path())));
         };
-        let (doc, index, offset, len, path, strict) =
-            (file.clone(), *index as usize, *offset, *len, secret.path().to_string(), self.strict_perms);
+        let (doc, index, offset, len, path, trust) =
+            (file.clone(), *index as usize, *offset, *len, secret.path().to_string(), self.trust);
         tokio::task::spawn_blocking(move || {
             let file = &doc.path;
             let gone = |m: String| {
@@ -133,15 +140,13 @@ impl Source for LocalSource {
             };
             // Unchanged since listing: read just this document's bytes.
             let meta = std::fs::metadata(file).map_err(|e| gone(e.to_string()))?;
-            if strict {
-                check_private(&meta).map_err(gone)?;
-            }
+            trust.check_private(&meta).map_err(gone)?;
             if meta.len() == doc.size && meta.modified().ok() == Some(doc.mtime) {
                 if let Some(r) = read_span(file, offset, len).and_then(|t| read_doc(&t, &path)) {
                     return r.map_err(|m| SourceError::Invalid(format!("{}: {m}", file.display())));
                 }
             }
-            let (text, _) = read_text(file, strict).map_err(gone)?;
+            let (text, _) = read_text(file, &trust).map_err(gone)?;
             read_data(file, &text, index, &path).map_err(SourceError::Invalid)
         })
         .await
