@@ -166,14 +166,15 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
 
 /// Mounts and serves until SIGTERM/SIGINT (or an external unmount), then unmounts cleanly.
 pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
+    // First, while this process has one thread and no files: exec scripts die with the daemon.
+    if let Err(e) = crate::issuer::guard::start() {
+        tracing::warn!(error = %e, "cannot start the exec guard; a script running when the daemon dies may outlive it");
+    }
     crate::memlock::harden_process();
     if opts.insecure_perms {
-        tracing::warn!("--insecure-perms: ownership and mode checks of the config, documents, their directories and exec programs are OFF; anyone who can write them can read every secret and run programs as this daemon");
-    }
-    // exec scripts run under this binary as their guard, so that they die with the daemon.
-    match std::env::current_exe() {
-        Ok(me) => crate::issuer::guard::install(me),
-        Err(e) => tracing::warn!(error = %e, "cannot find this binary; exec scripts will not be killed with their children if the daemon dies"),
+        tracing::warn!(
+            "--insecure-perms: ownership and mode checks of the config, documents, their directories and exec programs are OFF; anyone who can write them can read every secret and run programs as this daemon"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("leasefs-rt").build()?;
     let (fs, orphans) = build_fs(&cfg, &opts, true)?;

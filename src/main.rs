@@ -147,11 +147,6 @@ fn main() -> ExitCode {
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount.leasefs")) {
         return mount_helper(std::env::args().skip(1).collect());
     }
-    // The guard an exec script runs under (not a user command).
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == leasefs::issuer::guard::ARG) {
-        return ExitCode::from(leasefs::issuer::guard::main(&args[2..]).clamp(0, 255) as u8);
-    }
     let cli = Cli::parse();
     init_logs(&cli.log_level, cli.log_format);
     match cli.command {

@@ -374,7 +374,11 @@ fn the_revoke_file_takes_ids_in_order_refuses_empty_writes_and_audits_who() {
     let mut w = std::fs::OpenOptions::new().write(true).open(&revoke).unwrap();
     assert_eq!(w.write(b"\n").unwrap_err().raw_os_error(), Some(libc::EINVAL), "an empty line");
     let w2 = std::fs::OpenOptions::new().write(true).open(&revoke).unwrap();
-    assert_eq!(w2.write_at(id.as_bytes(), 100).unwrap_err().raw_os_error(), Some(libc::EINVAL), "a write past the start");
+    assert_eq!(
+        w2.write_at(id.as_bytes(), 100).unwrap_err().raw_os_error(),
+        Some(libc::EINVAL),
+        "a write past the start"
+    );
     let mut w3 = std::fs::OpenOptions::new().write(true).open(&revoke).unwrap();
     w3.write_all(format!("{id}\n").as_bytes()).unwrap();
     drop(f);

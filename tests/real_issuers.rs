@@ -334,7 +334,18 @@ fn a_createrole_admin_that_is_not_a_superuser_issues_and_revokes() {
     let o = pg.psql(&user, &pw, "SELECT count(*) FROM orders");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut session = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", &user, "-d", "postgres", "-tAc", "SELECT pg_sleep(30)"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            &user,
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT pg_sleep(30)",
+        ])
         .env("PGPASSWORD", &pw)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

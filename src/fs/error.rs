@@ -61,7 +61,12 @@ impl ToErrno for FsError {
 
 impl From<LeaseError> for FsError {
     fn from(e: LeaseError) -> Self {
-        FsError { errno: e.errno(), message: e.to_string(), level: e.level(), log_detail: e.log_detail().map(str::to_string) }
+        FsError {
+            errno: e.errno(),
+            message: e.to_string(),
+            level: e.level(),
+            log_detail: e.log_detail().map(str::to_string),
+        }
     }
 }
 

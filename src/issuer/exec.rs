@@ -36,6 +36,7 @@ struct GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
+        super::guard::finished(self.pgid);
         if let Some(mut child) = self.child.take() {
             if self.pgid > 0 {
                 // SAFETY: signalling a process group we created.
@@ -101,9 +102,8 @@ async fn run(trust: &Trust, argv: &[String], env: &[(&str, String)], stdin: &[u8
     trust
         .check_program(&argv[0], PATH)
         .map_err(|why| LeaseError::failed(format!("exec: {:?} is not trusted: {why}", argv[0])))?;
-    let wrapped = super::guard::wrap(argv);
-    let mut cmd = tokio::process::Command::new(&wrapped[0]);
-    cmd.args(&wrapped[1..])
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .env_clear()
         .env("PATH", PATH)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -113,19 +113,13 @@ async fn run(trust: &Trust, argv: &[String], env: &[(&str, String)], stdin: &[u8
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; the guard (or the script itself, without a guard)
-    // gets SIGTERM/SIGKILL when the daemon's thread that started it dies.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().map_err(|e| LeaseError::failed(format!("exec: cannot run {:?}: {e}", argv[0])))?;
     let mut sin = child.stdin.take();
     let mut sout = child.stdout.take().expect("piped");
     let mut serr = child.stderr.take().expect("piped");
     let mut guard = GroupGuard { pgid: child.id().map(|p| p as i32).unwrap_or(0), child: Some(child) };
+    // Killed with its children if the daemon dies while it runs.
+    super::guard::started(guard.pgid);
     let write = async {
         if let Some(s) = sin.as_mut() {
             // A script that ignores stdin may close it early: that is not an error.
@@ -166,6 +160,7 @@ async fn run(trust: &Trust, argv: &[String], env: &[(&str, String)], stdin: &[u8
     // Children the script left behind in its group are not ours to keep.
     // SAFETY: signalling the process group we created; harmless if it is empty.
     unsafe { libc::killpg(guard.pgid, libc::SIGKILL) };
+    drop(guard);
     Ok(Ran { status, stdout, stderr: sanitize(&err) })
 }
 

@@ -1,100 +1,92 @@
-//! The guard an `exec` script runs under, so that it dies with the daemon (SPEC §9.7): a small
-//! process (`leasefs __exec-guard`) that leads the script's process group, is told by the kernel
-//! when the daemon dies (`PR_SET_PDEATHSIG`), and then kills the whole group — the script and
-//! every child it started — before a credential minted by a dead daemon can escape the journal.
+//! The guard that makes `exec` scripts die with the daemon (SPEC §9.7).
+//!
+//! At start, before any thread or file exists, the daemon forks one small guard process and keeps
+//! the write end of a pipe to it. Each script's process group is registered with the guard while
+//! it runs. When the daemon dies — however it dies, `kill -9` included — the kernel closes the
+//! pipe, and the guard kills every registered group (the script and every child it started)
+//! before a credential minted by a dead daemon can escape the journal. Scripts themselves are
+//! spawned the cheap way (`posix_spawn`); registering costs one pipe write.
 
-use std::ffi::OsString;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-/// The argument that makes the `leasefs` binary act as the guard.
-pub const ARG: &str = "__exec-guard";
+use parking_lot::Mutex;
 
-static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+static PIPE: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
 
-/// Scripts run under `program __exec-guard …` from now on (the daemon sets its own binary).
-pub fn install(program: PathBuf) {
-    let _ = PROGRAM.set(program);
-}
-
-/// The argv that runs `argv` under the guard, or `argv` itself when no guard is installed.
-pub fn wrap(argv: &[String]) -> Vec<OsString> {
-    match PROGRAM.get() {
-        Some(p) => {
-            // SAFETY: getpid cannot fail.
-            let me = unsafe { libc::getpid() };
-            let mut v: Vec<OsString> = vec![p.into(), ARG.into(), me.to_string().into(), "--".into()];
-            v.extend(argv.iter().map(OsString::from));
-            v
+/// Starts the guard. Call it first thing in the daemon, while it has one thread and no files.
+pub fn start() -> std::io::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into an array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the daemon has a single thread here, so the child may run ordinary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: our own descriptors and signal dispositions.
+            unsafe {
+                libc::close(fds[1]);
+                // It holds nothing of the daemon's: not its terminal, not its log pipe.
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                }
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                libc::prctl(libc::PR_SET_NAME, c"leasefs-guard".as_ptr());
+            }
+            // SAFETY: fds[0] is the read end we own.
+            serve(unsafe { std::fs::File::from_raw_fd(fds[0]) });
+            // SAFETY: leaving the forked process without running the parent's destructors.
+            unsafe { libc::_exit(0) }
         }
-        None => argv.iter().map(OsString::from).collect(),
-    }
-}
-
-fn sigset(sig: i32) -> libc::sigset_t {
-    // SAFETY: a sigset_t we own, initialised by sigemptyset before use.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        set
-    }
-}
-
-/// The guard itself: `args` are `PARENT_PID -- PROGRAM ARGS…`. Returns the exit code.
-pub fn main(args: &[OsString]) -> i32 {
-    let (Some(parent), Some(rest)) = (
-        args.first().and_then(|p| p.to_str()?.parse::<i32>().ok()),
-        args.iter().position(|a| a == "--").map(|i| &args[i + 1..]),
-    ) else {
-        eprintln!("usage: leasefs {ARG} PARENT_PID -- PROGRAM [ARGS…]");
-        return 2;
-    };
-    let Some((program, program_args)) = rest.split_first() else { return 2 };
-    let term = sigset(libc::SIGTERM);
-    // SAFETY: plain syscalls on our own process; SIGTERM is blocked so that it is waited for below.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-        if libc::getppid() != parent {
-            return 137; // the daemon died before we could watch it
-        }
-    }
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(program_args);
-    // SAFETY: only async-signal-safe calls between fork and exec: the script starts with no
-    // signal blocked.
-    unsafe {
-        cmd.pre_exec(|| {
-            let all = sigset(libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &all, std::ptr::null_mut());
+        _ => {
+            // SAFETY: fds[0] belongs to the guard now; fds[1] is ours.
+            unsafe { libc::close(fds[0]) };
+            let _ = PIPE.set(Mutex::new(unsafe { std::fs::File::from_raw_fd(fds[1]) }));
             Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot run {}: {e}", program.to_string_lossy());
-            return 127;
-        }
-    };
-    let wait = libc::timespec { tv_sec: 0, tv_nsec: 50_000_000 };
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(9)),
-            Ok(None) => {}
-            Err(_) => return 1,
-        }
-        // SAFETY: waits for the blocked SIGTERM with a timeout; no memory is shared.
-        let got = unsafe { libc::sigtimedwait(&term, std::ptr::null_mut(), &wait) };
-        if got == libc::SIGTERM {
-            // The daemon is gone (or asks us to stop): the whole group goes, us included.
-            // SAFETY: signalling our own process group.
-            unsafe { libc::killpg(0, libc::SIGKILL) };
-            std::thread::sleep(Duration::from_millis(100));
-            return 137;
         }
     }
+}
+
+/// The guard: keeps the registered process groups until the pipe closes, then kills them.
+fn serve(mut pipe: std::fs::File) {
+    let mut groups = std::collections::HashSet::new();
+    let mut msg = [0u8; 5];
+    while pipe.read_exact(&mut msg).is_ok() {
+        let pgid = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+        if msg[0] == b'+' {
+            groups.insert(pgid);
+        } else {
+            groups.remove(&pgid);
+        }
+    }
+    for g in groups {
+        // SAFETY: signalling a process group a script of ours leads.
+        unsafe { libc::killpg(g, libc::SIGKILL) };
+    }
+}
+
+fn send(op: u8, pgid: i32) {
+    if let Some(p) = PIPE.get() {
+        let mut m = [op, 0, 0, 0, 0];
+        m[1..].copy_from_slice(&pgid.to_le_bytes());
+        let _ = p.lock().write_all(&m);
+    }
+}
+
+/// A script's process group to kill if the daemon dies.
+pub fn started(pgid: i32) {
+    send(b'+', pgid);
+}
+
+/// That group is gone (the script ended or was killed).
+pub fn finished(pgid: i32) {
+    send(b'-', pgid);
 }

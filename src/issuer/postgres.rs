@@ -215,9 +215,9 @@ async fn drop_role(client: &Client, role: &str) -> Result<(), LeaseError> {
         .map_err(|e| fail(db_error(&e)))?
         .get(0);
     if !superuser {
-        acl_change(client, &format!("GRANT {q} TO CURRENT_USER"))
-            .await
-            .map_err(|e| fail(format!("the admin cannot take membership of the role to revoke it: {}", db_error(&e))))?;
+        acl_change(client, &format!("GRANT {q} TO CURRENT_USER")).await.map_err(|e| {
+            fail(format!("the admin cannot take membership of the role to revoke it: {}", db_error(&e)))
+        })?;
     }
     let terminated = client
         .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role])

@@ -429,7 +429,12 @@ impl LeaseManager {
     }
 
     /// `end`, on behalf of `who` (recorded in the audit log).
-    pub fn end_by(self: &Arc<Self>, lease: &Arc<Lease>, why: EndReason, who: Option<&Requester>) -> Option<JoinHandle<()>> {
+    pub fn end_by(
+        self: &Arc<Self>,
+        lease: &Arc<Lease>,
+        why: EndReason,
+        who: Option<&Requester>,
+    ) -> Option<JoinHandle<()>> {
         if !lease.mark_ended() {
             return None;
         }

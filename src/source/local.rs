@@ -51,13 +51,18 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, de
             // A directory others can write to, or that someone else owns: nothing under it is read.
             match std::fs::metadata(&path).map_err(|e| e.to_string()).and_then(|m| trust.check_owned(&m)) {
                 Ok(()) => collect(&path, out, problems, depth + 1, trust),
-                Err(why) => problems.push(FileError::whole(&path, format!("directory not trusted ({why}); everything under it is skipped"))),
+                Err(why) => problems.push(FileError::whole(
+                    &path,
+                    format!("directory not trusted ({why}); everything under it is skipped"),
+                )),
             }
         } else if path.extension().is_some_and(|x| x == "json") {
             // Never opened unless it is a regular file: a FIFO would block the listing.
             match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => out.push(path),
-                Ok(_) => problems.push(FileError::whole(&path, "not a regular file (a FIFO, socket or device); skipped")),
+                Ok(_) => {
+                    problems.push(FileError::whole(&path, "not a regular file (a FIFO, socket or device); skipped"))
+                }
                 Err(e) => problems.push(FileError::whole(&path, format!("cannot read: {e}"))),
             }
         }
