@@ -33,6 +33,37 @@ fn cred(env: &Env, file: &str) -> (String, String) {
     (v["username"].as_str().unwrap().to_string(), v["password"].as_str().unwrap().to_string())
 }
 
+/// A psql session that stays connected (pg_sleep) as `user`.
+fn hold_session(user: &str, pw: &str) -> std::process::Child {
+    std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg().port.to_string(),
+            "-U",
+            user,
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT pg_sleep(30)",
+        ])
+        .env("PGPASSWORD", pw)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The session was terminated by the revocation (it would otherwise run 30 s).
+fn assert_session_ends(mut session: std::process::Child) {
+    let t = Instant::now();
+    while session.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the open session survived revocation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn postgres_credentials_log_in_with_their_grants_and_the_role_is_dropped_at_expiry() {
     let pg = pg();
@@ -46,30 +77,9 @@ fn postgres_credentials_log_in_with_their_grants_and_the_role_is_dropped_at_expi
     let until = pg.admin(&format!("SELECT rolvaliduntil IS NOT NULL FROM pg_roles WHERE rolname = '{user}'"));
     assert_eq!(until, "t");
     // A session open at expiry is terminated, then the role is dropped.
-    let mut session = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            &user,
-            "-d",
-            "postgres",
-            "-tAc",
-            "SELECT pg_sleep(30)",
-        ])
-        .env("PGPASSWORD", &pw)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let session = hold_session(&user, &pw);
     eventually(Duration::from_secs(8), "the role to be dropped after expiry", || !pg.role_exists(&user));
-    let t = Instant::now();
-    while session.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the open session survived revocation");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_session_ends(session);
     let o = pg.psql(&user, &pw, "SELECT 1");
     assert!(!o.status.success(), "a revoked credential still logs in");
     // The template format gives a working URL.
@@ -333,30 +343,9 @@ fn a_createrole_admin_that_is_not_a_superuser_issues_and_revokes() {
     let (user, pw) = cred(&env, "dynamic/db/ro");
     let o = pg.psql(&user, &pw, "SELECT count(*) FROM orders");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut session = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            &user,
-            "-d",
-            "postgres",
-            "-tAc",
-            "SELECT pg_sleep(30)",
-        ])
-        .env("PGPASSWORD", &pw)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let session = hold_session(&user, &pw);
     eventually(Duration::from_secs(10), "the role to be dropped by the non-superuser admin", || !pg.role_exists(&user));
-    let t = Instant::now();
-    while session.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the open session survived revocation");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_session_ends(session);
     let metrics = read(&env.m(".leasefs/metrics")).unwrap();
     assert!(!metrics.contains("leasefs_revocation_failures_total{issuer=\"postgres\"}"), "{metrics}\n{}", env.log());
 }
