@@ -80,9 +80,33 @@ pub fn write_catalog(dir: &Path) -> std::io::Result<Config> {
     })
 }
 
-/// The commands printed once the demo is mounted.
+/// How the user can run this binary from where they stand: `leasefs` when that name on `PATH`
+/// is this very binary, else its full path (e.g. `target/release/leasefs` after `cargo run`).
+pub fn command_name() -> String {
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p).map(|d| d.join("leasefs")).find(|c| c.is_file()).and_then(|c| std::fs::canonicalize(c).ok())
+    });
+    match (me, on_path) {
+        (Some(me), Some(found)) if me == found => "leasefs".into(),
+        (Some(me), _) => shell_quote(&me.to_string_lossy()),
+        (None, _) => "leasefs".into(),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The commands printed once the demo is mounted; each works as printed from the directory the
+/// demo was started in.
 pub fn banner(mnt: &Path, dir: &Path) -> String {
-    let m = mnt.display();
+    let m = shell_quote(&mnt.to_string_lossy());
+    let leasefs = command_name();
     format!(
         "leasefs demo is mounted at {m}. Try, in another terminal:\n\
          \n  ls -lR {m}                       # listing issues nothing\n\
@@ -90,9 +114,9 @@ pub fn banner(mnt: &Path, dir: &Path) -> String {
          \x20 cat {m}/app/db/connection\n\
          \x20 cat {m}/dynamic/token; cat {m}/dynamic/token   # two opens, two fresh tokens\n\
          \x20 cat {m}/dynamic/db-user           # minted by a script (env format)\n\
-         \x20 cat '{m}/royal/Ops admin'         # a Royal TS DynamicCredential\n\
+         \x20 cat {m}/royal/'Ops admin'         # a Royal TS DynamicCredential\n\
          \x20 getfattr -d {m}/dynamic/token\n\
-         \x20 leasefs leases {m}                # live leases (metadata only)\n\
+         \x20 {leasefs} leases {m}                # live leases (metadata only)\n\
          \x20 exec 3< {m}/dynamic/token; sleep 31; cat <&3   # expired: \"Key has expired\"\n\
          \x20 cat {dir}/revoked.jsonl           # what the script was asked to revoke\n\
          \x20 tail -f {audit}\n\
