@@ -46,6 +46,13 @@ if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import boto3' 2>
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6' 'boto3>=1.34' awscli >&2
 fi
 
+# kubernetes-validate: checks the manifests in deploy/kubernetes against the schemas it ships
+# (offline), in the same venv.
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  say "installing kubernetes-validate into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate>=1.30' >&2
+fi
+
 echo "export LEASEFS_PG_BIN='$pg_bin'"
 echo "export LEASEFS_BAO='$bao'"
 echo "export LEASEFS_MOTO_VENV='$venv'"

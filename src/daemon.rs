@@ -124,11 +124,17 @@ pub fn detach(p: &Path) -> std::io::Result<()> {
 
 /// Whether `p` is a mount point listed in /proc/mounts.
 pub fn is_mounted(p: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/mounts") else {
-        return false;
-    };
+    mount_type(p).is_some()
+}
+
+/// The file system type of the mount at `p` (the last one, if several are stacked there).
+fn mount_type(p: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/mounts").ok()?;
     let want = p.to_string_lossy().replace(' ', "\\040");
-    text.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    text.lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        .find_map(|l| l.split(' ').nth(2).map(str::to_string))
 }
 
 /// `statfs` always reaches the filesystem (unlike `stat`, which the kernel may answer from its
@@ -158,8 +164,10 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
         Ok(_) => {}
     }
     let abs = std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
-    if is_mounted(&abs) {
-        bail!("{} is already a mount point (is another leasefs running there?)", abs.display());
+    // A FUSE mount there is another leasefs (or another FUSE file system): refused. Any other
+    // mount point — a container's bind mount of /secrets, a tmpfs — is mounted over.
+    if mount_type(&abs).is_some_and(|t| t.starts_with("fuse")) {
+        bail!("{} is already a mount point of a FUSE file system (is another leasefs running there?)", abs.display());
     }
     Ok(abs)
 }

@@ -85,7 +85,10 @@ pub fn write_catalog(dir: &Path) -> std::io::Result<Config> {
 pub fn command_name() -> String {
     let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
     let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).map(|d| d.join("leasefs")).find(|c| c.is_file()).and_then(|c| std::fs::canonicalize(c).ok())
+        std::env::split_paths(&p)
+            .map(|d| d.join("leasefs"))
+            .find(|c| c.is_file())
+            .and_then(|c| std::fs::canonicalize(c).ok())
     });
     match (me, on_path) {
         (Some(me), Some(found)) if me == found => "leasefs".into(),

@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::tree::Changes;
 use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened};
+use crate::metrics::Request as Op;
 use crate::secret::Requester;
 
 pub struct FuseAdapter {
@@ -86,6 +87,12 @@ fn who(req: &Request) -> Requester {
     Requester::new(req.uid(), req.gid(), req.pid())
 }
 
+impl FuseAdapter {
+    fn count(&self, r: Op) {
+        self.fs.leases().metrics.request(r);
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // FUSE_POSIX_ACL: the kernel caches "no ACL" per inode instead of asking on every `ls -l`
@@ -104,6 +111,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count(Op::Lookup);
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
@@ -129,6 +137,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count(Op::Getattr);
         match self.fs.getattr_entry(ino.0, fh.map(|f| f.0), req.pid()) {
             Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
             Err(e) => reply.error(failed("getattr", ino, &e)),
@@ -153,6 +162,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.count(Op::Setattr);
         if size == Some(0) && mode.is_none() && uid.is_none() && gid.is_none() {
             match self.fs.truncate(ino.0, &who(req)) {
                 Ok(a) => return reply.attr(&Duration::ZERO, &file_attr(&a)),
@@ -204,6 +214,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.count(Op::Open);
         let mut open = self.fs.opening(ino.0, flags.0, who(req));
         // An open the filesystem calls inline (a cached static payload, an in-process issuer such
         // as jwt) is polled once here and answered without a hop to the runtime; if it has to wait
@@ -233,6 +244,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.count(Op::Read);
         // Served from memory under a short lock: never blocks, so it is answered in place.
         self.fs.read(fh.0, offset, size, |r| match r {
             Ok(bytes) => reply.data(bytes),
@@ -252,6 +264,7 @@ impl Filesystem for FuseAdapter {
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.count(Op::Write);
         let fs = self.fs.clone();
         let who = who(req);
         let data = zeroize::Zeroizing::new(data.to_vec());
@@ -264,6 +277,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        self.count(Op::Flush);
         reply.ok()
     }
 
@@ -277,6 +291,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(Op::Release);
         // Releasing may start a revocation (revoke_on_close), which runs on the runtime.
         let _rt = self.rt.enter();
         self.fs.release(fh.0);
@@ -293,6 +308,7 @@ impl Filesystem for FuseAdapter {
     /// Listings are metadata: the kernel keeps them (until a reload changes the directory and
     /// `invalidate` drops them), so a second `find` or `ls -R` never reaches the daemon.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count(Op::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(failed("opendir", ino, &e)),
@@ -300,6 +316,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.count(Op::Readdir);
         let r = self.fs.readdir(ino.0, offset, |e| {
             let kind = if e.attr.kind == EntryKind::Dir { FileType::Directory } else { FileType::RegularFile };
             reply.add(INodeNo(e.ino), e.next, kind, e.name)
@@ -311,6 +328,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        self.count(Op::Readdirplus);
         let ttl = self.fs.entry_ttl();
         let r = self.fs.readdir(ino.0, offset, |e| {
             reply.add(INodeNo(e.ino), e.next, e.name, &ttl, &file_attr(&e.attr), Generation(0))
@@ -322,6 +340,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.count(Op::Statfs);
         let files = self.fs.tree().counts;
         let n = (files.static_secrets + files.dynamic_secrets + files.directories) as u64;
         reply.statfs(0, 0, 0, n, 0, 4096, 255, 4096)
@@ -332,6 +351,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.count(Op::Getxattr);
         let r = match name.to_str() {
             Some(n) => self.fs.getxattr(ino.0, n),
             None => Err(FsError::new(libc::ENODATA, "no such attribute")),
@@ -340,6 +360,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.count(Op::Listxattr);
         xattr_reply(ino, self.fs.listxattr(ino.0), size, reply)
     }
 
@@ -359,12 +380,14 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.count(Op::Ioctl);
         // Answered here, without fuser's warning per call (Python's open() issues one per file).
         reply.error(Errno::from_i32(libc::ENOTTY))
     }
 
     /// ENOSYS makes the kernel handle SEEK_SET/CUR/END itself and remember it.
     fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _o: i64, _w: i32, reply: fuser::ReplyLseek) {
+        self.count(Op::Lseek);
         reply.error(Errno::ENOSYS)
     }
 

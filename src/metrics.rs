@@ -41,6 +41,71 @@ pub struct Ops {
     pub errors: AtomicU64,
 }
 
+/// The FUSE requests the adapter answers, counted by operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Lookup,
+    Getattr,
+    Setattr,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Statfs,
+    Getxattr,
+    Listxattr,
+    Ioctl,
+    Lseek,
+    Other,
+}
+
+impl Request {
+    pub const ALL: [Request; 17] = [
+        Request::Lookup,
+        Request::Getattr,
+        Request::Setattr,
+        Request::Open,
+        Request::Read,
+        Request::Write,
+        Request::Flush,
+        Request::Release,
+        Request::Opendir,
+        Request::Readdir,
+        Request::Readdirplus,
+        Request::Statfs,
+        Request::Getxattr,
+        Request::Listxattr,
+        Request::Ioctl,
+        Request::Lseek,
+        Request::Other,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Request::Lookup => "lookup",
+            Request::Getattr => "getattr",
+            Request::Setattr => "setattr",
+            Request::Open => "open",
+            Request::Read => "read",
+            Request::Write => "write",
+            Request::Flush => "flush",
+            Request::Release => "release",
+            Request::Opendir => "opendir",
+            Request::Readdir => "readdir",
+            Request::Readdirplus => "readdirplus",
+            Request::Statfs => "statfs",
+            Request::Getxattr => "getxattr",
+            Request::Listxattr => "listxattr",
+            Request::Ioctl => "ioctl",
+            Request::Lseek => "lseek",
+            Request::Other => "other",
+        }
+    }
+}
+
 /// Values sampled when the metrics are read.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gauges {
@@ -54,6 +119,7 @@ pub struct Gauges {
 pub struct Metrics {
     inner: Mutex<Inner>,
     pub ops: Ops,
+    requests: [AtomicU64; Request::ALL.len()],
 }
 
 impl Metrics {
@@ -87,6 +153,11 @@ impl Metrics {
     pub fn revoke_failed(&self, issuer: &str) {
         self.with(|i| *i.revoke_failed.entry(issuer.into()).or_default() += 1)
     }
+    /// One FUSE request answered.
+    pub fn request(&self, r: Request) {
+        self.requests[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn irrevocable(&self, issuer: &str) {
         self.with(|i| *i.irrevocable.entry(issuer.into()).or_default() += 1)
     }
@@ -166,6 +237,11 @@ impl Metrics {
             ("release", &ops.release),
         ] {
             let _ = writeln!(o, "leasefs_fuse_ops_total{{op=\"{name}\"}} {}", c.load(Ordering::Relaxed));
+        }
+        family(&mut o, "leasefs_fuse_requests_total", "counter", "FUSE requests from the kernel, by operation.");
+        for r in Request::ALL {
+            let n = self.requests[r as usize].load(Ordering::Relaxed);
+            let _ = writeln!(o, "leasefs_fuse_requests_total{{op=\"{}\"}} {n}", r.name());
         }
         family(&mut o, "leasefs_fuse_errors_total", "counter", "FUSE operations answered with an error.");
         let _ = writeln!(o, "leasefs_fuse_errors_total {}", ops.errors.load(Ordering::Relaxed));

@@ -29,9 +29,10 @@ pub struct BaoClient {
 
 impl BaoClient {
     /// A client for `address` with `token`; the HTTP connections are the server's shared pool.
-    pub fn new(address: &str, token: SecretString, timeout: Duration) -> Self {
+    pub fn new(address: &str, token: SecretString, timeout: Duration) -> Result<Self, BaoError> {
         let address = address.trim_end_matches('/').to_string();
-        BaoClient { http: crate::tls::client_for(&address, timeout), address, token }
+        let http = crate::tls::client_for(&address, timeout).map_err(BaoError::Refused)?;
+        Ok(BaoClient { http, address, token })
     }
 
     fn url(&self, path: &str) -> String {

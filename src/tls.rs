@@ -12,21 +12,31 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A new HTTP client whose requests and connects time out after `timeout`.
-pub fn new_client(timeout: Duration) -> reqwest::Client {
+/// A new HTTP client whose requests and connects time out after `timeout`. Fails (rather than
+/// panicking) where the system has no CA certificates, e.g. a bare container image.
+pub fn new_client(timeout: Duration) -> Result<reqwest::Client, String> {
     install_crypto();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
-        .unwrap_or_default()
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(cause) => format!("cannot set up HTTPS: {cause}"),
+            None => format!("cannot set up HTTPS: {e}"),
+        })
 }
 
 static CLIENTS: LazyLock<Mutex<HashMap<(String, Duration), reqwest::Client>>> = LazyLock::new(Default::default);
 
 /// The one client for `server` (an address such as `https://bao-1:8200`) with this timeout:
 /// made on first use, then shared (a `reqwest::Client` is a handle on one connection pool).
-pub fn client_for(server: &str, timeout: Duration) -> reqwest::Client {
-    CLIENTS.lock().entry((server.to_string(), timeout)).or_insert_with(|| new_client(timeout)).clone()
+pub fn client_for(server: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut g = CLIENTS.lock();
+    if let Some(c) = g.get(&(server.to_string(), timeout)) {
+        return Ok(c.clone());
+    }
+    let c = new_client(timeout)?;
+    g.insert((server.to_string(), timeout), c.clone());
+    Ok(c)
 }

@@ -28,7 +28,8 @@ fn the_debian_package_installs_mounts_reads_and_purges_cleanly() {
     );
     let out = tempfile::Builder::new().prefix("leasefs-test-deb-").tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
-    let deb = ok(&format!("{root}/scripts/package.sh"), &["--bin", BIN, "--out", out.path().to_str().unwrap(), "--fast"]);
+    let deb =
+        ok(&format!("{root}/scripts/package.sh"), &["--bin", BIN, "--out", out.path().to_str().unwrap(), "--fast"]);
     let deb = deb.trim().to_string();
     let info = ok("dpkg-deb", &["-f", &deb, "Package", "Depends"]);
     assert!(info.contains("leasefs") && info.contains("fuse3"), "{info}");
@@ -57,8 +58,11 @@ fn the_debian_package_installs_mounts_reads_and_purges_cleanly() {
 
     // The packaged config passes leasefs's own checks, with a secret dropped in.
     let secret = "/etc/leasefs/secrets/app.json";
-    std::fs::write(secret, r#"{"path": "app:db:password", "attributes": {"mode": "0444"}, "data": {"value": "from-the-package"}}"#)
-        .unwrap();
+    std::fs::write(
+        secret,
+        r#"{"path": "app:db:password", "attributes": {"mode": "0444"}, "data": {"value": "from-the-package"}}"#,
+    )
+    .unwrap();
     std::fs::set_permissions(secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let check = run("/usr/bin/leasefs", &["check", "--config", "/etc/leasefs/config.json"]);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));

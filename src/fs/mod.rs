@@ -340,15 +340,17 @@ impl LeaseFs {
     /// Starts an open for the adapter: the work as a `'static` future, and whether it may finish
     /// in place (no process to start, no round trip to wait for).
     pub fn opening(self: &Arc<Self>, ino: u64, flags: i32, who: Requester) -> Opening {
-        let inline = match self.tree().node(ino).map(|n| &n.kind) {
+        let tree = self.tree();
+        let inline = match tree.node(ino).map(|n| &n.kind) {
             Some(NodeKind::Secret { meta, source }) => match &meta.kind {
-                SecretKind::Dynamic { link } => self.tree().base(*source, link).is_some_and(
+                SecretKind::Dynamic { link } => tree.base(*source, link).is_some_and(
                     |b| matches!(b.kind, SecretKind::Base { issuer, .. } if self.leases.is_inline(issuer)),
                 ),
                 _ => true,
             },
             _ => true,
         };
+        drop(tree);
         let me = self.clone();
         Opening { inline, future: Box::pin(async move { me.open(ino, flags, who).await }) }
     }

@@ -101,7 +101,8 @@ pub struct Tree {
     /// Indexed by inode number (0 is never used). Paths that left the tree leave a hole.
     nodes: Vec<Option<Node>>,
     /// Base secrets by (source index, source-relative path).
-    bases: HashMap<(usize, Box<str>), Arc<SecretMeta>>,
+    /// Base secrets by source index, then source-relative path (looked up without allocating).
+    bases: Vec<HashMap<Box<str>, Arc<SecretMeta>>>,
     /// When this snapshot was built (the control files' mtime).
     pub built: Option<SystemTime>,
     pub counts: Counts,
@@ -144,7 +145,7 @@ impl Tree {
     }
 
     pub fn base(&self, source: usize, path: &str) -> Option<&Arc<SecretMeta>> {
-        self.bases.get(&(source, Box::from(path)))
+        self.bases.get(source)?.get(path)
     }
 
     /// The largest inode number in use (new paths get numbers above it).
@@ -209,7 +210,10 @@ impl Tree {
             for meta in src.secrets {
                 if let SecretKind::Base { .. } = meta.kind {
                     tree.counts.base_secrets += 1;
-                    tree.bases.insert((si, meta.path().into()), meta.clone());
+                    if tree.bases.len() <= si {
+                        tree.bases.resize_with(si + 1, HashMap::new);
+                    }
+                    tree.bases[si].insert(meta.path().into(), meta.clone());
                     if !meta.is_listed() {
                         continue;
                     }

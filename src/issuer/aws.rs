@@ -14,7 +14,8 @@ use crate::secret::SecretFields;
 const STS_MIN_SECONDS: u64 = 900;
 
 pub struct AwsIssuer {
-    http: reqwest::Client,
+    /// Made once; an error (no CA certificates on this system) is reported at each issuance.
+    http: Result<reqwest::Client, String>,
 }
 
 impl AwsIssuer {
@@ -117,7 +118,7 @@ impl Issuer for AwsIssuer {
         let request = reqwest::Request::try_from(request).map_err(fail)?;
 
         let resp =
-            self.http.execute(request).await.map_err(|e| {
+            self.http.as_ref().map_err(fail)?.execute(request).await.map_err(|e| {
                 fail(if e.is_timeout() { "STS timed out".into() } else { format!("STS unreachable: {e}") })
             })?;
         let status = resp.status();

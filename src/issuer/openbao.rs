@@ -22,7 +22,7 @@ impl OpenBaoIssuer {
     fn client(&self, base: &SecretFields) -> Result<BaoClient, LeaseError> {
         let address = base.get("address").ok_or_else(|| fail("the base secret needs \"address\""))?;
         let token = base.get("token").ok_or_else(|| fail("the base secret needs \"token\""))?;
-        Ok(BaoClient::new(address, SecretString::from(token.to_string()), self.timeout))
+        BaoClient::new(address, SecretString::from(token.to_string()), self.timeout).map_err(fail)
     }
 }
 

@@ -44,7 +44,7 @@ impl OpenBaoSource {
     }
 
     fn client(&self) -> Result<BaoClient, SourceError> {
-        Ok(BaoClient::new(&self.address, self.token()?, self.timeout))
+        BaoClient::new(&self.address, self.token()?, self.timeout).map_err(map_err)
     }
 
     async fn walk_kv(

@@ -1,0 +1,219 @@
+//! leasefs with real containers (podman, runc): an unprivileged container reading leasefs
+//! files through bind mounts, leasefs itself inside a container sharing its mount with the host,
+//! and the Kubernetes manifests checked against the API schemas.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// podman as it works on this kind of machine (cgroup v1: runc, cgroupfs, no default ulimits).
+fn podman(args: &[&str]) -> Output {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    let conf = CONF.get_or_init(|| {
+        let p = std::env::temp_dir().join("leasefs-test-containers.conf");
+        std::fs::write(&p, "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\n").unwrap();
+        p
+    });
+    Command::new("podman")
+        .arg("--runtime")
+        .arg("runc")
+        .args(args)
+        .env("CONTAINERS_CONF", conf)
+        .output()
+        .unwrap_or_else(|e| panic!("podman is installed by scripts/test.sh: {e}"))
+}
+
+fn podman_ok(args: &[&str]) -> String {
+    let o = podman(args);
+    assert!(o.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A local busybox image (from busybox-static; no registry), built once.
+fn busybox_image() -> &'static str {
+    static IMG: OnceLock<()> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in ["sh", "cat", "ls", "id", "echo", "touch", "sleep"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        for d in ["run/secrets", "tmp", "proc", "sys", "dev", "etc"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let tar = Command::new("tar").arg("-C").arg(dir.path()).args(["-c", "."]).output().unwrap();
+        let mut child = Command::new("podman")
+            .args(["import", "-", "localhost/leasefs-test-bb:latest"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+        assert!(child.wait().unwrap().success(), "podman import");
+    });
+    "localhost/leasefs-test-bb:latest"
+}
+
+#[test]
+fn an_unprivileged_container_reads_leasefs_files_through_bind_mounts() {
+    require_root("rootful podman");
+    let mut env = Env::new();
+    let script = env.script();
+    let mut docs: Vec<serde_json::Value> = serde_json::from_str(&exec_catalog(
+        &script,
+        &[("dyn:db:password", "royal", json!({"format": "raw:Password", "mode": "0444"}))],
+    ))
+    .unwrap();
+    docs.push(json!({"path": "dyn:db:host", "attributes": {"mode": "0444"}, "data": {"value": "db.internal"}}));
+    docs.push(json!({"path": "dyn:db:root-only", "data": {"value": "not-for-containers"}}));
+    docs.push(json!({"path": "app:token", "attributes": {"mode": "0444"}, "data": {"value": "static-token"}}));
+    env.doc("d.json", &serde_json::to_string(&docs).unwrap());
+    env.config(json!({"allow_other": true}));
+    env.start();
+    let dir = format!("{}:/run/secrets/db:ro", env.m("dyn/db").display());
+    let file = format!("{}:/run/secrets/token:ro", env.m("app/token").display());
+    let script = "cat /run/secrets/db/password; echo; cat /run/secrets/db/password; echo; \
+                  cat /run/secrets/db/host; echo; cat /run/secrets/token; echo; id -u; \
+                  cat /run/secrets/db/root-only 2>&1; echo \"rc=$?\"; \
+                  touch /run/secrets/db/x 2>&1; echo \"rc=$?\"; ls /run/secrets/db";
+    let out = podman_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "65534:65534",
+        "-v",
+        &dir,
+        "-v",
+        &file,
+        busybox_image(),
+        "sh",
+        "-c",
+        script,
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("pw-") && lines[1].starts_with("pw-"), "{out}");
+    assert_ne!(lines[0], lines[1], "each read in the container is a fresh credential");
+    assert_eq!(lines[2], "db.internal", "{out}");
+    assert_eq!(lines[3], "static-token", "{out}");
+    assert_eq!(lines[4], "65534");
+    assert!(out.contains("Permission denied") && out.contains("rc=1"), "EACCES where the mode says so: {out}");
+    assert!(out.contains("Read-only file system"), "nothing is written: {out}");
+    assert!(out.contains("password") && out.contains("host"), "{out}");
+    assert_eq!(env.lines("issued.txt").len(), 2, "two opens in the container, two leases");
+}
+
+#[test]
+fn leasefs_inside_a_container_shares_its_mount_with_the_host() {
+    require_root("rootful podman, bind mounts");
+    let image = ok(&format!("{ROOT}/scripts/image.sh"), &["--bin", BIN, "--tag", "localhost/leasefs-test:latest"]);
+    assert_eq!(image.trim(), "localhost/leasefs-test:latest");
+    let env = Env::new();
+    // /etc/leasefs in the container: config.json and secrets/ (0700, documents 0600).
+    let cfg = env.path("etc");
+    std::fs::create_dir_all(cfg.join("secrets")).unwrap();
+    for d in [cfg.clone(), cfg.join("secrets")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let doc = cfg.join("secrets/app.json");
+    std::fs::write(
+        &doc,
+        r#"{"path": "app:key", "attributes": {"mode": "0444"}, "data": {"value": "from-the-container"}}"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&doc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        json!({"sources": [{"type": "local", "path": "/etc/leasefs/secrets"}], "state_dir": "/var/lib/leasefs", "allow_other": true})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(cfg.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The host directory the container's mount appears in: a shared mount point.
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    ok("mount", &["--bind", shared.to_str().unwrap(), shared.to_str().unwrap()]);
+    ok("mount", &["--make-shared", shared.to_str().unwrap()]);
+    let _unmount = Unmount(shared.clone());
+    let name = format!("leasefs-test-{}", std::process::id());
+    let o = podman(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--device",
+        "/dev/fuse",
+        "--cap-add",
+        "SYS_ADMIN",
+        "-v",
+        &format!("{}:/etc/leasefs:ro", cfg.display()),
+        "-v",
+        &format!("{}:/secrets:rshared", shared.display()),
+        "localhost/leasefs-test:latest",
+        "mount",
+        "/secrets",
+        "--config",
+        "/etc/leasefs/config.json",
+    ]);
+    assert!(o.status.success(), "podman run: {}", String::from_utf8_lossy(&o.stderr));
+    let _rm = Remove(name.clone());
+    let key = shared.join("app/key");
+    eventually(Duration::from_secs(20), "the container's mount to reach the host", || key.exists());
+    assert_eq!(cat(&key), "from-the-container");
+    let o = as_user("nobody", &["cat", key.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from-the-container", "other host users read it too");
+    // Stopping the container revokes, unmounts, and the host sees it go.
+    podman_ok(&["stop", "-t", "20", &name]);
+    eventually(Duration::from_secs(10), "the mount to leave the host", || !key.exists());
+    let logs = podman_ok(&["logs", &name]);
+    let logs = logs + &String::from_utf8_lossy(&podman(&["logs", &name]).stderr);
+    assert!(logs.contains("unmounted"), "{logs}");
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct Remove(String);
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let venv = std::env::var("LEASEFS_MOTO_VENV").expect("scripts/backends.sh sets LEASEFS_MOTO_VENV");
+    let tool = Path::new(&venv).join("bin/kubernetes-validate");
+    assert!(tool.exists(), "kubernetes-validate is installed by scripts/backends.sh");
+    for f in ["leasefs.yaml", "example-pod.yaml"] {
+        let p = format!("{ROOT}/deploy/kubernetes/{f}");
+        let o = Command::new(&tool).args(["--strict", &p]).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{f}: {text}");
+        assert!(text.contains("passed"), "{f}: {text}");
+    }
+    // A broken manifest is caught: the checker is not blind.
+    let bad = std::env::temp_dir().join("leasefs-test-bad.yaml");
+    std::fs::write(&bad, "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec: {selector: 5}\n").unwrap();
+    let o = Command::new(&tool).args(["--strict", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success(), "a broken DaemonSet passed validation");
+}
