@@ -128,6 +128,10 @@ pub struct Defaults {
     pub max_leases_per_uid: usize,
     /// Bytes of rendered credentials one uid may hold.
     pub max_lease_bytes_per_uid: u64,
+    /// Issuances of one entry under way at once; more opens fail with EAGAIN (0: no bound).
+    pub max_concurrent_issuances: u32,
+    /// Issuances of one entry per minute; past it opens fail with EAGAIN (0: no bound).
+    pub max_issues_per_minute: u32,
 }
 
 impl Default for Defaults {
@@ -147,6 +151,8 @@ impl Default for Defaults {
             irrevocable_after: Dur::secs(600),
             max_leases_per_uid: 1000,
             max_lease_bytes_per_uid: 64 * 1024 * 1024,
+            max_concurrent_issuances: 64,
+            max_issues_per_minute: 0,
         }
     }
 }

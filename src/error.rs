@@ -22,6 +22,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The requester's uid holds as many leases (or bytes) as it may (`EDQUOT`).
     Quota,
+    /// The entry is issuing as much as it may, at once or per minute (`EAGAIN`).
+    Busy,
 }
 
 /// Why an issuance, renewal or revocation failed.
@@ -72,7 +74,7 @@ impl LeaseError {
     /// The level a failed operation with this error is logged at.
     pub fn level(&self) -> tracing::Level {
         match self.kind {
-            ErrorKind::ShuttingDown | ErrorKind::Quota => tracing::Level::INFO,
+            ErrorKind::ShuttingDown | ErrorKind::Quota | ErrorKind::Busy => tracing::Level::INFO,
             _ => tracing::Level::WARN,
         }
     }
@@ -82,6 +84,7 @@ impl LeaseError {
             ErrorKind::Timeout => "timeout",
             ErrorKind::ShuttingDown => "shutdown",
             ErrorKind::Quota => "quota",
+            ErrorKind::Busy => "busy",
             ErrorKind::Failed | ErrorKind::Unavailable => "error",
         }
     }
@@ -92,6 +95,7 @@ impl ToErrno for LeaseError {
         match self.kind {
             ErrorKind::Timeout => libc::ETIMEDOUT,
             ErrorKind::Quota => libc::EDQUOT,
+            ErrorKind::Busy => libc::EAGAIN,
             ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown => libc::EIO,
         }
     }

@@ -56,11 +56,22 @@ pub struct Policy {
     pub min_remaining: Option<Duration>,
     pub revoke_on_close: Option<bool>,
     pub renew_while_open: Option<bool>,
+    pub max_concurrent_issuances: Option<u32>,
+    pub max_issues_per_minute: Option<u32>,
 }
 
 /// The attribute keys a policy reads.
-pub const KEYS: [&str; 7] =
-    ["format", "ttl", "max_ttl", "reuse", "min_remaining", "revoke_on_close", "renew_while_open"];
+pub const KEYS: [&str; 9] = [
+    "format",
+    "ttl",
+    "max_ttl",
+    "reuse",
+    "min_remaining",
+    "revoke_on_close",
+    "renew_while_open",
+    "max_concurrent_issuances",
+    "max_issues_per_minute",
+];
 
 impl Policy {
     /// Parses the policy keys of a document's `attributes`; an error names the key, never a value.
@@ -94,6 +105,18 @@ impl Policy {
         };
         p.revoke_on_close = flag("revoke_on_close")?;
         p.renew_while_open = flag("renew_while_open")?;
+        let count = |key: &str| -> Result<Option<u32>, String> {
+            attrs
+                .get(key)
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| format!("attributes.{key} must be a whole number (0: no bound)"))
+                })
+                .transpose()
+        };
+        p.max_concurrent_issuances = count("max_concurrent_issuances")?;
+        p.max_issues_per_minute = count("max_issues_per_minute")?;
         Ok(p)
     }
 
@@ -112,6 +135,8 @@ impl Policy {
             min_remaining: self.min_remaining.unwrap_or(d.min_remaining.0),
             revoke_on_close: self.revoke_on_close.unwrap_or(d.revoke_on_close),
             renew_while_open: self.renew_while_open.unwrap_or(false),
+            max_concurrent_issuances: self.max_concurrent_issuances.unwrap_or(d.max_concurrent_issuances),
+            max_issues_per_minute: self.max_issues_per_minute.unwrap_or(d.max_issues_per_minute),
         }
     }
 }
@@ -128,6 +153,10 @@ pub struct Effective {
     pub min_remaining: Duration,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
+    /// Issuances of this entry under way at once (0: no bound).
+    pub max_concurrent_issuances: u32,
+    /// Issuances of this entry per minute (0: no bound).
+    pub max_issues_per_minute: u32,
 }
 
 #[cfg(test)]

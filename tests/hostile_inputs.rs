@@ -399,3 +399,17 @@ fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
     assert!(env.log().contains("mounted"));
     assert!(!env.log().contains('\u{1b}'), "ANSI escape codes in a log file");
 }
+
+#[test]
+fn a_legacy_app_polling_a_dynamic_file_is_bounded_per_minute_with_eagain() {
+    let env = setup(&[("dyn:polled", "royal", json!({"max_issues_per_minute": 5}))], json!({}));
+    let f = env.m("dyn/polled");
+    let results: Vec<i32> = (0..12).map(|_| errno_of(read(&f))).collect();
+    assert_eq!(results.iter().filter(|e| **e == 0).count(), 5, "{results:?}");
+    assert!(results[5..].iter().all(|e| *e == libc::EAGAIN), "{results:?}");
+    assert_eq!(env.lines("issued.txt").len(), 5, "no more than 5 credentials minted");
+    let audit = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
+    assert!(audit.lines().any(|l| l.contains("\"deny\"") && l.contains("\"busy\"")), "{audit}");
+    let metrics = read(&env.m(".leasefs/metrics")).unwrap();
+    assert!(metrics.contains("reason=\"busy\"} 7"), "{metrics}");
+}

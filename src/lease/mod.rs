@@ -6,6 +6,7 @@ pub mod bases;
 pub mod deadline;
 pub mod issue;
 pub mod journal;
+pub mod pressure;
 pub mod revoke;
 pub mod table;
 
@@ -86,6 +87,8 @@ pub struct LeaseManager {
     serving: AtomicBool,
     /// Opens that may share a lease (same path and uid or pid) queue here for one issuance.
     flights: parking_lot::Mutex<HashMap<(String, u32), Turn>>,
+    /// Issuances under way and per minute, by entry.
+    pressure: pressure::Pressure,
     /// Told the inode of each lease that ends (its pages must leave the page cache).
     ended_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
@@ -139,6 +142,7 @@ impl LeaseManager {
             in_flight: TaskTracker::new(),
             serving: AtomicBool::new(false),
             flights: parking_lot::Mutex::default(),
+            pressure: pressure::Pressure::default(),
             ended_hook: std::sync::OnceLock::new(),
         })
     }
@@ -266,20 +270,18 @@ impl LeaseManager {
                     self.defaults.max_lease_bytes_per_uid
                 ),
             );
-            self.metrics.failed(kind.as_str(), e.reason());
-            self.audit.record(
-                &Event {
-                    event: EventKind::Deny,
-                    path: &req.path,
-                    lease_id: None,
-                    issuer: Some(kind.as_str()),
-                    outcome: e.reason(),
-                    detail: Some(&e.to_string()),
-                },
-                Some(&req.requester),
-            );
+            self.refuse(&req, kind, &e);
             return Err(e);
         }
+        let _admitted =
+            match self.pressure.admit(&req.path, policy.max_concurrent_issuances, policy.max_issues_per_minute) {
+                Ok(a) => a,
+                Err(why) => {
+                    let e = LeaseError::new(ErrorKind::Busy, why);
+                    self.refuse(&req, kind, &e);
+                    return Err(e);
+                }
+            };
 
         let _in_flight = self.in_flight.token();
         if self.engine.shutting_down.load(Ordering::SeqCst) {
@@ -335,6 +337,22 @@ impl LeaseManager {
                 Err(e.context(format!("issuance failed (lease {lease_id})")))
             }
         }
+    }
+
+    /// Counts and audits an open refused by a bound (quota, pressure).
+    fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) {
+        self.metrics.failed(kind.as_str(), e.reason());
+        self.audit.record(
+            &Event {
+                event: EventKind::Deny,
+                path: &req.path,
+                lease_id: None,
+                issuer: Some(kind.as_str()),
+                outcome: e.reason(),
+                detail: Some(&e.to_string()),
+            },
+            Some(&req.requester),
+        );
     }
 
     /// Queues a lease's expiry (and, for a renewable one, its renewal at 2/3 of what is left).

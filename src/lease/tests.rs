@@ -304,3 +304,32 @@ async fn a_uid_holds_at_most_max_leases_per_uid_and_closing_frees_its_place() {
     let Err(e) = m.open(request("b", serde_json::json!({}), 7, 1)).await else { panic!("over the byte bound") };
     assert_eq!(crate::error::ToErrno::errno(&e), libc::EDQUOT);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_issues_at_most_its_bounds_at_once_and_per_minute() {
+    let i = Arc::new(TestIssuer { delay: Duration::from_millis(500), ..TestIssuer::default() });
+    let m = manager(&i, defaults());
+    let attrs = serde_json::json!({"max_concurrent_issuances": 2});
+    let opens: Vec<_> = (0..3)
+        .map(|n| {
+            let (m, a) = (m.clone(), attrs.clone());
+            tokio::spawn(async move { m.open(request("busy", a, 1000 + n, n)).await.map(|l| l.id.clone()) })
+        })
+        .collect();
+    let mut errnos = Vec::new();
+    for o in opens {
+        if let Err(e) = o.await.unwrap() {
+            errnos.push(crate::error::ToErrno::errno(&e));
+        }
+    }
+    assert_eq!(errnos, [libc::EAGAIN], "the third concurrent issuance is refused");
+    let attrs = serde_json::json!({"max_issues_per_minute": 3});
+    for _ in 0..3 {
+        assert!(m.open(request("polled", attrs.clone(), 0, 1)).await.is_ok());
+    }
+    let Err(e) = m.open(request("polled", attrs.clone(), 0, 1)).await else { panic!("a 4th in the minute") };
+    assert_eq!(crate::error::ToErrno::errno(&e), libc::EAGAIN);
+    assert!(e.to_string().contains("max_issues_per_minute"), "{e}");
+    advance(61).await;
+    assert!(m.open(request("polled", attrs, 0, 1)).await.is_ok(), "a new minute");
+}
