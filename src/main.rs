@@ -327,6 +327,9 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
     if insecure_perms {
         eprintln!("warning: --insecure-perms: ownership and mode checks are off");
     }
+    for w in sdk_refresh_warnings(&fs, &cfg.defaults) {
+        eprintln!("warning: {w}");
+    }
     for (name, h) in fs.health() {
         if !h.up {
             eprintln!("{name}: {}", h.last_error.unwrap_or_default());
@@ -344,6 +347,28 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
         );
         ExitCode::from(1)
     }
+}
+
+/// AWS SDKs refresh `credential_process` credentials once fewer than 15 minutes are left (10
+/// minutes mandatory): an entry whose lease is shorter makes them run the process — a new STS
+/// session — before nearly every call.
+fn sdk_refresh_warnings(fs: &leasefs::fs::LeaseFs, defaults: &leasefs::config::Defaults) -> Vec<String> {
+    const REFRESH: std::time::Duration = std::time::Duration::from_secs(16 * 60);
+    let mut out = Vec::new();
+    for (prefix, meta) in fs.listed() {
+        if !matches!(meta.kind, leasefs::secret::SecretKind::Dynamic { .. }) {
+            continue;
+        }
+        let p = meta.policy().effective(defaults);
+        if p.format == leasefs::render::Format::CredentialProcess && p.ttl < REFRESH {
+            let path = format!("{}/{}", prefix.trim_end_matches('/'), meta.path());
+            out.push(format!(
+                "{path}: credential_process with a {}s lease: AWS SDKs refresh credentials with less than 15 minutes left, so they would run the process (a new STS session) before nearly every call; use a ttl of 1h and \"reuse\": \"uid\" (see docs/integrations.md)",
+                p.ttl.as_secs()
+            ));
+        }
+    }
+    out
 }
 
 /// `mount.leasefs CONFIG MOUNTPOINT [-sfnv] [-o OPTIONS]`, as mount(8) and fstab call it:

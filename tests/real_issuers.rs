@@ -349,3 +349,83 @@ fn a_createrole_admin_that_is_not_a_superuser_issues_and_revokes() {
     let metrics = read(&env.m(".leasefs/metrics")).unwrap();
     assert!(!metrics.contains("leasefs_revocation_failures_total{issuer=\"postgres\"}"), "{metrics}\n{}", env.log());
 }
+
+#[test]
+fn the_credential_process_recipe_lets_the_aws_cli_and_boto3_cache_one_sts_session() {
+    let s = sts();
+    let mut env = Env::new();
+    let base = json!({"access_key_id": s.access_key_id, "secret_access_key": s.secret_access_key, "region": "us-east-1", "endpoint": s.endpoint});
+    let docs = json!([
+        {"path": "base:aws:api", "attributes": {"type": "aws"}, "data": base},
+        // What the docs used to say: every SDK refresh and every CLI command is a new STS session.
+        dynamic("dynamic:aws:short", "base:aws:api", json!({"role_arn": s.role_arn, "ttl": "15m", "format": "credential_process"})),
+        // The recipe: outlives the SDKs' 15-minute refresh window, and repeated commands by one
+        // user share it while it has more than that left.
+        dynamic("dynamic:aws:recipe", "base:aws:api", json!({"role_arn": s.role_arn, "ttl": "1h", "reuse": "uid", "min_remaining": "20m", "format": "credential_process"})),
+    ]);
+    env.doc("aws.json", &docs.to_string());
+    let cfg = env.config(json!({}));
+    // `check` warns about the short one.
+    let o = run(BIN, &["check", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "a warning is not a failure: {err}");
+    assert!(err.contains("dynamic/aws/short") && err.contains("refresh"), "{err}");
+    assert!(!err.contains("dynamic/aws/recipe"), "{err}");
+    env.start();
+    let aws_cfg = env.path("aws-config");
+    std::fs::write(
+        &aws_cfg,
+        format!(
+            "[profile short]\ncredential_process = cat {}\nregion = us-east-1\n[profile recipe]\ncredential_process = cat {}\nregion = us-east-1\n",
+            env.m("dynamic/aws/short").display(),
+            env.m("dynamic/aws/recipe").display()
+        ),
+    )
+    .unwrap();
+    let issued = |path: &str| -> usize {
+        std::fs::read_to_string(env.path("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"event\":\"issue\"") && l.contains(&format!("\"path\":\"/{path}\"")))
+            .count()
+    };
+    let mut figures = Vec::new();
+    for profile in ["short", "recipe"] {
+        for _ in 0..3 {
+            let o = std::process::Command::new(common::backends::venv_bin("aws"))
+                .args(["--profile", profile, "--endpoint-url", &s.endpoint, "sts", "get-caller-identity"])
+                .env("AWS_CONFIG_FILE", &aws_cfg)
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let cli = issued(&format!("dynamic/aws/{profile}"));
+        let script = r#"
+import boto3, os
+c = boto3.Session(profile_name=os.environ["P"]).client("sts", endpoint_url=os.environ["EP"])
+for _ in range(5):
+    c.get_caller_identity()
+"#;
+        let o = python(
+            script,
+            &[
+                ("P", profile),
+                ("EP", &s.endpoint),
+                ("AWS_CONFIG_FILE", aws_cfg.to_str().unwrap()),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let sdk = issued(&format!("dynamic/aws/{profile}")) - cli;
+        figures.push((profile, cli, sdk));
+    }
+    eprintln!("STS sessions issued (3 AWS CLI commands; one boto3 client making 5 calls): {figures:?}");
+    let (_, short_cli, short_sdk) = figures[0];
+    let (_, recipe_cli, recipe_sdk) = figures[1];
+    assert!(
+        short_cli >= 3 && short_sdk >= 5,
+        "the 15-minute entry re-issues on every command and refresh: {figures:?}"
+    );
+    assert_eq!((recipe_cli, recipe_sdk), (1, 0), "the recipe: one STS session for all of it: {figures:?}");
+}

@@ -204,6 +204,16 @@ impl LeaseFs {
         problems
     }
 
+    /// Every secret the sources listed, with its prefix in the mount (for `check`).
+    pub fn listed(&self) -> Vec<(String, Arc<SecretMeta>)> {
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            let prefix = Self::source_key(&slot.spec);
+            out.extend(slot.last.lock().0.iter().map(|m| (prefix.clone(), m.clone())));
+        }
+        out
+    }
+
     /// The base secrets of one issuer kind, with their sources (for `check`).
     pub fn bases_of(&self, kind: crate::policy::IssuerKind) -> Vec<(Arc<SecretMeta>, Arc<dyn Source>)> {
         let mut out = Vec::new();
