@@ -94,6 +94,8 @@ pub enum Reuse {
     None,
     Uid,
     Pid,
+    /// The reader's session (`u=$(cat a); p=$(cat b)` in one script share it).
+    Session,
 }
 
 impl Reuse {
@@ -102,6 +104,7 @@ impl Reuse {
             "none" => Some(Reuse::None),
             "uid" => Some(Reuse::Uid),
             "pid" => Some(Reuse::Pid),
+            "session" => Some(Reuse::Session),
             _ => None,
         }
     }

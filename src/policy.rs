@@ -58,10 +58,14 @@ pub struct Policy {
     pub renew_while_open: Option<bool>,
     pub max_concurrent_issuances: Option<u32>,
     pub max_issues_per_minute: Option<u32>,
+    /// A bundle (`attributes.files`): file name → format, in name order. One lease per binding.
+    pub files: Option<Vec<(Box<str>, Format)>>,
 }
 
 /// The attribute keys a policy reads.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 11] = [
+    "files",
+    "bind",
     "format",
     "ttl",
     "max_ttl",
@@ -91,7 +95,35 @@ impl Policy {
         p.min_remaining = dur("min_remaining")?;
         if let Some(v) = attrs.get("reuse") {
             let r = v.as_str().and_then(Reuse::parse);
-            p.reuse = Some(r.ok_or("attributes.reuse must be \"none\", \"uid\" or \"pid\"")?);
+            p.reuse = Some(r.ok_or("attributes.reuse must be \"none\", \"uid\", \"pid\" or \"session\"")?);
+        }
+        if let Some(v) = attrs.get("files") {
+            let map = v.as_object().ok_or("attributes.files must map file names to formats")?;
+            if map.is_empty() || map.len() > 64 {
+                return Err("attributes.files must name 1 to 64 files".into());
+            }
+            let mut files = Vec::new();
+            for (name, f) in map {
+                let ok = crate::paths::split_path(name, false).is_ok_and(|s| s.len() == 1) && !name.contains(':');
+                if !ok {
+                    return Err(format!("attributes.files: {name:?} is not a file name"));
+                }
+                let f = f.as_str().ok_or_else(|| format!("attributes.files.{name} must be a format string"))?;
+                files.push((
+                    name.as_str().into(),
+                    Format::parse(f).map_err(|e| format!("attributes.files.{name}: {e}"))?,
+                ));
+            }
+            p.files = Some(files);
+            // The files of a bundle share one lease per binding: the reader's session by default.
+            let bind = match attrs.get("bind") {
+                None => Reuse::Session,
+                Some(v) => v
+                    .as_str()
+                    .and_then(Reuse::parse)
+                    .ok_or("attributes.bind must be \"session\", \"pid\", \"uid\" or \"none\"")?,
+            };
+            p.reuse = Some(bind);
         }
         if let Some(v) = attrs.get("format") {
             let s = v.as_str().ok_or("attributes.format must be a string")?;
@@ -127,16 +159,25 @@ impl Policy {
     /// The settings in force for one issuance: this policy over `d`.
     pub fn effective(&self, d: &Defaults) -> Effective {
         let max_ttl = self.max_ttl.unwrap_or(d.max_ttl.0).min(d.max_ttl.0);
+        let ttl = self.ttl.unwrap_or(d.ttl.0).min(max_ttl);
+        // A bundle's files must meet in one lease: the default min_remaining never exceeds half
+        // its lease (an entry's own min_remaining is taken as written).
+        let min_remaining = match (self.min_remaining, &self.files) {
+            (Some(m), _) => m,
+            (None, Some(_)) => d.min_remaining.0.min(ttl / 2),
+            (None, None) => d.min_remaining.0,
+        };
         Effective {
             format: self.format.clone().unwrap_or(Format::Json),
-            ttl: self.ttl.unwrap_or(d.ttl.0).min(max_ttl),
+            ttl,
             max_ttl,
             reuse: self.reuse.unwrap_or(d.reuse),
-            min_remaining: self.min_remaining.unwrap_or(d.min_remaining.0),
+            min_remaining,
             revoke_on_close: self.revoke_on_close.unwrap_or(d.revoke_on_close),
             renew_while_open: self.renew_while_open.unwrap_or(false),
             max_concurrent_issuances: self.max_concurrent_issuances.unwrap_or(d.max_concurrent_issuances),
             max_issues_per_minute: self.max_issues_per_minute.unwrap_or(d.max_issues_per_minute),
+            files: self.files.clone(),
         }
     }
 }
@@ -157,6 +198,8 @@ pub struct Effective {
     pub max_concurrent_issuances: u32,
     /// Issuances of this entry per minute (0: no bound).
     pub max_issues_per_minute: u32,
+    /// A bundle's files and their formats.
+    pub files: Option<Vec<(Box<str>, Format)>>,
 }
 
 #[cfg(test)]

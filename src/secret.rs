@@ -281,13 +281,29 @@ pub struct Requester {
     pub pid: u32,
     /// The process's command name (`/proc/PID/comm`), when it could be read.
     pub comm: String,
+    /// Its session id, read when a lease is bound to the session (0: not read).
+    #[serde(skip)]
+    pub sid: u32,
 }
 
 impl Requester {
     /// A requester without its command name (reading /proc costs a syscall trio per open;
     /// `with_comm` adds it where it is recorded).
     pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
-        Requester { uid, gid, pid, comm: String::new() }
+        Requester { uid, gid, pid, comm: String::new(), sid: 0 }
+    }
+
+    /// Fills in the session id from `/proc/PID/stat`, if not known yet.
+    pub fn with_session(mut self) -> Self {
+        if self.sid == 0 {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+            // After the command name (in parentheses, which may hold spaces): state ppid pgrp session.
+            self.sid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(3)?.parse().ok())
+                .unwrap_or(self.pid);
+        }
+        self
     }
 
     /// Fills in the command name from `/proc/PID/comm`, if not known yet.

@@ -79,15 +79,27 @@ fn an_unprivileged_container_reads_leasefs_files_through_bind_mounts() {
     docs.push(json!({"path": "dyn:db:host", "attributes": {"mode": "0444"}, "data": {"value": "db.internal"}}));
     docs.push(json!({"path": "dyn:db:root-only", "data": {"value": "not-for-containers"}}));
     docs.push(json!({"path": "app:token", "attributes": {"mode": "0444"}, "data": {"value": "static-token"}}));
+    let pair: serde_json::Value = serde_json::from_str(&exec_catalog(
+        &script,
+        &[(
+            "app:db",
+            "pair",
+            json!({"mode": "0444", "files": {"username": "raw:Username", "password": "raw:Password"}}),
+        )],
+    ))
+    .unwrap();
+    docs.extend(pair.as_array().unwrap().iter().filter(|d| d["path"] != "base:exec:test").cloned());
     env.doc("d.json", &serde_json::to_string(&docs).unwrap());
     env.config(json!({"allow_other": true}));
     env.start();
     let dir = format!("{}:/run/secrets/db:ro", env.m("dyn/db").display());
     let file = format!("{}:/run/secrets/token:ro", env.m("app/token").display());
+    let bundle = format!("{}:/run/secrets/pg:ro", env.m("app/db").display());
     let script = "cat /run/secrets/db/password; echo; cat /run/secrets/db/password; echo; \
                   cat /run/secrets/db/host; echo; cat /run/secrets/token; echo; id -u; \
                   cat /run/secrets/db/root-only 2>&1; echo \"rc=$?\"; \
-                  touch /run/secrets/db/x 2>&1; echo \"rc=$?\"; ls /run/secrets/db";
+                  touch /run/secrets/db/x 2>&1; echo \"rc=$?\"; ls /run/secrets/db; \
+                  echo bundle $(cat /run/secrets/pg/username) $(cat /run/secrets/pg/password)";
     let out = podman_ok(&[
         "run",
         "--rm",
@@ -99,6 +111,8 @@ fn an_unprivileged_container_reads_leasefs_files_through_bind_mounts() {
         &dir,
         "-v",
         &file,
+        "-v",
+        &bundle,
         busybox_image(),
         "sh",
         "-c",
@@ -113,7 +127,11 @@ fn an_unprivileged_container_reads_leasefs_files_through_bind_mounts() {
     assert!(out.contains("Permission denied") && out.contains("rc=1"), "EACCES where the mode says so: {out}");
     assert!(out.contains("Read-only file system"), "nothing is written: {out}");
     assert!(out.contains("password") && out.contains("host"), "{out}");
-    assert_eq!(env.lines("issued.txt").len(), 2, "two opens in the container, two leases");
+    // The bundle directory: username and password read in one session are one credential.
+    let b: Vec<&str> =
+        lines.iter().find(|l| l.starts_with("bundle ")).unwrap_or_else(|| panic!("{out}")).split_whitespace().collect();
+    assert_eq!(b[1].trim_start_matches("u-"), b[2].trim_start_matches("p-"), "{out}");
+    assert_eq!(env.lines("issued.txt").len(), 3, "two opens of the file, one bundle lease");
 }
 
 #[test]

@@ -44,7 +44,7 @@ async fn fixture(docs: &str) -> Fixture {
 }
 
 fn who(uid: u32, gid: u32) -> Requester {
-    Requester { uid, gid, pid: std::process::id(), comm: "test".into() }
+    Requester { uid, gid, pid: std::process::id(), comm: "test".into(), sid: 0 }
 }
 
 fn ino(fs: &LeaseFs, path: &str) -> u64 {

@@ -258,6 +258,7 @@ impl LeaseFs {
         let (kind, size, nlink, mtime) = match &n.kind {
             NodeKind::Dir(d) => (EntryKind::Dir, 0, 2, d.mtime),
             NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.unwrap_or(0), 1, meta.mtime),
+            NodeKind::Bundle { meta, .. } => (EntryKind::File, 0, 1, meta.mtime),
             NodeKind::Control(_) => (EntryKind::File, 0, 1, tree.built.unwrap_or(self.started)),
         };
         Attr { ino, size, kind, perm: n.mode, uid: n.uid, gid: n.gid, mtime, nlink }
@@ -352,7 +353,7 @@ impl LeaseFs {
     pub fn opening(self: &Arc<Self>, ino: u64, flags: i32, who: Requester) -> Opening {
         let tree = self.tree();
         let inline = match tree.node(ino).map(|n| &n.kind) {
-            Some(NodeKind::Secret { meta, source }) => match &meta.kind {
+            Some(NodeKind::Secret { meta, source } | NodeKind::Bundle { meta, source, .. }) => match &meta.kind {
                 SecretKind::Dynamic { link } => tree.base(*source, link).is_some_and(
                     |b| matches!(b.kind, SecretKind::Base { issuer, .. } if self.leases.is_inline(issuer)),
                 ),
@@ -419,7 +420,7 @@ impl LeaseFs {
                 let bytes = control::contents(*c, &view);
                 Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
             }
-            NodeKind::Secret { source, meta } => {
+            NodeKind::Secret { source, meta } | NodeKind::Bundle { source, meta, .. } => {
                 if writes {
                     return Err(FsError::erofs());
                 }
@@ -427,6 +428,13 @@ impl LeaseFs {
                     self.record(EventKind::Deny, &path, "denied", Some("permission"), &who);
                     return Err(FsError::eacces("permission denied"));
                 }
+                // A bundle's files share its lease: the entry is the directory, the file an index.
+                let (entry_path, inos, file) = match &n.kind {
+                    NodeKind::Bundle { file, .. } => {
+                        (tree.path_of(n.parent), n_children(&tree, n.parent), *file as usize)
+                    }
+                    _ => (path.clone(), vec![ino], 0),
+                };
                 match &meta.kind {
                     SecretKind::Static | SecretKind::Base { .. } => {
                         let result = self.open_static(ino, *source, meta).await.map_err(|e| e.at(&path));
@@ -444,15 +452,17 @@ impl LeaseFs {
                         };
                         let req = OpenRequest {
                             secret: meta.clone(),
-                            path: path.clone(),
+                            path: entry_path,
                             base,
                             source: slot.source.clone(),
                             source_key: Self::source_key(slot),
                             requester: who.clone().with_comm(),
-                            ino,
+                            inos,
                         };
                         let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(&path))?;
-                        Ok(self.new_handle(ino, who.pid, lease.bytes.clone(), Some(lease)))
+                        let bytes =
+                            lease.file(file).cloned().ok_or_else(|| FsError::eio("no such file in the bundle"))?;
+                        Ok(self.new_handle(ino, who.pid, bytes, Some(lease)))
                     }
                 }
             }
@@ -550,6 +560,11 @@ impl LeaseFs {
         }
         Ok(out)
     }
+}
+
+/// The inodes of a directory's entries.
+fn n_children(tree: &Tree, dir: u64) -> Vec<u64> {
+    tree.node(dir).map(|d| d.children().to_vec()).unwrap_or_default()
 }
 
 /// Hands the heap's free pages back to the system after a rebuild (parsing and the old snapshot

@@ -48,7 +48,17 @@ pub struct Dir {
 #[derive(Debug)]
 pub enum NodeKind {
     Dir(Box<Dir>),
-    Secret { source: usize, meta: Arc<SecretMeta> },
+    Secret {
+        source: usize,
+        meta: Arc<SecretMeta>,
+    },
+    /// File `file` of a bundle (a dynamic secret with `attributes.files`); its parent directory
+    /// is the bundle.
+    Bundle {
+        source: usize,
+        meta: Arc<SecretMeta>,
+        file: u16,
+    },
     Control(Control),
 }
 
@@ -69,6 +79,9 @@ impl Node {
         match &self.kind {
             NodeKind::Dir(d) => &d.name,
             NodeKind::Secret { meta, .. } => meta.name(),
+            NodeKind::Bundle { meta, file, .. } => {
+                meta.policy().files.as_ref().and_then(|f| f.get(*file as usize)).map_or("", |(n, _)| n)
+            }
             NodeKind::Control(c) => c.name(),
         }
     }
@@ -234,13 +247,28 @@ impl Tree {
                         .push(where_.with(format!("path {:?} runs through a secret of the same name", meta.path())));
                     continue;
                 };
-                let node = Node {
-                    parent,
-                    uid: meta.uid.unwrap_or(src.owner.uid),
-                    gid: meta.gid.unwrap_or(src.owner.gid),
-                    mode: meta.mode.unwrap_or(src.owner.file_mode),
-                    kind: NodeKind::Secret { source: si, meta: meta.clone() },
-                };
+                let (uid, gid) = (meta.uid.unwrap_or(src.owner.uid), meta.gid.unwrap_or(src.owner.gid));
+                let mode = meta.mode.unwrap_or(src.owner.file_mode);
+                if let Some(files) = meta.policy().files.as_deref().filter(|_| meta.is_listed()) {
+                    // A bundle: a directory (searchable where its files are readable) of its files.
+                    let dir_mode = mode | ((mode & 0o444) >> 2);
+                    let dnode = Node { parent, uid, gid, mode: dir_mode, kind: dir(last) };
+                    let Some(dino) = b.add(parent, last, dnode) else {
+                        problems.push(
+                            where_
+                                .with(format!("path {:?} is already defined (duplicate or a directory)", meta.path())),
+                        );
+                        continue;
+                    };
+                    b.dirs.insert(dino, Vec::new());
+                    for (i, (name, _)) in files.iter().enumerate() {
+                        let kind = NodeKind::Bundle { source: si, meta: meta.clone(), file: i as u16 };
+                        b.add(dino, name, Node { parent: dino, uid, gid, mode, kind });
+                    }
+                    tree.counts.dynamic_secrets += 1;
+                    continue;
+                }
+                let node = Node { parent, uid, gid, mode, kind: NodeKind::Secret { source: si, meta: meta.clone() } };
                 if b.add(parent, last, node).is_none() {
                     problems.push(
                         where_.with(format!("path {:?} is already defined (duplicate or a directory)", meta.path())),
@@ -303,7 +331,9 @@ impl Tree {
 
 fn attr_key(n: &Node) -> (u32, u32, u16, Option<SystemTime>, Option<u64>, bool) {
     match &n.kind {
-        NodeKind::Secret { meta, .. } => (n.uid, n.gid, n.mode, Some(meta.mtime), meta.size, false),
+        NodeKind::Secret { meta, .. } | NodeKind::Bundle { meta, .. } => {
+            (n.uid, n.gid, n.mode, Some(meta.mtime), meta.size, false)
+        }
         NodeKind::Dir(d) => (n.uid, n.gid, n.mode, Some(d.mtime), None, true),
         NodeKind::Control(_) => (n.uid, n.gid, n.mode, None, None, false),
     }

@@ -9,7 +9,7 @@ use crate::secret::SecretKind;
 
 /// The attributes of an entry; `default_ttl` is shown for dynamic entries that set none.
 pub fn of(tree: &Tree, n: &Node, default_ttl: Duration) -> Vec<(&'static str, String)> {
-    let NodeKind::Secret { source, meta } = &n.kind else {
+    let (NodeKind::Secret { source, meta } | NodeKind::Bundle { source, meta, .. }) = &n.kind else {
         return Vec::new();
     };
     let mut v = vec![("user.leasefs.id", meta.id().into_owned())];

@@ -23,8 +23,8 @@ pub struct Issue<'a> {
     pub secret: &'a SecretMeta,
     pub requester: &'a Requester,
     pub policy: &'a Effective,
-    /// The inode of the file being opened.
-    pub ino: u64,
+    /// The inodes of the entry's files.
+    pub inos: &'a [u64],
 }
 
 impl Engine {
@@ -89,7 +89,18 @@ impl Engine {
         // A credential that says it lasts longer than its lease would be cached that long by
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
-        let rendered = render(&issued.fields, &policy.format, Some(expires_at)).map_err(LeaseError::failed);
+        // A bundle renders each of its files; a file, its one format.
+        let rendered: Result<Vec<_>, LeaseError> = match &policy.files {
+            Some(files) => files
+                .iter()
+                .map(|(name, f)| {
+                    render(&issued.fields, f, Some(expires_at)).map_err(|e| LeaseError::failed(format!("{name}: {e}")))
+                })
+                .collect(),
+            None => {
+                render(&issued.fields, &policy.format, Some(expires_at)).map(|b| vec![b]).map_err(LeaseError::failed)
+            }
+        };
         let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
@@ -111,12 +122,12 @@ impl Engine {
             issued_at: now,
             expires_at,
             cap,
-            bytes: SharedBytes::new(rendered),
+            files: rendered.into_iter().map(SharedBytes::new).collect(),
             revocation,
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,
             reusable: policy.reuse != crate::config::Reuse::None,
-            ino: issue.ino,
+            inos: issue.inos.to_vec(),
         }))
     }
 

@@ -48,8 +48,8 @@ pub struct OpenRequest {
     /// The prefix of that source (how the journal finds the base again after a restart).
     pub source_key: String,
     pub requester: Requester,
-    /// The inode of the file being opened.
-    pub ino: u64,
+    /// The inodes of the entry's files (one, or a bundle's), whose pages go when the lease ends.
+    pub inos: Vec<u64>,
 }
 
 /// Why a lease ended before (or at) its expiry.
@@ -218,11 +218,16 @@ impl LeaseManager {
             )));
         };
         let policy = req.secret.policy().effective(&self.defaults);
+        let mut req = req;
+        if policy.reuse == Reuse::Session {
+            req.requester = std::mem::take(&mut req.requester).with_session();
+        }
         // Opens that may share a lease wait for one issuance instead of each issuing their own.
         let scope = match policy.reuse {
             Reuse::None => None,
             Reuse::Uid => Some(req.requester.uid),
             Reuse::Pid => Some(req.requester.pid),
+            Reuse::Session => Some(req.requester.sid),
         };
         let flight = scope.map(|id| {
             let key = (req.path.clone(), id);
@@ -303,7 +308,7 @@ impl LeaseManager {
             secret: &req.secret,
             requester: &req.requester,
             policy,
-            ino: req.ino,
+            inos: &req.inos,
         };
         let timeout = self.defaults.issue_timeout.0;
         let result = tokio::time::timeout(timeout, self.engine.issue(&issue))
@@ -434,8 +439,8 @@ impl LeaseManager {
         if lease.revoke_on_close {
             self.end(lease, EndReason::Close);
         } else if !lease.reusable {
-            let n = lease.bytes.len().unwrap_or(0) as u64;
-            lease.bytes.expire();
+            let n = lease.held();
+            lease.zeroize();
             self.table.uncharge(lease, n);
         }
     }
@@ -456,12 +461,14 @@ impl LeaseManager {
         if !lease.mark_ended() {
             return None;
         }
-        let n = lease.bytes.len().unwrap_or(0) as u64;
-        lease.bytes.expire();
+        let n = lease.held();
+        lease.zeroize();
         self.table.uncharge(lease, n);
         self.table.remove(&lease.id);
         if let Some(f) = self.ended_hook.get() {
-            f(lease.ino);
+            for ino in &lease.inos {
+                f(*ino);
+            }
         }
         if why != EndReason::Expire {
             self.deadlines.forget(lease);

@@ -40,7 +40,8 @@ pub struct Lease {
     pub cap: DateTime<Utc>,
     /// The lease's length at issue: what each renewal asks for.
     pub period: Duration,
-    pub bytes: Arc<SharedBytes>,
+    /// Its rendered contents: one entry per file (a bundle has several, a file one).
+    pub files: Vec<Arc<SharedBytes>>,
     /// A non-secret handle that the issuer's revoke needs (journaled).
     pub revocation: serde_json::Value,
     handles: AtomicUsize,
@@ -49,8 +50,8 @@ pub struct Lease {
     /// Whether another open may share it (`reuse` uid or pid): its bytes are kept while no
     /// handle is open.
     pub reusable: bool,
-    /// The inode of its file (its pages are dropped from the page cache when it ends).
-    pub ino: u64,
+    /// The inodes of its files (their pages are dropped from the page cache when it ends).
+    pub inos: Vec<u64>,
     /// Whether its bytes count against its uid's bound.
     charged: AtomicBool,
     /// Set once: the lease has ended (expiry, revoke, close or shutdown). Revocation runs once.
@@ -67,12 +68,12 @@ pub struct NewLease {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub cap: DateTime<Utc>,
-    pub bytes: SharedBytes,
+    pub files: Vec<SharedBytes>,
     pub revocation: serde_json::Value,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
     pub reusable: bool,
-    pub ino: u64,
+    pub inos: Vec<u64>,
 }
 
 impl Lease {
@@ -85,13 +86,13 @@ impl Lease {
             issued_at: n.issued_at,
             expires_ms: AtomicI64::new(n.expires_at.timestamp_millis()),
             cap: n.cap,
-            bytes: Arc::new(n.bytes),
+            files: n.files.into_iter().map(Arc::new).collect(),
             revocation: n.revocation,
             handles: AtomicUsize::new(1),
             revoke_on_close: n.revoke_on_close,
             renew_while_open: n.renew_while_open,
             reusable: n.reusable,
-            ino: n.ino,
+            inos: n.inos,
             charged: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             expiry_slot: Mutex::new(None),
@@ -99,6 +100,20 @@ impl Lease {
     }
     pub fn path(&self) -> &str {
         &self.origin.path
+    }
+    /// The contents of file `i` (0 for a single file).
+    pub fn file(&self, i: usize) -> Option<&Arc<SharedBytes>> {
+        self.files.get(i)
+    }
+    /// Bytes held, over every file.
+    pub fn held(&self) -> u64 {
+        self.files.iter().map(|b| b.len().unwrap_or(0) as u64).sum()
+    }
+    /// Zeroizes every file's contents; reads then fail with EKEYEXPIRED.
+    pub fn zeroize(&self) {
+        for b in &self.files {
+            b.expire();
+        }
     }
     pub fn issuer(&self) -> IssuerKind {
         self.origin.issuer
@@ -233,7 +248,7 @@ impl Table {
             let mut u = self.usage.lock();
             let e = u.entry(lease.requester.uid).or_default();
             e.leases += 1;
-            e.bytes += lease.bytes.len().unwrap_or(0) as u64;
+            e.bytes += lease.held();
         }
     }
 
@@ -291,6 +306,7 @@ impl Table {
             .filter(|l| match reuse {
                 Reuse::Uid => l.requester.uid == who.uid,
                 Reuse::Pid => l.requester.pid == who.pid,
+                Reuse::Session => l.requester.sid == who.sid && l.requester.uid == who.uid,
                 Reuse::None => false,
             })
             .max_by_key(|l| l.expires_at())

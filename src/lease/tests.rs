@@ -105,8 +105,8 @@ fn request(path: &str, attrs: serde_json::Value, uid: u32, pid: u32) -> OpenRequ
         base: meta("base", SecretKind::Base { issuer: IssuerKind::Exec, expose: false }, serde_json::json!({})),
         source: Arc::new(NoSource),
         source_key: "/".into(),
-        requester: Requester { uid, gid: uid, pid, comm: "test".into() },
-        ino: 7,
+        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0 },
+        inos: vec![7],
     }
 }
 
@@ -159,10 +159,10 @@ async fn leases_expire_in_deadline_order_and_are_revoked_exactly_once() {
     let mid = m.open(request("c", serde_json::json!({"ttl": "20s"}), 0, 1)).await.unwrap();
     settle().await;
     advance(9).await;
-    assert!(short.is_live() && short.bytes.len().is_some());
+    assert!(short.is_live() && short.file(0).unwrap().len().is_some());
     advance(2).await;
     assert!(!short.is_live(), "ended at its expiry");
-    assert!(short.bytes.len().is_none(), "its bytes are zeroized: reads now fail");
+    assert!(short.file(0).unwrap().len().is_none(), "its bytes are zeroized: reads now fail");
     assert!(mid.is_live() && long.is_live());
     advance(20).await;
     assert!(!mid.is_live() && !long.is_live());
@@ -300,7 +300,7 @@ async fn a_uid_holds_at_most_max_leases_per_uid_and_closing_frees_its_place() {
     let bytes = Defaults { max_lease_bytes_per_uid: 10, ..defaults() };
     let m = manager(&i, bytes);
     let first = m.open(request("b", serde_json::json!({}), 7, 1)).await.ok().unwrap();
-    assert!(first.bytes.len().unwrap() >= 10);
+    assert!(first.held() >= 10);
     let Err(e) = m.open(request("b", serde_json::json!({}), 7, 1)).await else { panic!("over the byte bound") };
     assert_eq!(crate::error::ToErrno::errno(&e), libc::EDQUOT);
 }

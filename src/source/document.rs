@@ -255,6 +255,12 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     let segments = split_path(&doc.path, false).map_err(|e| format!("path {:?}: {e}", doc.path))?;
                     let kind = kind_of(&doc.attributes)?;
                     let policy = policy_of(&doc.attributes)?;
+                    if policy.as_ref().is_some_and(|p| p.files.is_some()) && !matches!(kind, SecretKind::Dynamic { .. })
+                    {
+                        return Err(
+                            "attributes.files makes a bundle of a dynamic secret; this one is not dynamic".into()
+                        );
+                    }
                     let own = ownership(&doc.attributes)?;
                     let (offset, len) = span(slice);
                     let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };

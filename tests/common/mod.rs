@@ -336,6 +336,7 @@ case "$mode" in
   sleep2)  sleep 2; printf '{"Password": "pw-%s"}\n' "$pw" ;;
   fail)    echo "boom: cannot reach the vault" >&2; exit 3 ;;
   noisy)   head -c 10000 /dev/zero | tr '\0' 'e' >&2; exit 1 ;;
+  pair)    printf '{"Username": "u-%s", "Password": "p-%s", "host": "db.internal"}\n' "$pw" "$pw" ;;
   loud)    head -c 1000000 /dev/zero | tr '\0' 'e' >&2; echo "secret-in-stderr-$pw" >&2; exit 1 ;;
   slowmint) echo $$ > "$here/slowmint.pid"; (sleep 31.5; echo late > "$here/late-child") & sleep 3; echo minted >> "$here/minted.txt"; printf '{"Password": "pw-%s"}\n' "$pw" ;;
   *)       echo "unknown mode $mode" >&2; exit 2 ;;
