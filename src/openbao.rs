@@ -89,6 +89,10 @@ impl BaoClient {
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, BaoError> {
         self.call(reqwest::Method::PUT, path, Some(body)).await
     }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, BaoError> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {

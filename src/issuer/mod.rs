@@ -6,6 +6,7 @@ pub mod guard;
 pub mod jwt;
 pub mod openbao;
 pub mod postgres;
+pub mod sshkey;
 
 use std::collections::HashMap;
 use std::sync::Arc;
