@@ -14,11 +14,18 @@ pub enum IssuerKind {
     Postgres,
     Aws,
     Openbao,
+    Azure,
 }
 
 impl IssuerKind {
-    pub const ALL: [IssuerKind; 5] =
-        [IssuerKind::Exec, IssuerKind::Jwt, IssuerKind::Postgres, IssuerKind::Aws, IssuerKind::Openbao];
+    pub const ALL: [IssuerKind; 6] = [
+        IssuerKind::Exec,
+        IssuerKind::Jwt,
+        IssuerKind::Postgres,
+        IssuerKind::Aws,
+        IssuerKind::Openbao,
+        IssuerKind::Azure,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -27,6 +34,7 @@ impl IssuerKind {
             IssuerKind::Postgres => "postgres",
             IssuerKind::Aws => "aws",
             IssuerKind::Openbao => "openbao",
+            IssuerKind::Azure => "azure",
         }
     }
 

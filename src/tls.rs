@@ -27,6 +27,26 @@ pub fn new_client(timeout: Duration) -> Result<reqwest::Client, String> {
         })
 }
 
+/// A client that also trusts the CA certificates in `ca_file` (PEM), for a private CA or a
+/// proxy; shared per (file, timeout) like [`client_for`].
+pub fn client_with_ca(ca_file: &std::path::Path, timeout: Duration) -> Result<reqwest::Client, String> {
+    let key = (format!("ca:{}", ca_file.display()), timeout);
+    if let Some(c) = CLIENTS.lock().get(&key) {
+        return Ok(c.clone());
+    }
+    install_crypto();
+    let pem = std::fs::read(ca_file).map_err(|e| format!("cannot read ca_file {}: {e}", ca_file.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("ca_file {}: not PEM certificates ({e})", ca_file.display()))?;
+    let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
+    for c in certs {
+        b = b.add_root_certificate(c);
+    }
+    let c = b.build().map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+    CLIENTS.lock().insert(key, c.clone());
+    Ok(c)
+}
+
 static CLIENTS: LazyLock<Mutex<HashMap<(String, Duration), reqwest::Client>>> = LazyLock::new(Default::default);
 
 /// The one client for `server` (an address such as `https://bao-1:8200`) with this timeout:

@@ -1,6 +1,7 @@
 //! Issuers: one trait, one file per kind (`exec`, `jwt`, …). An issuer turns a base secret and a request into a credential, and revokes it.
 
 pub mod aws;
+pub mod azure;
 pub mod exec;
 pub mod guard;
 pub mod jwt;
@@ -97,6 +98,7 @@ impl Issuers {
                 IssuerKind::Postgres => Arc::new(postgres::PostgresIssuer::new(timeout)),
                 IssuerKind::Aws => Arc::new(aws::AwsIssuer::new(timeout)),
                 IssuerKind::Openbao => Arc::new(openbao::OpenBaoIssuer::new(timeout)),
+                IssuerKind::Azure => Arc::new(azure::AzureIssuer::new(timeout)),
             };
             i.insert(kind, issuer);
         }
