@@ -25,6 +25,8 @@ pub enum EventKind {
     Error,
     /// A lease whose issuer kept refusing revocation.
     Irrevocable,
+    /// A rotation signal sent to a process that opened a lease.
+    Rotate,
 }
 
 #[derive(Serialize, Debug, Clone)]

@@ -68,10 +68,32 @@ pub struct Policy {
     pub max_issues_per_minute: Option<u32>,
     /// A bundle (`attributes.files`): file name → format, in name order. One lease per binding.
     pub files: Option<Vec<(Box<str>, Format)>>,
+    /// Sent to the processes that opened a lease before it expires (`rotate_signal`).
+    pub rotate_signal: Option<i32>,
+    /// When, in thousandths of the lease (`rotate_at` 0.66 → 660; default 2/3).
+    pub rotate_at: Option<u32>,
+}
+
+/// A signal by name (`"SIGHUP"`, `"HUP"`, `"USR1"`, …) for `rotate_signal`.
+pub fn signal_named(name: &str) -> Option<i32> {
+    let n = name.trim().to_ascii_uppercase();
+    let n = n.strip_prefix("SIG").unwrap_or(&n);
+    Some(match n {
+        "HUP" => libc::SIGHUP,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
 }
 
 /// The attribute keys a policy reads.
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 13] = [
+    "rotate_signal",
+    "rotate_at",
     "files",
     "bind",
     "format",
@@ -155,6 +177,15 @@ impl Policy {
                 })
                 .transpose()
         };
+        if let Some(v) = attrs.get("rotate_signal") {
+            let sig = v.as_str().and_then(signal_named);
+            p.rotate_signal = Some(sig.ok_or("attributes.rotate_signal must name a signal: SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGQUIT, SIGWINCH")?);
+        }
+        if let Some(v) = attrs.get("rotate_at") {
+            let f = v.as_f64().filter(|f| *f > 0.0 && *f < 1.0);
+            let f = f.ok_or("attributes.rotate_at must be a fraction of the lease between 0 and 1 (e.g. 0.66)")?;
+            p.rotate_at = Some((f * 1000.0).round() as u32);
+        }
         p.max_concurrent_issuances = count("max_concurrent_issuances")?;
         p.max_issues_per_minute = count("max_issues_per_minute")?;
         Ok(p)
@@ -169,23 +200,22 @@ impl Policy {
         let max_ttl = self.max_ttl.unwrap_or(d.max_ttl.0).min(d.max_ttl.0);
         let ttl = self.ttl.unwrap_or(d.ttl.0).min(max_ttl);
         // A bundle's files must meet in one lease: the default min_remaining never exceeds half
-        // its lease (an entry's own min_remaining is taken as written).
-        let min_remaining = match (self.min_remaining, &self.files) {
-            (Some(m), _) => m,
-            (None, Some(_)) => d.min_remaining.0.min(ttl / 2),
-            (None, None) => d.min_remaining.0,
-        };
+        // of a lease (an entry's own min_remaining is taken as written).
+        let min_remaining_capped = self.min_remaining.is_none() && self.files.is_some();
+        let min_remaining = self.min_remaining.unwrap_or(d.min_remaining.0);
         Effective {
             format: self.format.clone().unwrap_or(Format::Json),
             ttl,
             max_ttl,
             reuse: self.reuse.unwrap_or(d.reuse),
             min_remaining,
+            min_remaining_capped,
             revoke_on_close: self.revoke_on_close.unwrap_or(d.revoke_on_close),
             renew_while_open: self.renew_while_open.unwrap_or(false),
             max_concurrent_issuances: self.max_concurrent_issuances.unwrap_or(d.max_concurrent_issuances),
             max_issues_per_minute: self.max_issues_per_minute.unwrap_or(d.max_issues_per_minute),
             files: self.files.clone(),
+            rotate: self.rotate_signal.map(|sig| (sig, self.rotate_at.unwrap_or(667))),
         }
     }
 }
@@ -200,6 +230,8 @@ pub struct Effective {
     pub max_ttl: Duration,
     pub reuse: Reuse,
     pub min_remaining: Duration,
+    /// `min_remaining` is at most half of each lease's length (a bundle's default).
+    pub min_remaining_capped: bool,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
     /// Issuances of this entry under way at once (0: no bound).
@@ -208,6 +240,8 @@ pub struct Effective {
     pub max_issues_per_minute: u32,
     /// A bundle's files and their formats.
     pub files: Option<Vec<(Box<str>, Format)>>,
+    /// The signal for long-running readers, and when (thousandths of the lease).
+    pub rotate: Option<(i32, u32)>,
 }
 
 #[cfg(test)]

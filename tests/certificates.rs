@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -123,4 +124,94 @@ fn an_ssh_bundle_holds_a_key_leasefs_made_and_the_certificate_openbao_signed() {
     let fp = ok("ssh-keygen", &["-l", "-f", dir.join("id_ed25519.pub").to_str().unwrap()]);
     let fp = fp.split_whitespace().nth(1).unwrap();
     assert!(signed_key.contains(fp), "the certificate is for this key ({fp}): {signed_key}");
+}
+
+#[test]
+fn nginx_serving_a_leasefs_certificate_is_rotated_by_sighup_without_a_failed_request() {
+    let env = setup(json!([dynamic(
+        "tls:rot",
+        "base:bao",
+        json!({
+            "path": "pki/issue/app", "method": "POST", "body": {"common_name": "rot.example.com", "ttl": "9s"},
+            "rotate_signal": "SIGHUP",
+            "files": {"cert.pem": "raw:certificate", "key.pem": "raw:private_key", "ca.pem": "raw:issuing_ca"}
+        })
+    )]));
+    let dir = env.path("nginx");
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    // The CA, copied by another process (a process that opens the bundle gets the rotation signal).
+    let ca = dir.join("ca.pem");
+    ok("sh", &["-c", &format!("cat {}/ca.pem > {}", env.m("tls/rot").display(), ca.display())]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    let m = env.m("tls/rot");
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {m}/cert.pem;\n    ssl_certificate_key {m}/key.pem;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        m = m.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut nginx = std::process::Command::new("nginx")
+        .args(["-c", dir.join("nginx.conf").to_str().unwrap(), "-p", dir.to_str().unwrap()])
+        .process_group(0)
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    /// Stops nginx: its master and workers (its own process group).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: signalling the process group nginx leads.
+            unsafe { libc::killpg(self.0.id() as i32, libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+    let _ = nginx.try_wait();
+    let _nginx = Kill(nginx);
+    let url = format!("https://rot.example.com:{port}/");
+    let resolve = format!("rot.example.com:{port}:127.0.0.1");
+    let get =
+        || run("curl", &["-sf", "--max-time", "3", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve, &url]);
+    let started = std::time::Instant::now();
+    while !get().status.success() {
+        let why = || {
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+                + &std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        };
+        assert!(started.elapsed() < Duration::from_secs(10), "nginx does not serve TLS:\n{}\n{}", why(), env.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let serial = || {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect 127.0.0.1:{port} -servername rot.example.com </dev/null 2>/dev/null | openssl x509 -noout -serial"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let mut serials: Vec<String> = Vec::new();
+    let (mut requests, mut failures) = (0, 0);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(21) {
+        for _ in 0..4 {
+            requests += 1;
+            if !get().status.success() {
+                failures += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let s = serial();
+        if !s.is_empty() && serials.last() != Some(&s) {
+            serials.push(s);
+        }
+    }
+    let rotations = std::fs::read_to_string(env.path("audit.jsonl")).unwrap().matches("\"event\":\"rotate\"").count();
+    eprintln!("{requests} requests, {failures} failed; serials seen: {serials:?}; rotate events: {rotations}");
+    assert_eq!(failures, 0, "a request failed across rotations");
+    assert!(serials.len() >= 4, "three rotations change the served certificate three times: {serials:?}");
+    assert!(rotations >= 3, "each rotation is audited");
 }

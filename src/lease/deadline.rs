@@ -16,6 +16,8 @@ pub enum Action {
     Expire,
     /// Renew it if a handle is still open.
     Renew,
+    /// Signal the processes that opened it to re-read (`rotate_signal`).
+    Rotate,
 }
 
 /// Deadlines that fell due, and when the next one is.

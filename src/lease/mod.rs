@@ -93,6 +93,12 @@ pub struct LeaseManager {
     ended_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
+/// The real uid of a live process, from `/proc/PID/status`.
+fn process_uid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
 /// A fresh lease id: 128 random bits, hex.
 pub fn new_lease_id() -> String {
     let mut b = [0u8; 16];
@@ -257,7 +263,9 @@ impl LeaseManager {
         policy: &crate::policy::Effective,
     ) -> Result<Arc<Lease>, LeaseError> {
         let now = self.clock.now();
-        if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, now) {
+        let capped = policy.min_remaining_capped;
+        if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, capped, now) {
+            l.opened_by(req.requester.pid);
             self.metrics.reused(kind.as_str());
             self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
             return Ok(l);
@@ -370,6 +378,10 @@ impl LeaseManager {
                 self.deadlines.push(now + (exp - now) * 2 / 3, lease, Action::Renew);
             }
         }
+        if let Some((_, at)) = lease.rotate {
+            let when = lease.issued_at + (exp - lease.issued_at) * at as i32 / 1000;
+            self.deadlines.push(when, lease, Action::Rotate);
+        }
         if !self.serving.swap(true, Ordering::SeqCst) {
             tokio::spawn(Self::serve_deadlines(Arc::downgrade(self), self.deadlines.clone(), self.clock.clone()));
         }
@@ -394,6 +406,7 @@ impl LeaseManager {
                     Action::Expire => {}
                     Action::Renew if lease.open_handles() > 0 => m.spawn_renewal(lease),
                     Action::Renew => {}
+                    Action::Rotate => m.rotate(&lease),
                 }
             }
             drop(m);
@@ -406,6 +419,23 @@ impl LeaseManager {
                 }
                 None => deadlines.sooner().await,
             }
+        }
+    }
+
+    /// Before the lease expires: each live process of the lease's uid that opened it gets the
+    /// rotation signal, and no new open shares the lease, so a re-read gets a fresh one.
+    fn rotate(&self, lease: &Arc<Lease>) {
+        let Some((sig, _)) = lease.rotate else { return };
+        lease.retire();
+        for pid in lease.openers() {
+            if process_uid(pid) != Some(lease.requester.uid) {
+                continue; // gone, or the pid now belongs to someone else
+            }
+            // SAFETY: a signal to a process of the lease's own user.
+            let sent = unsafe { libc::kill(pid as i32, sig) } == 0;
+            let who = Requester { pid, ..lease.requester.clone() };
+            self.audit(EventKind::Rotate, lease, if sent { "signalled" } else { "failed" }, Some(&who));
+            tracing::info!(lease = %lease.id, path = %lease.path(), pid, signal = sig, "rotation: signalled a reader to re-read");
         }
     }
 

@@ -54,6 +54,12 @@ pub struct Lease {
     pub inos: Vec<u64>,
     /// Whether its bytes count against its uid's bound.
     charged: AtomicBool,
+    /// `rotate_signal` and when (thousandths of the lease), for long-running readers.
+    pub rotate: Option<(i32, u32)>,
+    /// Processes that opened it (they get the rotation signal).
+    openers: Mutex<Vec<u32>>,
+    /// Set at rotation: no new open shares it, so a reader that re-reads gets a fresh lease.
+    retired: AtomicBool,
     /// Set once: the lease has ended (expiry, revoke, close or shutdown). Revocation runs once.
     ended: AtomicBool,
     /// Its place in the deadline queue, removed when it ends early.
@@ -74,10 +80,18 @@ pub struct NewLease {
     pub renew_while_open: bool,
     pub reusable: bool,
     pub inos: Vec<u64>,
+    pub rotate: Option<(i32, u32)>,
+}
+
+impl NewLease {
+    fn requester_pid(&self) -> u32 {
+        self.requester.pid
+    }
 }
 
 impl Lease {
     pub fn new(n: NewLease) -> Lease {
+        let opener = n.requester_pid();
         Lease {
             period: (n.expires_at - n.issued_at).to_std().unwrap_or_default(),
             id: n.id,
@@ -94,12 +108,32 @@ impl Lease {
             reusable: n.reusable,
             inos: n.inos,
             charged: AtomicBool::new(false),
+            rotate: n.rotate,
+            openers: Mutex::new(vec![opener]),
+            retired: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             expiry_slot: Mutex::new(None),
         }
     }
     pub fn path(&self) -> &str {
         &self.origin.path
+    }
+    /// A process opened it (again).
+    pub fn opened_by(&self, pid: u32) {
+        let mut g = self.openers.lock();
+        if !g.contains(&pid) {
+            g.push(pid);
+        }
+    }
+    pub fn openers(&self) -> Vec<u32> {
+        self.openers.lock().clone()
+    }
+    /// No new open shares it from now on.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
     /// The contents of file `i` (0 for a single file).
     pub fn file(&self, i: usize) -> Option<&Arc<SharedBytes>> {
@@ -294,6 +328,7 @@ impl Table {
         reuse: Reuse,
         who: &Requester,
         min_remaining: Duration,
+        capped: bool,
         now: DateTime<Utc>,
     ) -> Option<Arc<Lease>> {
         if reuse == Reuse::None {
@@ -302,7 +337,10 @@ impl Table {
         let g = self.leases.lock();
         let found = g
             .values()
-            .filter(|l| l.path() == path && l.is_live() && l.remaining(now) >= min_remaining)
+            .filter(|l| {
+                let need = if capped { min_remaining.min(l.period / 2) } else { min_remaining };
+                l.path() == path && l.is_live() && !l.is_retired() && l.remaining(now) >= need
+            })
             .filter(|l| match reuse {
                 Reuse::Uid => l.requester.uid == who.uid,
                 Reuse::Pid => l.requester.pid == who.pid,

@@ -333,3 +333,22 @@ async fn an_entry_issues_at_most_its_bounds_at_once_and_per_minute() {
     advance(61).await;
     assert!(m.open(request("polled", attrs, 0, 1)).await.is_ok(), "a new minute");
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_rotate_at_the_processes_that_opened_a_lease_get_its_signal_and_it_is_not_shared_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let i = Arc::new(TestIssuer::default());
+    let m = manager(&i, defaults());
+    let mut reader = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let uid = unsafe { libc::geteuid() };
+    let attrs = serde_json::json!({"ttl": "30s", "reuse": "uid", "rotate_signal": "SIGHUP", "rotate_at": 0.5});
+    let l = m.open(request("rot", attrs.clone(), uid, reader.id())).await.ok().unwrap();
+    advance(14).await;
+    assert!(reader.try_wait().unwrap().is_none(), "not before half the lease");
+    advance(2).await;
+    let st = reader.wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGHUP), "the reader got the rotation signal");
+    let again = m.open(request("rot", attrs, uid, 1)).await.ok().unwrap();
+    assert_ne!(again.id, l.id, "a re-read after rotation gets a fresh lease");
+    assert!(l.is_live(), "the old lease lives on until its expiry");
+}
