@@ -191,6 +191,15 @@ pub struct SourceConfig {
     /// `openbao`: the server address.
     #[serde(default)]
     pub address: Option<String>,
+    /// `openbao`: several nodes of one cluster, tried in turn.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// `openbao`: CA certificates (PEM) to trust besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `openbao`: the name the nodes' certificates are checked against (addresses are IPs).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
     /// `openbao`: a file holding the token.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
@@ -217,6 +226,9 @@ impl SourceConfig {
             prefix: root_prefix(),
             path: Some(path),
             address: None,
+            addresses: Vec::new(),
+            ca_file: None,
+            tls_server_name: None,
             token_file: None,
             kv_mounts: Vec::new(),
             dynamic_mounts: Vec::new(),
@@ -228,6 +240,17 @@ impl SourceConfig {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+    /// The nodes of an `openbao` source: `address` first, then `addresses`.
+    pub fn endpoints(&self) -> crate::openbao::Endpoints {
+        let mut addresses: Vec<String> = self.address.iter().cloned().collect();
+        addresses.extend(self.addresses.iter().filter(|a| Some(*a) != self.address.as_ref()).cloned());
+        crate::openbao::Endpoints {
+            addresses: addresses.into_iter().map(|a| a.trim_end_matches('/').to_string()).collect(),
+            ca_file: self.ca_file.clone(),
+            tls_server_name: self.tls_server_name.clone(),
+        }
+    }
+
     pub fn ownership(&self) -> Ownership {
         Ownership { owner: self.owner.clone(), group: self.group.clone(), mode: self.mode.clone() }
     }
@@ -285,7 +308,7 @@ impl Config {
             match s.kind {
                 SourceKind::Local => need(s.path.is_some(), "path")?,
                 SourceKind::Openbao => {
-                    need(s.address.is_some(), "address")?;
+                    need(s.address.is_some() || !s.addresses.is_empty(), "address")?;
                     need(s.token_file.is_some(), "token_file")?;
                 }
             }

@@ -20,55 +20,161 @@ pub enum BaoError {
     NotFound,
 }
 
+/// Where an OpenBao (or Vault) cluster answers: its nodes, and how to trust their TLS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Node addresses (`https://bao-1:8200`, …), tried in turn; a standby's redirect is followed.
+    pub addresses: Vec<String>,
+    /// A PEM file of CA certificates to trust besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name to verify the nodes' certificates against (when addresses are IPs).
+    pub tls_server_name: Option<String>,
+}
+
+impl Endpoints {
+    pub fn one(address: &str) -> Endpoints {
+        Endpoints { addresses: vec![address.trim_end_matches('/').to_string()], ..Endpoints::default() }
+    }
+
+    /// From a base secret's fields: `address` or `addresses` (a JSON array), `ca_file`,
+    /// `tls_server_name`.
+    pub fn from_fields(f: &SecretFields) -> Option<Endpoints> {
+        let mut addresses: Vec<String> =
+            f.get("addresses").and_then(|a| serde_json::from_str(a).ok()).unwrap_or_default();
+        if let Some(a) = f.get("address") {
+            if !addresses.iter().any(|x| x == a) {
+                addresses.insert(0, a.to_string());
+            }
+        }
+        if addresses.is_empty() {
+            return None;
+        }
+        Some(Endpoints {
+            addresses: addresses.into_iter().map(|a| a.trim_end_matches('/').to_string()).collect(),
+            ca_file: f.get("ca_file").map(std::path::PathBuf::from),
+            tls_server_name: f.get("tls_server_name").map(str::to_string),
+        })
+    }
+
+    /// Writes these endpoints into a base secret's fields (for the `openbao` issuer).
+    pub fn to_fields(&self, f: &mut SecretFields) {
+        f.insert("address", self.addresses.first().cloned().unwrap_or_default());
+        f.insert_json("addresses", &serde_json::json!(self.addresses));
+        if let Some(c) = &self.ca_file {
+            f.insert("ca_file", c.to_string_lossy().to_string());
+        }
+        if let Some(n) = &self.tls_server_name {
+            f.insert("tls_server_name", n.clone());
+        }
+    }
+}
+
+/// One node: the URL prefix to use and the shared HTTP client for it.
+#[derive(Clone)]
+struct Node {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// The node of each cluster that answered last: tried first next time.
+static PREFERRED: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashMap<Vec<String>, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
 #[derive(Clone)]
 pub struct BaoClient {
-    http: reqwest::Client,
-    address: String,
+    nodes: Vec<Node>,
+    key: Vec<String>,
     token: SecretString,
+    timeout: Duration,
 }
 
 impl BaoClient {
-    /// A client for `address` with `token`; the HTTP connections are the server's shared pool.
-    pub fn new(address: &str, token: SecretString, timeout: Duration) -> Result<Self, BaoError> {
-        let address = address.trim_end_matches('/').to_string();
-        let http = crate::tls::client_for(&address, timeout).map_err(BaoError::Refused)?;
-        Ok(BaoClient { http, address, token })
+    /// A client for `endpoints` with `token`; each node's HTTP connections are a shared pool.
+    pub fn new(endpoints: &Endpoints, token: SecretString, timeout: Duration) -> Result<Self, BaoError> {
+        let mut nodes = Vec::new();
+        for a in &endpoints.addresses {
+            let (base, http) =
+                crate::tls::node_client(a, endpoints.ca_file.as_deref(), endpoints.tls_server_name.as_deref(), timeout)
+                    .map_err(BaoError::Refused)?;
+            nodes.push(Node { base, http });
+        }
+        if nodes.is_empty() {
+            return Err(BaoError::Refused("no address".into()));
+        }
+        Ok(BaoClient { nodes, key: endpoints.addresses.clone(), token, timeout })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/v1/{}", self.address, path.trim_start_matches('/'))
-    }
-
+    /// Sends a request to the cluster within the client's timeout. Moves to the next node, and
+    /// after a round to a jittered backoff, only when the request cannot have been processed:
+    /// the connection failed, or the node answered 502, 503 (sealed, standby, no leader) or 429
+    /// (waited out as `Retry-After` says). A timeout or a 500 is final: a request that issues a
+    /// credential is never sent twice.
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, BaoError> {
-        let mut req = self.http.request(method, self.url(path)).header("X-Vault-Token", self.token.expose_secret());
-        if let Some(b) = body {
-            req = req.json(b);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let first = PREFERRED.lock().get(&self.key).copied().unwrap_or(0) % self.nodes.len();
+        let mut last = String::new();
+        let mut round = 0u32;
+        loop {
+            for i in (0..self.nodes.len()).map(|k| (first + k) % self.nodes.len()) {
+                let node = &self.nodes[i];
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(BaoError::Unreachable(format!("no node answered in time ({last})")));
+                    }
+                    let url = format!("{}/v1/{}", node.base, path.trim_start_matches('/'));
+                    let mut req = node
+                        .http
+                        .request(method.clone(), url)
+                        .timeout(left)
+                        .header("X-Vault-Token", self.token.expose_secret());
+                    if let Some(b) = body {
+                        req = req.json(b);
+                    }
+                    let resp = match req.send().await {
+                        Ok(r) => r,
+                        Err(e) if e.is_connect() => {
+                            last = format!("{}: {}", node.base, describe(&e));
+                            break; // next node
+                        }
+                        Err(e) => return Err(BaoError::Unreachable(describe(&e))),
+                    };
+                    let status = resp.status();
+                    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                        let wait = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                            .map(Duration::from_secs)
+                            .unwrap_or(Duration::from_secs(1));
+                        if tokio::time::Instant::now() + wait >= deadline {
+                            return Err(BaoError::Unreachable(format!(
+                                "{}: rate limited (429) past the timeout",
+                                node.base
+                            )));
+                        }
+                        tracing::info!(node = %node.base, wait_s = wait.as_secs(), "OpenBao rate limit (429): waiting as Retry-After says");
+                        tokio::time::sleep(wait).await;
+                        continue; // the same node
+                    }
+                    if status == reqwest::StatusCode::BAD_GATEWAY || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    {
+                        last = format!("{}: {status}", node.base);
+                        break; // next node
+                    }
+                    PREFERRED.lock().insert(self.key.clone(), i);
+                    return answer(resp, path).await;
+                }
+            }
+            // Every node failed this round: back off (1 s, 2 s, 4 s … ±25 %) within the deadline.
+            let wait = crate::lease::revoke::backoff(round);
+            round += 1;
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(BaoError::Unreachable(last));
+            }
+            tracing::debug!(error = %last, wait_ms = wait.as_millis() as u64, "no OpenBao node answered; retrying");
+            tokio::time::sleep(wait).await;
         }
-        let resp = req.send().await.map_err(|e| BaoError::Unreachable(describe(&e)))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(BaoError::NotFound);
-        }
-        if status == reqwest::StatusCode::NO_CONTENT {
-            return Ok(Value::Null);
-        }
-        let text = zeroize::Zeroizing::new(resp.text().await.map_err(|e| BaoError::Unreachable(describe(&e)))?);
-        if status.is_server_error() {
-            return Err(BaoError::Unreachable(format!("{status} on {path}")));
-        }
-        if !status.is_success() {
-            // Error bodies are {"errors": [...]}: messages, never secret data.
-            let errors = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("errors").cloned())
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Err(BaoError::Refused(format!("{status} on {path} {errors}")));
-        }
-        if text.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text).map_err(|_| BaoError::Refused(format!("{path}: the answer is not JSON")))
     }
 
     /// `LIST` a path: the keys (sub-directories end with `/`).
@@ -93,6 +199,34 @@ impl BaoClient {
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, BaoError> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
+}
+
+/// Turns an answer into JSON or the error it states.
+async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> {
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(BaoError::NotFound);
+    }
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Value::Null);
+    }
+    let text = zeroize::Zeroizing::new(resp.text().await.map_err(|e| BaoError::Unreachable(describe(&e)))?);
+    if status.is_server_error() {
+        return Err(BaoError::Unreachable(format!("{status} on {path}")));
+    }
+    if !status.is_success() {
+        // Error bodies are {"errors": [...]}: messages, never secret data.
+        let errors = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("errors").cloned())
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Err(BaoError::Refused(format!("{status} on {path} {errors}")));
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|_| BaoError::Refused(format!("{path}: the answer is not JSON")))
 }
 
 fn describe(e: &reqwest::Error) -> String {

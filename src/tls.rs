@@ -60,3 +60,50 @@ pub fn client_for(server: &str, timeout: Duration) -> Result<reqwest::Client, St
     g.insert((server.to_string(), timeout), c.clone());
     Ok(c)
 }
+
+/// The URL prefix and shared client for one OpenBao node: trusting `ca_file` too, and verifying
+/// the certificate against `server_name` (the URL then names it, resolved to the node's
+/// address) when the address is an IP.
+pub fn node_client(
+    address: &str,
+    ca_file: Option<&std::path::Path>,
+    server_name: Option<&str>,
+    timeout: Duration,
+) -> Result<(String, reqwest::Client), String> {
+    let address = address.trim_end_matches('/');
+    if ca_file.is_none() && server_name.is_none() {
+        return Ok((address.to_string(), client_for(address, timeout)?));
+    }
+    let url = url::Url::parse(address).map_err(|e| format!("address {address:?}: {e}"))?;
+    let base = match server_name {
+        Some(name) => {
+            let mut u = url.clone();
+            u.set_host(Some(name)).map_err(|e| format!("tls_server_name {name:?}: {e}"))?;
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        None => address.to_string(),
+    };
+    let key = (format!("node:{address}:{ca_file:?}:{server_name:?}"), timeout);
+    if let Some(c) = CLIENTS.lock().get(&key) {
+        return Ok((base, c.clone()));
+    }
+    install_crypto();
+    let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+        for c in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if let Some(name) = server_name {
+        let host = url.host_str().ok_or_else(|| format!("address {address:?} has no host"))?;
+        let port = url.port_or_known_default().unwrap_or(8200);
+        let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().map_err(|_| {
+            format!("tls_server_name needs an IP address (the node's); {host:?} is a name: put the name in the address")
+        })?;
+        b = b.resolve(name, std::net::SocketAddr::new(ip, port));
+    }
+    let c = b.build().map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+    CLIENTS.lock().insert(key, c.clone());
+    Ok((base, c))
+}

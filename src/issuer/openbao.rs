@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::openbao::{BaoClient, BaoError, fields_of};
+use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
 use crate::secret::SecretFields;
 
 pub struct OpenBaoIssuer {
@@ -22,9 +22,10 @@ impl OpenBaoIssuer {
     }
 
     fn client(&self, base: &SecretFields) -> Result<BaoClient, LeaseError> {
-        let address = base.get("address").ok_or_else(|| fail("the base secret needs \"address\""))?;
+        let endpoints =
+            Endpoints::from_fields(base).ok_or_else(|| fail("the base secret needs \"address\" (or \"addresses\")"))?;
         let token = base.get("token").ok_or_else(|| fail("the base secret needs \"token\""))?;
-        BaoClient::new(address, SecretString::from(token.to_string()), self.timeout).map_err(fail)
+        BaoClient::new(&endpoints, SecretString::from(token.to_string()), self.timeout).map_err(fail)
     }
 }
 

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 
 use super::{Listing, Source, SourceError};
 use crate::diag::FileError;
-use crate::openbao::{BaoClient, BaoError, fields_of};
+use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
 use crate::paths::split_path;
 use crate::policy::IssuerKind;
 use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
@@ -17,7 +17,7 @@ use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
 pub const BASE_DIR: &str = "_openbao";
 
 pub struct OpenBaoSource {
-    address: String,
+    endpoints: Endpoints,
     token_file: PathBuf,
     kv_mounts: Vec<String>,
     dynamic_mounts: Vec<String>,
@@ -26,13 +26,17 @@ pub struct OpenBaoSource {
 
 impl OpenBaoSource {
     pub fn new(
-        address: String,
+        endpoints: Endpoints,
         token_file: PathBuf,
         kv_mounts: Vec<String>,
         dynamic_mounts: Vec<String>,
         timeout: Duration,
     ) -> Self {
-        OpenBaoSource { address, token_file, kv_mounts, dynamic_mounts, timeout }
+        OpenBaoSource { endpoints, token_file, kv_mounts, dynamic_mounts, timeout }
+    }
+
+    fn address(&self) -> &str {
+        self.endpoints.addresses.first().map_or("", String::as_str)
     }
 
     /// The token is read from its file at each use, so a rotated token (Vault Agent, a sidecar) is picked up.
@@ -44,7 +48,7 @@ impl OpenBaoSource {
     }
 
     fn client(&self) -> Result<BaoClient, SourceError> {
-        BaoClient::new(&self.address, self.token()?, self.timeout).map_err(map_err)
+        BaoClient::new(&self.endpoints, self.token()?, self.timeout).map_err(map_err)
     }
 
     async fn walk_kv(
@@ -77,7 +81,7 @@ impl OpenBaoSource {
                     Ok(s) => segments.extend(s),
                     Err(e) => {
                         listing.problems.push(FileError::whole(
-                            std::path::Path::new(&format!("{}/v1/{mount}/metadata/{rel}", self.address)),
+                            std::path::Path::new(&format!("{}/v1/{mount}/metadata/{rel}", self.address())),
                             e,
                         ));
                         continue;
@@ -135,7 +139,7 @@ fn map_err(e: BaoError) -> SourceError {
 #[async_trait]
 impl Source for OpenBaoSource {
     fn describe(&self) -> String {
-        format!("openbao:{}", self.address)
+        format!("openbao:{}", self.endpoints.addresses.join(","))
     }
 
     async fn list(&self) -> Result<Listing, SourceError> {
@@ -183,7 +187,7 @@ impl Source for OpenBaoSource {
             // The base of a dynamic mount: how to reach OpenBao, for the openbao issuer.
             (SecretKind::Base { .. }, _) => {
                 let mut f = SecretFields::default();
-                f.insert("address", self.address.clone());
+                self.endpoints.to_fields(&mut f);
                 f.insert("token", secrecy::ExposeSecret::expose_secret(&self.token()?).to_string());
                 Ok(f)
             }
