@@ -200,9 +200,12 @@ pub struct SourceConfig {
     /// `openbao`: the name the nodes' certificates are checked against (addresses are IPs).
     #[serde(default)]
     pub tls_server_name: Option<String>,
-    /// `openbao`: a file holding the token.
+    /// `openbao`: a file holding the token (the same as `"auth": {"method": "token", …}`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// `openbao`: how leasefs logs in (`token`, `approle`).
+    #[serde(default)]
+    pub auth: Option<crate::openbao_auth::AuthConfig>,
     #[serde(default)]
     pub kv_mounts: Vec<String>,
     #[serde(default)]
@@ -230,6 +233,7 @@ impl SourceConfig {
             ca_file: None,
             tls_server_name: None,
             token_file: None,
+            auth: None,
             kv_mounts: Vec::new(),
             dynamic_mounts: Vec::new(),
             owner: None,
@@ -309,7 +313,7 @@ impl Config {
                 SourceKind::Local => need(s.path.is_some(), "path")?,
                 SourceKind::Openbao => {
                     need(s.address.is_some() || !s.addresses.is_empty(), "address")?;
-                    need(s.token_file.is_some(), "token_file")?;
+                    need(s.token_file.is_some() || s.auth.is_some(), "token_file\" or \"auth")?;
                 }
             }
             let p = s.prefix();

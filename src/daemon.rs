@@ -54,8 +54,11 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
         let source: Arc<dyn Source> = match sc.kind {
             SourceKind::Local => Arc::new(LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms)),
             SourceKind::Openbao => Arc::new(OpenBaoSource::new(
+                sc.prefix().to_string(),
                 sc.endpoints(),
-                sc.token_file.clone().unwrap_or_default(),
+                sc.auth.clone().unwrap_or(crate::openbao_auth::AuthConfig::Token {
+                    token_file: sc.token_file.clone().unwrap_or_default(),
+                }),
                 sc.kv_mounts.clone(),
                 sc.dynamic_mounts.clone(),
                 cfg.defaults.issue_timeout.0,

@@ -15,6 +15,7 @@ pub mod memlock;
 pub mod metrics;
 pub mod notify;
 pub mod openbao;
+pub mod openbao_auth;
 pub mod paths;
 pub mod policy;
 pub mod render;

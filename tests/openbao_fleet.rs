@@ -189,3 +189,61 @@ fn a_certificate_for_another_name_is_refused() {
     assert!(status.contains("\"up\": false"), "a node with the wrong name was trusted: {status}");
     assert!(node.requests().is_empty(), "no request reached a node whose certificate does not match");
 }
+
+#[test]
+fn an_approle_token_with_a_short_ttl_is_renewed_and_logged_in_again_while_leasefs_keeps_issuing() {
+    let b = bao();
+    SETUP_APPROLE.call_once(|| {
+        b.api("POST", "sys/auth/approle", Some(json!({"type": "approle"})));
+        b.api("PUT", "sys/policies/acl/leasefs", Some(json!({"policy": "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"})));
+        let v = b.api("POST", "auth/approle/role/leasefs", Some(json!({"token_policies": ["leasefs"], "token_ttl": "4s", "token_max_ttl": "8s"})));
+        assert!(v.get("errors").is_none(), "{v}");
+    });
+    let role_id =
+        b.api("GET", "auth/approle/role/leasefs/role-id", None)["data"]["role_id"].as_str().unwrap().to_string();
+    let secret_id = b.api("POST", "auth/approle/role/leasefs/secret-id", Some(json!({})))["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let env = fleet_env(std::slice::from_ref(&b.addr), None);
+    for (name, value) in [("role-id", &role_id), ("secret-id", &secret_id)] {
+        std::fs::write(env.path(name), value).unwrap();
+        std::fs::set_permissions(env.path(name), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(env.path("config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let src = cfg["sources"][0].as_object_mut().unwrap();
+    src.remove("token_file");
+    src.insert(
+        "auth".into(),
+        json!({"method": "approle", "role_id_file": env.path("role-id"), "secret_id_file": env.path("secret-id")}),
+    );
+    std::fs::write(env.path("config.json"), cfg.to_string()).unwrap();
+    let mut env = env;
+    let logins_before = b.requests().iter().filter(|(_, p)| p == "auth/approle/login").count();
+    env.start();
+    // 20 s of reads and issuances across several token lifetimes (TTL 4 s, max 8 s).
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        let v: serde_json::Value = serde_json::from_str(
+            &read(&env.m("bao/secret/fleet/app"))
+                .unwrap_or_else(|e| panic!("read failed after {:?}: {e}\n{}", start.elapsed(), env.log())),
+        )
+        .unwrap();
+        assert_eq!(v["password"], "fleet-value");
+        let c = read(&env.m("bao/database/creds/fleet"))
+            .unwrap_or_else(|e| panic!("issuance failed after {:?}: {e}\n{}", start.elapsed(), env.log()));
+        assert!(c.contains("username"));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let reqs = b.requests();
+    let logins = reqs.iter().filter(|(_, p)| p == "auth/approle/login").count() - logins_before;
+    let renewals = reqs.iter().filter(|(_, p)| p == "auth/token/renew-self").count();
+    eprintln!("{n} rounds of a read and an issuance in 20 s: {logins} AppRole logins, {renewals} token renewals");
+    assert!(logins >= 2, "the token reached its max TTL and leasefs logged in again: {logins}");
+    assert!(renewals >= 1, "the token was renewed at 2/3 of its TTL: {renewals}");
+}
+
+static SETUP_APPROLE: std::sync::Once = std::sync::Once::new();

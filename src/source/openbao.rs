@@ -1,14 +1,14 @@
 //! The `openbao` source: KV v2 mounts listed through metadata endpoints only (a value is read on open), and the roles of dynamic mounts as dynamic entries.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use secrecy::SecretString;
 
 use super::{Listing, Source, SourceError};
 use crate::diag::FileError;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
+use crate::openbao_auth::{AuthConfig, Login};
 use crate::paths::split_path;
 use crate::policy::IssuerKind;
 use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
@@ -18,7 +18,9 @@ pub const BASE_DIR: &str = "_openbao";
 
 pub struct OpenBaoSource {
     endpoints: Endpoints,
-    token_file: PathBuf,
+    login: Arc<Login>,
+    /// The name its login is registered under (for the `openbao` issuer).
+    name: String,
     kv_mounts: Vec<String>,
     dynamic_mounts: Vec<String>,
     timeout: Duration,
@@ -26,29 +28,27 @@ pub struct OpenBaoSource {
 
 impl OpenBaoSource {
     pub fn new(
+        name: String,
         endpoints: Endpoints,
-        token_file: PathBuf,
+        auth: AuthConfig,
         kv_mounts: Vec<String>,
         dynamic_mounts: Vec<String>,
         timeout: Duration,
     ) -> Self {
-        OpenBaoSource { endpoints, token_file, kv_mounts, dynamic_mounts, timeout }
+        let login = Login::new(auth, endpoints.clone(), timeout);
+        crate::openbao_auth::register(&name, login.clone());
+        OpenBaoSource { endpoints, login, name, kv_mounts, dynamic_mounts, timeout }
     }
 
     fn address(&self) -> &str {
         self.endpoints.addresses.first().map_or("", String::as_str)
     }
 
-    /// The token is read from its file at each use, so a rotated token (Vault Agent, a sidecar) is picked up.
-    fn token(&self) -> Result<SecretString, SourceError> {
-        let t = std::fs::read_to_string(&self.token_file).map_err(|e| {
-            SourceError::Unavailable(format!("cannot read the token file {}: {e}", self.token_file.display()))
-        })?;
-        Ok(SecretString::from(t.trim().to_string()))
-    }
-
-    fn client(&self) -> Result<BaoClient, SourceError> {
-        BaoClient::new(&self.endpoints, self.token()?, self.timeout).map_err(map_err)
+    /// A client with the current token (a token file is re-read at each use; an AppRole token
+    /// is renewed or logged in again as needed).
+    async fn client(&self) -> Result<BaoClient, SourceError> {
+        let token = self.login.token().await.map_err(map_err)?;
+        BaoClient::new(&self.endpoints, token, self.timeout).map_err(map_err)
     }
 
     async fn walk_kv(
@@ -143,7 +143,7 @@ impl Source for OpenBaoSource {
     }
 
     async fn list(&self) -> Result<Listing, SourceError> {
-        let client = self.client()?;
+        let client = self.client().await?;
         let now = SystemTime::now();
         let mut listing = Listing::default();
         for mount in &self.kv_mounts {
@@ -188,11 +188,12 @@ impl Source for OpenBaoSource {
             (SecretKind::Base { .. }, _) => {
                 let mut f = SecretFields::default();
                 self.endpoints.to_fields(&mut f);
-                f.insert("token", secrecy::ExposeSecret::expose_secret(&self.token()?).to_string());
+                // The issuer asks the login for a current token at each use.
+                f.insert("login", self.name.clone());
                 Ok(f)
             }
             (_, Locator::Remote(path)) => {
-                let client = self.client()?;
+                let client = self.client().await?;
                 let mut v = client.read(path).await.map_err(|e| match e {
                     BaoError::NotFound => SourceError::Invalid(format!("{path}: not found (deleted?)")),
                     other => map_err(other),

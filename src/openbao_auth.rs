@@ -1,0 +1,155 @@
+//! How leasefs logs in to OpenBao and keeps its own token alive (SPEC §9.5): a token file
+//! (re-read at each use, so a rotated token is picked up), or AppRole (role id and secret id
+//! files; optionally a response-wrapped secret id). A token that came from a login is renewed
+//! at 2/3 of its TTL, and when renewal fails (or the token is gone after an outage longer than
+//! its TTL) leasefs logs in again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::openbao::{BaoClient, BaoError, Endpoints};
+
+/// The `auth` key of an `openbao` source.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    Token {
+        token_file: PathBuf,
+    },
+    Approle {
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+        /// The secret id file holds a response-wrapping token to unwrap first.
+        #[serde(default)]
+        wrapped: bool,
+    },
+}
+
+struct Session {
+    token: SecretString,
+    /// When to renew (2/3 of the TTL), and when it ends; None: it does not expire.
+    renew_at: Option<Instant>,
+    ends: Option<Instant>,
+    renewable: bool,
+}
+
+/// The daemon's own token for one cluster.
+pub struct Login {
+    auth: AuthConfig,
+    endpoints: Endpoints,
+    timeout: Duration,
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// Logins and renewals so far (status and tests).
+    pub counts: Mutex<(u32, u32)>,
+}
+
+fn read_trimmed(p: &PathBuf, what: &str) -> Result<SecretString, BaoError> {
+    std::fs::read_to_string(p)
+        .map(|t| SecretString::from(t.trim().to_string()))
+        .map_err(|e| BaoError::Unreachable(format!("cannot read the {what} file {}: {e}", p.display())))
+}
+
+impl Login {
+    pub fn new(auth: AuthConfig, endpoints: Endpoints, timeout: Duration) -> Arc<Login> {
+        Arc::new(Login { auth, endpoints, timeout, session: tokio::sync::Mutex::new(None), counts: Mutex::new((0, 0)) })
+    }
+
+    fn client(&self, token: SecretString) -> Result<BaoClient, BaoError> {
+        BaoClient::new(&self.endpoints, token, self.timeout)
+    }
+
+    /// A token to use now: the file's, or the session's (renewed or logged in again as needed).
+    pub async fn token(&self) -> Result<SecretString, BaoError> {
+        let AuthConfig::Approle { role_id_file, secret_id_file, wrapped } = &self.auth else {
+            let AuthConfig::Token { token_file } = &self.auth else { unreachable!() };
+            return read_trimmed(token_file, "token");
+        };
+        let mut g = self.session.lock().await;
+        let now = Instant::now();
+        if let Some(s) = g.as_ref() {
+            let usable = s.ends.is_none_or(|e| e > now + Duration::from_secs(1));
+            if usable && s.renew_at.is_none_or(|r| r > now) {
+                return Ok(s.token.clone());
+            }
+            if usable && s.renewable {
+                match self.renew(&s.token).await {
+                    Ok(next) => {
+                        self.counts.lock().1 += 1;
+                        let t = next.token.clone();
+                        *g = Some(next);
+                        return Ok(t);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing leasefs's OpenBao token failed; logging in again"),
+                }
+            }
+        }
+        let next = self.approle(role_id_file, secret_id_file, *wrapped).await?;
+        self.counts.lock().0 += 1;
+        let t = next.token.clone();
+        *g = Some(next);
+        Ok(t)
+    }
+
+    /// Forgets the session (a 403: the token was revoked or expired early).
+    pub async fn forget(&self) {
+        *self.session.lock().await = None;
+    }
+
+    fn session_of(auth: &serde_json::Value) -> Result<Session, BaoError> {
+        let token =
+            auth["client_token"].as_str().ok_or_else(|| BaoError::Refused("the login answer has no token".into()))?;
+        let ttl = auth["lease_duration"].as_u64().unwrap_or(0);
+        let now = Instant::now();
+        Ok(Session {
+            token: SecretString::from(token.to_string()),
+            renew_at: (ttl > 0).then(|| now + Duration::from_secs(ttl) * 2 / 3),
+            ends: (ttl > 0).then(|| now + Duration::from_secs(ttl)),
+            renewable: auth["renewable"].as_bool().unwrap_or(false),
+        })
+    }
+
+    async fn approle(&self, role_file: &PathBuf, secret_file: &PathBuf, wrapped: bool) -> Result<Session, BaoError> {
+        let role_id = read_trimmed(role_file, "role id")?;
+        let mut secret_id = read_trimmed(secret_file, "secret id")?;
+        if wrapped {
+            // The file holds a wrapping token: unwrap it (once) for the secret id inside.
+            let v = self.client(secret_id)?.post("sys/wrapping/unwrap", &json!({})).await?;
+            let s = v
+                .pointer("/data/secret_id")
+                .and_then(|s| s.as_str())
+                .ok_or_else(|| BaoError::Refused("the wrapped answer holds no secret_id".into()))?;
+            secret_id = SecretString::from(s.to_string());
+        }
+        let body = json!({"role_id": role_id.expose_secret(), "secret_id": secret_id.expose_secret()});
+        let v = self.client(SecretString::from(String::new()))?.post("auth/approle/login", &body).await?;
+        tracing::info!("logged in to OpenBao with AppRole");
+        Self::session_of(&v["auth"])
+    }
+
+    async fn renew(&self, token: &SecretString) -> Result<Session, BaoError> {
+        let v = self.client(token.clone())?.post("auth/token/renew-self", &json!({})).await?;
+        let s = Self::session_of(&v["auth"])?;
+        tracing::debug!("renewed leasefs's OpenBao token");
+        Ok(s)
+    }
+}
+
+static LOGINS: std::sync::LazyLock<Mutex<std::collections::HashMap<String, Arc<Login>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Makes a source's login reachable by name, so that the `openbao` issuer always uses the
+/// current token (never a copy cached with a base secret).
+pub fn register(name: &str, login: Arc<Login>) {
+    LOGINS.lock().insert(name.to_string(), login);
+}
+
+pub fn registered(name: &str) -> Option<Arc<Login>> {
+    LOGINS.lock().get(name).cloned()
+}
