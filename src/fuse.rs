@@ -119,18 +119,9 @@ impl Filesystem for FuseAdapter {
             Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
             Err(e) if e.errno == libc::ENOENT => {
                 // A negative entry (inode 0) lets the kernel cache the miss for `ttl`.
-                let mut a = file_attr(&Attr {
-                    ino: 0,
-                    size: 0,
-                    kind: EntryKind::File,
-                    perm: 0,
-                    uid: 0,
-                    gid: 0,
-                    mtime: SystemTime::UNIX_EPOCH,
-                    nlink: 0,
-                });
-                a.ino = INodeNo(0);
-                reply.entry(&self.fs.entry_ttl(), &a, Generation(0))
+                let (kind, mtime) = (EntryKind::File, SystemTime::UNIX_EPOCH);
+                let none = Attr { ino: 0, size: 0, kind, perm: 0, uid: 0, gid: 0, mtime, nlink: 0 };
+                reply.entry(&self.fs.entry_ttl(), &file_attr(&none), Generation(0))
             }
             Err(e) => reply.error(failed("lookup", parent, &e)),
         }

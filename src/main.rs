@@ -304,13 +304,13 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
         eprintln!("{p}");
     }
     bad += problems.len();
-    for d in fs.dangling_links() {
+    for d in fs.catalog().dangling_links(&fs.tree()) {
         eprintln!("{d}");
         bad += 1;
     }
     // The programs exec bases would run, checked as the daemon would before running them.
     let trust = leasefs::trust::Trust::new(!insecure_perms);
-    for (base, source) in fs.bases_of(leasefs::policy::IssuerKind::Exec) {
+    for (base, source) in fs.catalog().bases_of(leasefs::policy::IssuerKind::Exec) {
         match rt.block_on(source.read(&base)) {
             Ok(fields) => {
                 for p in leasefs::issuer::exec::check_programs(&trust, &fields) {
@@ -355,7 +355,7 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
 fn sdk_refresh_warnings(fs: &leasefs::fs::LeaseFs, defaults: &leasefs::config::Defaults) -> Vec<String> {
     const REFRESH: std::time::Duration = std::time::Duration::from_secs(16 * 60);
     let mut out = Vec::new();
-    for (prefix, meta) in fs.listed() {
+    for (prefix, meta) in fs.catalog().listed() {
         if !matches!(meta.kind, leasefs::secret::SecretKind::Dynamic { .. }) {
             continue;
         }

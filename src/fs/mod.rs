@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod catalog;
 pub mod control;
 pub mod error;
 pub mod handles;
@@ -29,21 +30,16 @@ use crate::lease::{LeaseManager, OpenRequest};
 use crate::memlock::SharedBytes;
 use crate::render::render_static;
 use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta};
-use crate::source::{Source, SourceError};
+use crate::source::Source;
 
 pub use tree::ROOT;
-
-struct Slot {
-    spec: SourceSpec,
-    last: Mutex<(Arc<Vec<Arc<SecretMeta>>>, Health)>,
-}
 
 type ChangeHook = Box<dyn Fn(&Changes) + Send + Sync>;
 
 pub struct LeaseFs {
     settings: Settings,
     tree: RwLock<Arc<Tree>>,
-    slots: Vec<Slot>,
+    catalog: catalog::Catalog,
     handles: Handles,
     cache: cache::PayloadCache,
     audit: Arc<Audit>,
@@ -59,10 +55,6 @@ type PagesHook = Box<dyn Fn(u64) + Send + Sync>;
 
 impl LeaseFs {
     pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>, leases: Arc<LeaseManager>) -> Self {
-        let slots = sources
-            .into_iter()
-            .map(|spec| Slot { spec, last: Mutex::new((Arc::new(Vec::new()), Health::default())) })
-            .collect();
         // When a lease ends, what a reader's mmap or splice put in the page cache goes too.
         let drop_pages: Arc<std::sync::OnceLock<PagesHook>> = Arc::default();
         let hook = drop_pages.clone();
@@ -74,7 +66,7 @@ impl LeaseFs {
         let fs = LeaseFs {
             settings,
             tree: RwLock::new(Arc::new(Tree::default())),
-            slots,
+            catalog: catalog::Catalog::new(sources),
             handles: Handles::default(),
             cache: cache::PayloadCache::default(),
             audit,
@@ -114,19 +106,15 @@ impl LeaseFs {
         op.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The key the journal uses for a source: its prefix.
-    fn source_key(spec: &SourceSpec) -> String {
-        format!("/{}", spec.prefix.join("/"))
-    }
-
     /// Finds a base secret by source prefix and path (journal recovery after a restart).
     pub fn resolve_base(&self, source_key: &str, path: &str) -> Option<(Arc<SecretMeta>, Arc<dyn Source>)> {
-        let tree = self.tree();
-        self.slots
-            .iter()
-            .enumerate()
-            .find(|(_, s)| Self::source_key(&s.spec) == source_key)
-            .and_then(|(i, s)| tree.base(i, path).map(|b| (b.clone(), s.spec.source.clone())))
+        let i = self.catalog.find(source_key)?;
+        self.tree().base(i, path).map(|b| (b.clone(), self.catalog.spec(i).source.clone()))
+    }
+
+    /// The sources and what they last listed.
+    pub fn catalog(&self) -> &catalog::Catalog {
+        &self.catalog
     }
 
     pub fn tree(&self) -> Arc<Tree> {
@@ -136,37 +124,7 @@ impl LeaseFs {
     /// Lists every source again (each bounded by `issue_timeout`). A source that fails keeps its last
     /// listing. Returns the problems found (bad documents, conflicts), for logging and `check`.
     pub async fn refresh(&self) -> Vec<FileError> {
-        let mut problems = Vec::new();
-        let timeout = self.settings.defaults.issue_timeout.0;
-        for slot in &self.slots {
-            let result = match tokio::time::timeout(timeout, slot.spec.source.list()).await {
-                Ok(r) => r,
-                Err(_) => Err(SourceError::Unavailable(format!("listing took longer than {timeout:?}"))),
-            };
-            let mut g = slot.last.lock();
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            match result {
-                Ok(listing) => {
-                    g.1.up = true;
-                    g.1.last_ok = Some(now);
-                    g.1.secrets = listing.secrets.len();
-                    g.1.problems = listing.problems.len();
-                    // A new vector, not an in-place collect: that would keep the listing's whole
-                    // buffer (the size of every SecretMeta) alive to hold 8-byte pointers.
-                    let mut metas = Vec::with_capacity(listing.secrets.len());
-                    metas.extend(listing.secrets.into_iter().map(Arc::new));
-                    g.0 = Arc::new(metas);
-                    problems.extend(listing.problems);
-                }
-                Err(e) => {
-                    if g.1.up || g.1.last_error.is_none() {
-                        tracing::warn!(source = %slot.spec.source.describe(), error = %e, "source unavailable; serving its last listing");
-                    }
-                    g.1.up = false;
-                    g.1.last_error = Some(format!("{now}: {e}"));
-                }
-            }
-        }
+        let mut problems = self.catalog.list_all(self.settings.defaults.issue_timeout.0).await;
         problems.extend(self.rebuild());
         problems
     }
@@ -182,12 +140,12 @@ impl LeaseFs {
     }
 
     fn rebuild(&self) -> Vec<FileError> {
-        let lasts: Vec<Arc<Vec<Arc<SecretMeta>>>> = self.slots.iter().map(|s| s.last.lock().0.clone()).collect();
-        let listings: Vec<SourceListing<'_>> = self
-            .slots
-            .iter()
-            .zip(&lasts)
-            .map(|(s, l)| SourceListing { prefix: s.spec.prefix.clone(), owner: s.spec.owner, secrets: l })
+        let lasts = self.catalog.lasts();
+        let listings: Vec<SourceListing<'_>> = (0..lasts.len())
+            .map(|i| {
+                let spec = self.catalog.spec(i);
+                SourceListing { prefix: spec.prefix.clone(), owner: spec.owner, secrets: &lasts[i] }
+            })
             .collect();
         // One rebuild at a time: each starts from the snapshot it replaces (inode numbers stay per path).
         let _one = self.rebuilding.lock();
@@ -204,54 +162,8 @@ impl LeaseFs {
         problems
     }
 
-    /// Every secret the sources listed, with its prefix in the mount (for `check`).
-    pub fn listed(&self) -> Vec<(String, Arc<SecretMeta>)> {
-        let mut out = Vec::new();
-        for slot in &self.slots {
-            let prefix = Self::source_key(&slot.spec);
-            out.extend(slot.last.lock().0.iter().map(|m| (prefix.clone(), m.clone())));
-        }
-        out
-    }
-
-    /// The base secrets of one issuer kind, with their sources (for `check`).
-    pub fn bases_of(&self, kind: crate::policy::IssuerKind) -> Vec<(Arc<SecretMeta>, Arc<dyn Source>)> {
-        let mut out = Vec::new();
-        for slot in &self.slots {
-            let listed = slot.last.lock().0.clone();
-            for meta in listed.iter() {
-                if matches!(meta.kind, SecretKind::Base { issuer, .. } if issuer == kind) {
-                    out.push((meta.clone(), slot.spec.source.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    /// Dynamic entries whose `linkedSecret` names no base secret of their source (for `check`).
-    pub fn dangling_links(&self) -> Vec<String> {
-        let tree = self.tree();
-        let mut out = Vec::new();
-        for (i, slot) in self.slots.iter().enumerate() {
-            let listed = slot.last.lock().0.clone();
-            for meta in listed.iter() {
-                if let SecretKind::Dynamic { link } = &meta.kind {
-                    if tree.base(i, link).is_none() {
-                        out.push(format!(
-                            "{}: {} links to {:?}, which is not a base secret of its source",
-                            slot.spec.source.describe(),
-                            meta.path(),
-                            link.replace('/', ":")
-                        ));
-                    }
-                }
-            }
-        }
-        out
-    }
-
     pub fn health(&self) -> Vec<(String, Health)> {
-        self.slots.iter().map(|s| (s.spec.source.describe(), s.last.lock().1.clone())).collect()
+        self.catalog.health()
     }
 
     fn attr_of(&self, tree: &Tree, ino: u64, n: &Node) -> Attr {
@@ -444,7 +356,7 @@ impl LeaseFs {
                         Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(result?)), None))
                     }
                     SecretKind::Dynamic { link } => {
-                        let slot = &self.slots[*source].spec;
+                        let slot = self.catalog.spec(*source);
                         let Some(base) = tree.base(*source, link).cloned() else {
                             let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
                             self.record(EventKind::Error, &path, "error", Some(&msg), &who);
@@ -455,7 +367,7 @@ impl LeaseFs {
                             path: entry_path,
                             base,
                             source: slot.source.clone(),
-                            source_key: Self::source_key(slot),
+                            source_key: self.catalog.source_key(*source),
                             requester: who.clone().with_comm(),
                             inos,
                         };
@@ -479,7 +391,7 @@ impl LeaseFs {
         source: usize,
         meta: &Arc<SecretMeta>,
     ) -> Result<crate::render::Bytes, FsError> {
-        let src = &self.slots[source].spec.source;
+        let src = &self.catalog.spec(source).source;
         let fields = self.cache.fetch(ino, src.as_ref(), meta, &self.settings.defaults).await?;
         Self::render_for(meta, &fields)
     }

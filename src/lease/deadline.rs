@@ -93,3 +93,31 @@ impl Deadlines {
         self.len() == 0
     }
 }
+
+/// What the serving task calls for each deadline that falls due.
+pub trait OnDeadline: Send + Sync {
+    fn due(self: Arc<Self>, lease: Arc<Lease>, action: Action, now: DateTime<Utc>);
+}
+
+/// The one task that acts on deadlines: sleeps until the earliest (re-reading the clock at
+/// least every 30 s), or until a sooner one arrives; ends when its owner is gone.
+pub async fn serve(owner: Weak<dyn OnDeadline>, deadlines: Arc<Deadlines>, clock: crate::clock::Clock) {
+    loop {
+        let now = clock.now();
+        let (due, next) = deadlines.take_due(now);
+        let Some(o) = owner.upgrade() else { return };
+        for (lease, action) in due {
+            o.clone().due(lease, action, now);
+        }
+        drop(o);
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = clock.sleep_toward(t) => {}
+                    _ = deadlines.sooner() => {}
+                }
+            }
+            None => deadlines.sooner().await,
+        }
+    }
+}

@@ -8,9 +8,9 @@ pub mod issue;
 pub mod journal;
 pub mod pressure;
 pub mod revoke;
+pub mod rotate;
 pub mod table;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -32,47 +32,8 @@ use deadline::{Action, Deadlines};
 use issue::Issue;
 use journal::{Journal, Record};
 use revoke::{Engine, Job};
-pub use table::{Lease, LeaseInfo, LeaseState, Origin};
+pub use table::{EndReason, Lease, LeaseInfo, LeaseState, OpenRequest, Origin};
 use table::{Table, rfc3339};
-
-/// One place in the queue of opens that may share a lease.
-type Turn = Arc<tokio::sync::Mutex<()>>;
-
-/// What the filesystem hands over to open a dynamic secret.
-pub struct OpenRequest {
-    pub secret: Arc<SecretMeta>,
-    /// Path in the mount.
-    pub path: String,
-    pub base: Arc<SecretMeta>,
-    pub source: Arc<dyn Source>,
-    /// The prefix of that source (how the journal finds the base again after a restart).
-    pub source_key: String,
-    pub requester: Requester,
-    /// The inodes of the entry's files (one, or a bundle's), whose pages go when the lease ends.
-    pub inos: Vec<u64>,
-}
-
-/// Why a lease ended before (or at) its expiry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    Expire,
-    /// `/.leasefs/revoke` or `leasefs revoke`.
-    Revoke,
-    /// `revoke_on_close`: its last handle closed.
-    Close,
-    Shutdown,
-}
-
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Expire => "expire",
-            EndReason::Revoke => "revoke",
-            EndReason::Close => "close",
-            EndReason::Shutdown => "shutdown",
-        }
-    }
-}
 
 pub struct LeaseManager {
     defaults: Defaults,
@@ -85,18 +46,12 @@ pub struct LeaseManager {
     /// Issuances under way: shutdown waits for them so that none escapes revocation.
     in_flight: TaskTracker,
     serving: AtomicBool,
-    /// Opens that may share a lease (same path and uid or pid) queue here for one issuance.
-    flights: parking_lot::Mutex<HashMap<(String, u32), Turn>>,
+    /// Opens that may share a lease (same path and binding) queue here for one issuance.
+    turns: table::Turns,
     /// Issuances under way and per minute, by entry.
     pressure: pressure::Pressure,
     /// Told the inode of each lease that ends (its pages must leave the page cache).
     ended_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
-}
-
-/// The real uid of a live process, from `/proc/PID/status`.
-fn process_uid(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
 }
 
 /// A fresh lease id: 128 random bits, hex.
@@ -147,7 +102,7 @@ impl LeaseManager {
             engine: Arc::new(engine),
             in_flight: TaskTracker::new(),
             serving: AtomicBool::new(false),
-            flights: parking_lot::Mutex::default(),
+            turns: table::Turns::default(),
             pressure: pressure::Pressure::default(),
             ended_hook: std::sync::OnceLock::new(),
         })
@@ -235,24 +190,12 @@ impl LeaseManager {
             Reuse::Pid => Some(req.requester.pid),
             Reuse::Session => Some(req.requester.sid),
         };
-        let flight = scope.map(|id| {
-            let key = (req.path.clone(), id);
-            let lock = self.flights.lock().entry(key.clone()).or_default().clone();
-            (key, lock)
-        });
-        let _turn = match &flight {
-            Some((_, lock)) => Some(lock.clone().lock_owned().await),
+        let turn = match scope {
+            Some(id) => Some(self.turns.wait((req.path.clone(), id)).await),
             None => None,
         };
         let result = self.open_in_turn(req, kind, &policy).await;
-        drop(_turn);
-        if let Some((key, lock)) = flight {
-            let mut g = self.flights.lock();
-            // Only the map and this open hold it: nobody else is waiting.
-            if Arc::strong_count(&lock) == 2 {
-                g.remove(&key);
-            }
-        }
+        drop(turn);
         result
     }
 
@@ -270,19 +213,7 @@ impl LeaseManager {
             self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
             return Ok(l);
         }
-        let usage = self.table.usage(req.requester.uid);
-        if usage.leases >= self.defaults.max_leases_per_uid || usage.bytes >= self.defaults.max_lease_bytes_per_uid {
-            let e = LeaseError::new(
-                ErrorKind::Quota,
-                format!(
-                    "uid {} holds {} leases ({} bytes); the bound is {} leases, {} bytes (max_leases_per_uid, max_lease_bytes_per_uid)",
-                    req.requester.uid,
-                    usage.leases,
-                    usage.bytes,
-                    self.defaults.max_leases_per_uid,
-                    self.defaults.max_lease_bytes_per_uid
-                ),
-            );
+        if let Err(e) = pressure::within_quota(self.table.usage(req.requester.uid), req.requester.uid, &self.defaults) {
             self.refuse(&req, kind, &e);
             return Err(e);
         }
@@ -383,59 +314,17 @@ impl LeaseManager {
             self.deadlines.push(when, lease, Action::Rotate);
         }
         if !self.serving.swap(true, Ordering::SeqCst) {
-            tokio::spawn(Self::serve_deadlines(Arc::downgrade(self), self.deadlines.clone(), self.clock.clone()));
-        }
-    }
-
-    /// The one task that acts on deadlines: sleeps until the earliest, or until a sooner one arrives.
-    async fn serve_deadlines(me: Weak<Self>, deadlines: Arc<Deadlines>, clock: Clock) {
-        loop {
-            let now = clock.now();
-            let (due, next) = deadlines.take_due(now);
-            let Some(m) = me.upgrade() else { return };
-            for (lease, action) in due {
-                if !lease.is_live() {
-                    continue;
-                }
-                match action {
-                    // A lease renewed since has a later expiry deadline of its own.
-                    Action::Expire if lease.expires_at() <= now => {
-                        m.metrics.expired();
-                        m.end(&lease, EndReason::Expire);
-                    }
-                    Action::Expire => {}
-                    Action::Renew if lease.open_handles() > 0 => m.spawn_renewal(lease),
-                    Action::Renew => {}
-                    Action::Rotate => m.rotate(&lease),
-                }
-            }
-            drop(m);
-            match next {
-                Some(t) => {
-                    tokio::select! {
-                        _ = clock.sleep_toward(t) => {}
-                        _ = deadlines.sooner() => {}
-                    }
-                }
-                None => deadlines.sooner().await,
-            }
+            let me: Weak<dyn deadline::OnDeadline> = Arc::downgrade(self) as Weak<dyn deadline::OnDeadline>;
+            tokio::spawn(deadline::serve(me, self.deadlines.clone(), self.clock.clone()));
         }
     }
 
     /// Before the lease expires: each live process of the lease's uid that opened it gets the
     /// rotation signal, and no new open shares the lease, so a re-read gets a fresh one.
     fn rotate(&self, lease: &Arc<Lease>) {
-        let Some((sig, _)) = lease.rotate else { return };
-        lease.retire();
-        for pid in lease.openers() {
-            if process_uid(pid) != Some(lease.requester.uid) {
-                continue; // gone, or the pid now belongs to someone else
-            }
-            // SAFETY: a signal to a process of the lease's own user.
-            let sent = unsafe { libc::kill(pid as i32, sig) } == 0;
+        for (pid, sent) in rotate::signal_openers(lease) {
             let who = Requester { pid, ..lease.requester.clone() };
             self.audit(EventKind::Rotate, lease, if sent { "signalled" } else { "failed" }, Some(&who));
-            tracing::info!(lease = %lease.id, path = %lease.path(), pid, signal = sig, "rotation: signalled a reader to re-read");
         }
     }
 
@@ -577,45 +466,7 @@ impl LeaseManager {
         pending: Vec<Record>,
         resolve: impl Fn(&str, &str) -> Option<(Arc<SecretMeta>, Arc<dyn Source>)>,
     ) {
-        if pending.is_empty() {
-            return;
-        }
-        tracing::warn!(count = pending.len(), "revoking leases left by a previous run");
-        let mut handles = Vec::new();
-        for r in pending {
-            let (Some(issuer), Some((base, source))) = (IssuerKind::parse(&r.issuer), resolve(&r.source, &r.base))
-            else {
-                tracing::error!(lease = %r.lease_id, path = %r.path, base = %r.base, issuer = %r.issuer, "cannot revoke an orphaned lease: its base secret or issuer is gone; it stays in the journal");
-                continue;
-            };
-            let origin = Arc::new(Origin {
-                path: r.path.clone(),
-                secret_id: r.secret_id.clone(),
-                issuer,
-                source_key: r.source.clone(),
-                base,
-                source,
-            });
-            self.audit.record(
-                &Event {
-                    event: EventKind::Revoke,
-                    path: &r.path,
-                    lease_id: Some(&r.lease_id),
-                    issuer: Some(&r.issuer),
-                    outcome: "orphan",
-                    detail: None,
-                },
-                None,
-            );
-            let info = LeaseInfo::revoking(&r.lease_id, &origin, None, r.time, r.expires_at.unwrap_or(r.time));
-            handles.push(self.engine.spawn(Job {
-                lease_id: r.lease_id.clone(),
-                origin,
-                revocation: r.revocation,
-                expires_at: r.expires_at,
-                info,
-            }));
-        }
+        let mut handles = self.engine.recover(pending, resolve);
         let limit = self.defaults.issue_timeout.0 + Duration::from_secs(2);
         let _ = tokio::time::timeout(limit, async {
             for h in handles.iter_mut() {
@@ -623,6 +474,25 @@ impl LeaseManager {
             }
         })
         .await;
+    }
+}
+
+impl deadline::OnDeadline for LeaseManager {
+    fn due(self: Arc<Self>, lease: Arc<Lease>, action: Action, now: chrono::DateTime<chrono::Utc>) {
+        if !lease.is_live() {
+            return;
+        }
+        match action {
+            // A lease renewed since has a later expiry deadline of its own.
+            Action::Expire if lease.expires_at() <= now => {
+                self.metrics.expired();
+                self.end(&lease, EndReason::Expire);
+            }
+            Action::Expire => {}
+            Action::Renew if lease.open_handles() > 0 => self.spawn_renewal(lease),
+            Action::Renew => {}
+            Action::Rotate => self.rotate(&lease),
+        }
     }
 }
 

@@ -5,6 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+use super::table::Usage;
+use crate::config::Defaults;
+use crate::error::{ErrorKind, LeaseError};
 use tokio::time::Instant;
 
 struct Load {
@@ -57,4 +61,19 @@ impl Pressure {
         l.started += 1;
         Ok(Admitted { pressure: self, path: path.to_string() })
     }
+}
+
+/// Whether `uid`, holding `usage`, may hold one more lease (`max_leases_per_uid`,
+/// `max_lease_bytes_per_uid`); `EDQUOT` if not.
+pub fn within_quota(usage: Usage, uid: u32, d: &Defaults) -> Result<(), LeaseError> {
+    if usage.leases < d.max_leases_per_uid && usage.bytes < d.max_lease_bytes_per_uid {
+        return Ok(());
+    }
+    Err(LeaseError::new(
+        ErrorKind::Quota,
+        format!(
+            "uid {uid} holds {} leases ({} bytes); the bound is {} leases, {} bytes (max_leases_per_uid, max_lease_bytes_per_uid)",
+            usage.leases, usage.bytes, d.max_leases_per_uid, d.max_lease_bytes_per_uid
+        ),
+    ))
 }

@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::error::LeaseError;
 use crate::issuer::{Issuers, RevokeRequest};
 use crate::metrics::Metrics;
+use crate::policy::IssuerKind;
 
 /// One credential to revoke.
 pub struct Job {
@@ -213,6 +214,55 @@ impl Engine {
         self.event(EventKind::Irrevocable, job, "irrevocable", Some(audited));
         tracing::error!(lease = %job.lease_id, path = %job.origin.path, issuer = %job.origin.issuer, error = %detail,
             after = ?self.irrevocable_after, "lease is irrevocable: its issuer keeps refusing revocation; retrying every 5 minutes and at the next start");
+    }
+
+    /// Starts revoking what a previous run left in the journal; `resolve` finds a base secret
+    /// (by source prefix and path) in the current catalog.
+    pub fn recover(
+        self: &Arc<Self>,
+        pending: Vec<Record>,
+        resolve: impl Fn(&str, &str) -> Option<(Arc<crate::secret::SecretMeta>, Arc<dyn crate::source::Source>)>,
+    ) -> Vec<JoinHandle<()>> {
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        tracing::warn!(count = pending.len(), "revoking leases left by a previous run");
+        let mut handles = Vec::new();
+        for r in pending {
+            let (Some(issuer), Some((base, source))) = (IssuerKind::parse(&r.issuer), resolve(&r.source, &r.base))
+            else {
+                tracing::error!(lease = %r.lease_id, path = %r.path, base = %r.base, issuer = %r.issuer, "cannot revoke an orphaned lease: its base secret or issuer is gone; it stays in the journal");
+                continue;
+            };
+            let origin = Arc::new(Origin {
+                path: r.path.clone(),
+                secret_id: r.secret_id.clone(),
+                issuer,
+                source_key: r.source.clone(),
+                base,
+                source,
+            });
+            self.audit.record(
+                &Event {
+                    event: EventKind::Revoke,
+                    path: &r.path,
+                    lease_id: Some(&r.lease_id),
+                    issuer: Some(&r.issuer),
+                    outcome: "orphan",
+                    detail: None,
+                },
+                None,
+            );
+            let info = LeaseInfo::revoking(&r.lease_id, &origin, None, r.time, r.expires_at.unwrap_or(r.time));
+            handles.push(self.spawn(Job {
+                lease_id: r.lease_id.clone(),
+                origin,
+                revocation: r.revocation,
+                expires_at: r.expires_at,
+                info,
+            }));
+        }
+        handles
     }
 
     async fn revoke_once(&self, job: &Job) -> Result<(), LeaseError> {

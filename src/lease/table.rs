@@ -16,6 +16,42 @@ use crate::policy::IssuerKind;
 use crate::secret::{Requester, SecretMeta};
 use crate::source::Source;
 
+/// What the filesystem hands over to open a dynamic secret.
+pub struct OpenRequest {
+    pub secret: Arc<SecretMeta>,
+    /// Path in the mount.
+    pub path: String,
+    pub base: Arc<SecretMeta>,
+    pub source: Arc<dyn Source>,
+    /// The prefix of that source (how the journal finds the base again after a restart).
+    pub source_key: String,
+    pub requester: Requester,
+    /// The inodes of the entry's files (one, or a bundle's), whose pages go when the lease ends.
+    pub inos: Vec<u64>,
+}
+
+/// Why a lease ended before (or at) its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Expire,
+    /// `/.leasefs/revoke` or `leasefs revoke`.
+    Revoke,
+    /// `revoke_on_close`: its last handle closed.
+    Close,
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expire => "expire",
+            EndReason::Revoke => "revoke",
+            EndReason::Close => "close",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Where a lease comes from: enough to revoke it, now or after a restart.
 pub struct Origin {
     /// Path in the mount.
@@ -358,5 +394,47 @@ impl Table {
         let mut v: Vec<LeaseInfo> = self.leases.lock().values().map(|l| l.info(now)).collect();
         v.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
         v
+    }
+}
+
+/// Queues of opens that may share a lease, by (path, binding): each waits its turn, so that
+/// concurrent opens of one binding make one issuance.
+#[derive(Default)]
+pub struct Turns {
+    queues: Mutex<HashMap<(String, u32), Queue>>,
+}
+
+/// One queue: whoever holds its lock is issuing for the binding.
+type Queue = Arc<tokio::sync::Mutex<()>>;
+
+/// A turn; the queue is dropped with the last one.
+pub struct Turn<'a> {
+    turns: &'a Turns,
+    key: (String, u32),
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Turns {
+    pub async fn wait(&self, key: (String, u32)) -> Turn<'_> {
+        let lock = self.queues.lock().entry(key.clone()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        Turn { turns: self, key, lock: Some(lock), _guard: guard }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.lock().is_empty()
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut g = self.turns.queues.lock();
+        if let Some(lock) = self.lock.take() {
+            // The map, this turn and its guard's handle hold it: nobody else is waiting.
+            if Arc::strong_count(&lock) <= 3 {
+                g.remove(&self.key);
+            }
+        }
     }
 }

@@ -280,7 +280,7 @@ async fn concurrent_opens_that_may_share_wait_for_one_issuance() {
     // Another uid queues separately and gets its own.
     let other = m.open(request("db/app", serde_json::json!({"reuse": "uid"}), 1001, 1)).await.ok().unwrap();
     assert!(!ids.contains(&other.id));
-    assert!(m.flights.lock().is_empty(), "no queue is left behind");
+    assert!(m.turns.is_empty(), "no queue is left behind");
 }
 
 #[tokio::test(start_paused = true)]
