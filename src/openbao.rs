@@ -141,12 +141,7 @@ impl BaoClient {
                     };
                     let status = resp.status();
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                        let wait = resp
-                            .headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                            .map(Duration::from_secs)
-                            .unwrap_or(Duration::from_secs(1));
+                        let wait = crate::tls::retry_after(&resp);
                         if tokio::time::Instant::now() + wait >= deadline {
                             return Err(BaoError::Unreachable(format!(
                                 "{}: rate limited (429) past the timeout",

@@ -27,6 +27,15 @@ pub fn new_client(timeout: Duration) -> Result<reqwest::Client, String> {
         })
 }
 
+/// How long a 429 asks to wait (`Retry-After` in seconds; 1 s when it says nothing usable).
+pub fn retry_after(resp: &reqwest::Response) -> Duration {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1))
+}
+
 /// A client that also trusts the CA certificates in `ca_file` (PEM), for a private CA or a
 /// proxy; shared per (file, timeout) like [`client_for`].
 pub fn client_with_ca(ca_file: &std::path::Path, timeout: Duration) -> Result<reqwest::Client, String> {

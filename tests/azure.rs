@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -32,76 +31,28 @@ impl Drop for Server {
 
 /// A CA and a server certificate for 127.0.0.1, then the contract server on a free port.
 fn server(dir: &Path) -> Server {
+    test_certificates(dir, "IP:127.0.0.1,DNS:localhost");
     let p = |n: &str| dir.join(n).to_string_lossy().to_string();
-    ok(
-        "openssl",
+    let port = free_tcp_port().to_string();
+    let child = fixture_server(
+        "graph_contract.py",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.pem"),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=leasefs test CA",
+            "--port",
+            &port,
+            "--cert",
+            &p("node.pem"),
+            "--key",
+            &p("node.key"),
+            "--tenant",
+            TENANT,
+            "--client-id",
+            CLIENT,
+            "--client-secret",
+            SECRET,
+            "--app",
+            APP,
         ],
     );
-    ok(
-        "openssl",
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &p("srv.key"),
-            "-out",
-            &p("srv.csr"),
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
-    ok(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &p("srv.csr"),
-            "-CA",
-            &p("ca.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-out",
-            &p("srv.pem"),
-            "-days",
-            "1",
-            "-extfile",
-            &p("ext"),
-        ],
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new("python3")
-        .arg(format!("{}/tests/fixtures/graph_contract.py", env!("CARGO_MANIFEST_DIR")))
-        .args(["--port", &port.to_string(), "--cert", &p("srv.pem"), "--key", &p("srv.key")])
-        .args(["--tenant", TENANT, "--client-id", CLIENT, "--client-secret", SECRET, "--app", APP])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
     Server { child, url: format!("https://127.0.0.1:{port}"), ca: dir.join("ca.pem") }
 }
 

@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::backends::bao;
@@ -39,81 +38,31 @@ impl Proxy {
 
 /// A CA, and a certificate for the name `bao.internal` only (not for 127.0.0.1).
 fn certs(dir: &Path) {
-    let p = |n: &str| dir.join(n).to_string_lossy().to_string();
-    ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.pem"),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=fleet test CA",
-        ],
-    );
-    ok(
-        "openssl",
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &p("node.key"),
-            "-out",
-            &p("node.csr"),
-            "-subj",
-            "/CN=bao.internal",
-        ],
-    );
-    std::fs::write(dir.join("ext"), "subjectAltName=DNS:bao.internal\nbasicConstraints=CA:FALSE\n").unwrap();
-    ok(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &p("node.csr"),
-            "-CA",
-            &p("ca.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-out",
-            &p("node.pem"),
-            "-days",
-            "1",
-            "-extfile",
-            &p("ext"),
-        ],
-    );
+    test_certificates(dir, "DNS:bao.internal");
 }
 
 fn proxy(dir: &Path, name: &str, inject: &str) -> Proxy {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_tcp_port();
     let log = dir.join(format!("{name}.jsonl"));
     let p = |n: &str| dir.join(n).to_string_lossy().to_string();
-    let mut child = Command::new("python3")
-        .arg(format!("{}/tests/fixtures/flaky_proxy.py", env!("CARGO_MANIFEST_DIR")))
-        .args(["--port", &port.to_string(), "--cert", &p("node.pem"), "--key", &p("node.key")])
-        .args(["--upstream", &bao().addr, "--log", log.to_str().unwrap(), "--inject", inject])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let (port_s, log_s) = (port.to_string(), log.to_string_lossy().to_string());
+    let child = fixture_server(
+        "flaky_proxy.py",
+        &[
+            "--port",
+            &port_s,
+            "--cert",
+            &p("node.pem"),
+            "--key",
+            &p("node.key"),
+            "--upstream",
+            &bao().addr,
+            "--log",
+            &log_s,
+            "--inject",
+            inject,
+        ],
+    );
     Proxy { child, port, log }
 }
 

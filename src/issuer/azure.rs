@@ -86,12 +86,7 @@ impl App<'_> {
             })?;
             let status = resp.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let wait = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(Duration::from_secs(1));
+                let wait = crate::tls::retry_after(&resp);
                 if Instant::now() + wait >= deadline {
                     return Err(LeaseError::timeout(deadline.saturating_duration_since(Instant::now()))
                         .context("azure: throttled (429) past issue_timeout"));

@@ -413,3 +413,63 @@ pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A CA (`ca.pem`) and a certificate for `san` (`node.pem`, `node.key`) in `dir`, made with openssl.
+pub fn test_certificates(dir: &Path, san: &str) {
+    let p = |n: &str| dir.join(n).to_string_lossy().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    ok(
+        "openssl",
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", &p("ca.key"), "-out", &p("ca.pem"), "-days", "1", "-subj", "/CN=leasefs test CA"],
+        ]
+        .concat(),
+    );
+    ok(
+        "openssl",
+        &[&["req"][..], &ec, &["-keyout", &p("node.key"), "-out", &p("node.csr"), "-subj", "/CN=leasefs test node"]]
+            .concat(),
+    );
+    std::fs::write(dir.join("ext"), format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n")).unwrap();
+    ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("node.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("node.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &p("ext"),
+        ],
+    );
+}
+
+/// Starts a test fixture (`tests/fixtures/NAME`) and waits for it to print "ready".
+pub fn fixture_server(name: &str, args: &[&str]) -> Child {
+    let mut child = Command::new("python3")
+        .arg(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{name} did not start");
+    child
+}
+
+/// A free TCP port on loopback.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
