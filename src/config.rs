@@ -252,6 +252,7 @@ impl SourceConfig {
             addresses: addresses.into_iter().map(|a| a.trim_end_matches('/').to_string()).collect(),
             ca_file: self.ca_file.clone(),
             tls_server_name: self.tls_server_name.clone(),
+            client_cert: None,
         }
     }
 

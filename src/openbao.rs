@@ -29,6 +29,8 @@ pub struct Endpoints {
     pub ca_file: Option<std::path::PathBuf>,
     /// The name to verify the nodes' certificates against (when addresses are IPs).
     pub tls_server_name: Option<String>,
+    /// A TLS client certificate and its key (PEM files), for the `cert` login.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Endpoints {
@@ -53,6 +55,7 @@ impl Endpoints {
             addresses: addresses.into_iter().map(|a| a.trim_end_matches('/').to_string()).collect(),
             ca_file: f.get("ca_file").map(std::path::PathBuf::from),
             tls_server_name: f.get("tls_server_name").map(str::to_string),
+            client_cert: None,
         })
     }
 
@@ -93,9 +96,9 @@ impl BaoClient {
     pub fn new(endpoints: &Endpoints, token: SecretString, timeout: Duration) -> Result<Self, BaoError> {
         let mut nodes = Vec::new();
         for a in &endpoints.addresses {
-            let (base, http) =
-                crate::tls::node_client(a, endpoints.ca_file.as_deref(), endpoints.tls_server_name.as_deref(), timeout)
-                    .map_err(BaoError::Refused)?;
+            let identity = endpoints.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            let (ca, name) = (endpoints.ca_file.as_deref(), endpoints.tls_server_name.as_deref());
+            let (base, http) = crate::tls::node_client(a, ca, name, identity, timeout).map_err(BaoError::Refused)?;
             nodes.push(Node { base, http });
         }
         if nodes.is_empty() {
@@ -113,7 +116,7 @@ impl BaoClient {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first = PREFERRED.lock().get(&self.key).copied().unwrap_or(0) % self.nodes.len();
         let mut last = String::new();
-        let mut round = 0u32;
+        let (mut round, mut throttled) = (0u32, 0u32);
         loop {
             for i in (0..self.nodes.len()).map(|k| (first + k) % self.nodes.len()) {
                 let node = &self.nodes[i];
@@ -141,14 +144,15 @@ impl BaoClient {
                     };
                     let status = resp.status();
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                        let wait = crate::tls::retry_after(&resp);
+                        let wait = crate::tls::retry_after(&resp, throttled);
+                        throttled += 1;
                         if tokio::time::Instant::now() + wait >= deadline {
                             return Err(BaoError::Unreachable(format!(
                                 "{}: rate limited (429) past the timeout",
                                 node.base
                             )));
                         }
-                        tracing::info!(node = %node.base, wait_s = wait.as_secs(), "OpenBao rate limit (429): waiting as Retry-After says");
+                        tracing::info!(node = %node.base, wait_ms = wait.as_millis() as u64, "OpenBao rate limit (429): waiting as Retry-After says");
                         tokio::time::sleep(wait).await;
                         continue; // the same node
                     }

@@ -30,6 +30,13 @@ pub enum AuthConfig {
         #[serde(default)]
         wrapped: bool,
     },
+    /// TLS client certificate login (`auth/cert/login`), optionally for the named cert role.
+    Cert {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        #[serde(default)]
+        name: Option<String>,
+    },
 }
 
 struct Session {
@@ -67,10 +74,9 @@ impl Login {
 
     /// A token to use now: the file's, or the session's (renewed or logged in again as needed).
     pub async fn token(&self) -> Result<SecretString, BaoError> {
-        let AuthConfig::Approle { role_id_file, secret_id_file, wrapped } = &self.auth else {
-            let AuthConfig::Token { token_file } = &self.auth else { unreachable!() };
+        if let AuthConfig::Token { token_file } = &self.auth {
             return read_trimmed(token_file, "token");
-        };
+        }
         let mut g = self.session.lock().await;
         let now = Instant::now();
         if let Some(s) = g.as_ref() {
@@ -90,7 +96,13 @@ impl Login {
                 }
             }
         }
-        let next = self.approle(role_id_file, secret_id_file, *wrapped).await?;
+        let next = match &self.auth {
+            AuthConfig::Approle { role_id_file, secret_id_file, wrapped } => {
+                self.approle(role_id_file, secret_id_file, *wrapped).await?
+            }
+            AuthConfig::Cert { cert_file, key_file, name } => self.cert(cert_file, key_file, name.as_deref()).await?,
+            AuthConfig::Token { .. } => unreachable!("a token file has no session"),
+        };
         self.counts.lock().0 += 1;
         let t = next.token.clone();
         *g = Some(next);
@@ -130,6 +142,24 @@ impl Login {
         let body = json!({"role_id": role_id.expose_secret(), "secret_id": secret_id.expose_secret()});
         let v = self.client(SecretString::from(String::new()))?.post("auth/approle/login", &body).await?;
         tracing::info!("logged in to OpenBao with AppRole");
+        Self::session_of(&v["auth"])
+    }
+
+    async fn cert(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<Session, BaoError> {
+        let endpoints =
+            Endpoints { client_cert: Some((cert.to_path_buf(), key.to_path_buf())), ..self.endpoints.clone() };
+        let client = BaoClient::new(&endpoints, SecretString::from(String::new()), self.timeout)?;
+        let body = match name {
+            Some(n) => json!({"name": n}),
+            None => json!({}),
+        };
+        let v = client.post("auth/cert/login", &body).await?;
+        tracing::info!("logged in to OpenBao with a TLS client certificate");
         Self::session_of(&v["auth"])
     }
 

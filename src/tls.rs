@@ -27,13 +27,17 @@ pub fn new_client(timeout: Duration) -> Result<reqwest::Client, String> {
         })
 }
 
-/// How long a 429 asks to wait (`Retry-After` in seconds; 1 s when it says nothing usable).
-pub fn retry_after(resp: &reqwest::Response) -> Duration {
-    resp.headers()
+/// How long to wait after the `attempt`-th 429 in a row: what `Retry-After` says (seconds), but
+/// never less than 250 ms doubling with each 429 (up to 4 s) — a server may well say
+/// `Retry-After: 0` while still refusing, and must not be hammered.
+pub fn retry_after(resp: &reqwest::Response, attempt: u32) -> Duration {
+    let said = resp
+        .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(1))
+        .unwrap_or(Duration::from_secs(1));
+    said.max(Duration::from_millis(250 << attempt.min(4)))
 }
 
 /// A client that also trusts the CA certificates in `ca_file` (PEM), for a private CA or a
@@ -77,10 +81,11 @@ pub fn node_client(
     address: &str,
     ca_file: Option<&std::path::Path>,
     server_name: Option<&str>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
     timeout: Duration,
 ) -> Result<(String, reqwest::Client), String> {
     let address = address.trim_end_matches('/');
-    if ca_file.is_none() && server_name.is_none() {
+    if ca_file.is_none() && server_name.is_none() && identity.is_none() {
         return Ok((address.to_string(), client_for(address, timeout)?));
     }
     let url = url::Url::parse(address).map_err(|e| format!("address {address:?}: {e}"))?;
@@ -92,7 +97,7 @@ pub fn node_client(
         }
         None => address.to_string(),
     };
-    let key = (format!("node:{address}:{ca_file:?}:{server_name:?}"), timeout);
+    let key = (format!("node:{address}:{ca_file:?}:{server_name:?}:{identity:?}"), timeout);
     if let Some(c) = CLIENTS.lock().get(&key) {
         return Ok((base, c.clone()));
     }
@@ -103,6 +108,15 @@ pub fn node_client(
         for c in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))? {
             b = b.add_root_certificate(c);
         }
+    }
+    if let Some((cert, key)) = identity {
+        // A client certificate for the `cert` login: the key and the certificate, one PEM.
+        let mut pem =
+            zeroize::Zeroizing::new(std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?);
+        pem.extend_from_slice(&std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?);
+        b = b.identity(
+            reqwest::Identity::from_pem(&pem).map_err(|e| format!("client certificate {}: {e}", cert.display()))?,
+        );
     }
     if let Some(name) = server_name {
         let host = url.host_str().ok_or_else(|| format!("address {address:?} has no host"))?;

@@ -196,3 +196,43 @@ fn an_approle_token_with_a_short_ttl_is_renewed_and_logged_in_again_while_leasef
 }
 
 static SETUP_APPROLE: std::sync::Once = std::sync::Once::new();
+
+#[test]
+fn openbaos_own_rate_limit_quota_answers_429_with_retry_after_and_leasefs_waits_instead_of_hammering() {
+    let b = bao();
+    b.api("POST", "sys/quotas/config", Some(json!({"enable_rate_limit_response_headers": true})));
+    // A KV mount of its own under a quota of one request per 2 s (other tests are not limited).
+    b.api("POST", "sys/mounts/limited", Some(json!({"type": "kv", "options": {"version": "2"}})));
+    b.api("POST", "limited/data/app", Some(json!({"data": {"password": "limited-value"}})));
+    let v = b.api(
+        "POST",
+        "sys/quotas/rate-limit/leasefs-test",
+        Some(json!({"path": "limited/", "rate": 1, "interval": "2s"})),
+    );
+    assert!(v.is_null() || v.get("errors").is_none(), "{v}");
+    let mut env = fleet_env(std::slice::from_ref(&b.addr), None);
+    let cfg = std::fs::read_to_string(env.path("config.json"))
+        .unwrap()
+        .replace("\"cache_ttl\":\"1s\"", "\"cache_ttl\":\"0s\"")
+        .replace("\"kv_mounts\":[\"secret\"]", "\"kv_mounts\":[\"secret\",\"limited\"]");
+    std::fs::write(env.path("config.json"), cfg).unwrap();
+    env.start();
+    let f = env.m("bao/limited/app");
+    let t = Instant::now();
+    for _ in 0..4 {
+        let v: serde_json::Value =
+            serde_json::from_str(&read(&f).unwrap_or_else(|e| panic!("{e}\n{}", env.log()))).unwrap();
+        assert_eq!(v["password"], "limited-value");
+    }
+    let took = t.elapsed();
+    let waits = env.log().matches("OpenBao rate limit (429)").count();
+    let hits = b.requests().iter().filter(|(_, p)| p == "limited/data/app").count();
+    eprintln!(
+        "4 reads under a 1-per-2s quota: {took:?}, {waits} waits on Retry-After, {hits} requests; quota {}",
+        b.api("GET", "sys/quotas/rate-limit/leasefs-test", None)
+    );
+    assert!(waits >= 1, "the quota's 429 was met and waited out:\n{}", env.log());
+    assert!(waits <= 20, "{waits} waits for 4 reads over {took:?}: the node was hammered (Retry-After: 0 is not a go)");
+    assert!(took >= Duration::from_millis(1900), "the reads were spread by the quota, not hammered: {took:?}");
+    assert!(hits <= 4 + waits + 1, "{hits} requests for 4 reads: leasefs hammered the node");
+}

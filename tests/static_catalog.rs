@@ -345,7 +345,8 @@ fn check_reads_and_writes_nothing_to_disk() {
     let env = Env::new();
     env.doc("a.json", r#"{"path": "a", "data": {"value": "1"}}"#);
     let fresh = env.path("never");
-    let cfg = env.config(serde_json::json!({"state_dir": fresh.join("state"), "audit_log": fresh.join("log/audit.jsonl")}));
+    let cfg =
+        env.config(serde_json::json!({"state_dir": fresh.join("state"), "audit_log": fresh.join("log/audit.jsonl")}));
     let o = run(BIN, &["check", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!fresh.exists(), "check created {}", fresh.display());

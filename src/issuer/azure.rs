@@ -80,13 +80,15 @@ impl App<'_> {
         deadline: Instant,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, zeroize::Zeroizing<String>), LeaseError> {
+        let mut throttled = 0u32;
         loop {
             let resp = build().send().await.map_err(|e| {
                 fail(if e.is_timeout() { "timed out".to_string() } else { format!("unreachable: {e}") })
             })?;
             let status = resp.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let wait = crate::tls::retry_after(&resp);
+                let wait = crate::tls::retry_after(&resp, throttled);
+                throttled += 1;
                 if Instant::now() + wait >= deadline {
                     return Err(LeaseError::timeout(deadline.saturating_duration_since(Instant::now()))
                         .context("azure: throttled (429) past issue_timeout"));

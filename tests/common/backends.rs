@@ -30,7 +30,7 @@ type Spawn = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Servers are spawned from one thread that lives as long as the test binary: PR_SET_PDEATHSIG is
 /// tied to the thread that forked, so the servers get SIGTERM when the binary exits, not when a test ends.
-fn spawn_server(mut cmd: Command) -> Child {
+pub fn spawn_server(mut cmd: Command) -> Child {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Spawn>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Spawn>();
