@@ -53,6 +53,8 @@ pub struct Login {
     endpoints: Endpoints,
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Session>>,
+    /// A wrapped secret id, once unwrapped (the wrapping token works once; later logins reuse it).
+    unwrapped: Mutex<Option<SecretString>>,
     /// Logins and renewals so far (status and tests).
     pub counts: Mutex<(u32, u32)>,
 }
@@ -65,7 +67,14 @@ fn read_trimmed(p: &PathBuf, what: &str) -> Result<SecretString, BaoError> {
 
 impl Login {
     pub fn new(auth: AuthConfig, endpoints: Endpoints, timeout: Duration) -> Arc<Login> {
-        Arc::new(Login { auth, endpoints, timeout, session: tokio::sync::Mutex::new(None), counts: Mutex::new((0, 0)) })
+        Arc::new(Login {
+            auth,
+            endpoints,
+            timeout,
+            session: tokio::sync::Mutex::new(None),
+            unwrapped: Mutex::new(None),
+            counts: Mutex::new((0, 0)),
+        })
     }
 
     fn client(&self, token: SecretString) -> Result<BaoClient, BaoError> {
@@ -129,16 +138,23 @@ impl Login {
 
     async fn approle(&self, role_file: &PathBuf, secret_file: &PathBuf, wrapped: bool) -> Result<Session, BaoError> {
         let role_id = read_trimmed(role_file, "role id")?;
-        let mut secret_id = read_trimmed(secret_file, "secret id")?;
-        if wrapped {
-            // The file holds a wrapping token: unwrap it (once) for the secret id inside.
-            let v = self.client(secret_id)?.post("sys/wrapping/unwrap", &json!({})).await?;
-            let s = v
-                .pointer("/data/secret_id")
-                .and_then(|s| s.as_str())
-                .ok_or_else(|| BaoError::Refused("the wrapped answer holds no secret_id".into()))?;
-            secret_id = SecretString::from(s.to_string());
-        }
+        let kept = self.unwrapped.lock().clone();
+        let secret_id = match kept {
+            Some(s) if wrapped => s,
+            _ if wrapped => {
+                // The file holds a wrapping token: unwrap it once for the secret id inside.
+                let token = read_trimmed(secret_file, "secret id")?;
+                let v = self.client(token)?.post("sys/wrapping/unwrap", &json!({})).await?;
+                let s = v
+                    .pointer("/data/secret_id")
+                    .and_then(|s| s.as_str())
+                    .ok_or_else(|| BaoError::Refused("the wrapped answer holds no secret_id".into()))?;
+                let s = SecretString::from(s.to_string());
+                *self.unwrapped.lock() = Some(s.clone());
+                s
+            }
+            _ => read_trimmed(secret_file, "secret id")?,
+        };
         let body = json!({"role_id": role_id.expose_secret(), "secret_id": secret_id.expose_secret()});
         let v = self.client(SecretString::from(String::new()))?.post("auth/approle/login", &body).await?;
         tracing::info!("logged in to OpenBao with AppRole");

@@ -236,3 +236,51 @@ fn openbaos_own_rate_limit_quota_answers_429_with_retry_after_and_leasefs_waits_
     assert!(took >= Duration::from_millis(1900), "the reads were spread by the quota, not hammered: {took:?}");
     assert!(hits <= 4 + waits + 1, "{hits} requests for 4 reads: leasefs hammered the node");
 }
+
+#[test]
+fn a_response_wrapped_secret_id_is_unwrapped_at_login() {
+    let b = bao();
+    SETUP_APPROLE.call_once(|| {
+        b.api("POST", "sys/auth/approle", Some(json!({"type": "approle"})));
+        b.api("PUT", "sys/policies/acl/leasefs", Some(json!({"policy": "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"})));
+        let v = b.api("POST", "auth/approle/role/leasefs", Some(json!({"token_policies": ["leasefs"], "token_ttl": "4s", "token_max_ttl": "8s"})));
+        assert!(v.get("errors").is_none(), "{v}");
+    });
+    let role_id =
+        b.api("GET", "auth/approle/role/leasefs/role-id", None)["data"]["role_id"].as_str().unwrap().to_string();
+    // The secret id, response-wrapped: what a bootstrap hands a new node.
+    let o = run(
+        "curl",
+        &[
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-Vault-Token: {}", b.token),
+            "-H",
+            "X-Vault-Wrap-TTL: 60s",
+            &format!("{}/v1/auth/approle/role/leasefs/secret-id", b.addr),
+        ],
+    );
+    let wrapped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let wrapping_token = wrapped["wrap_info"]["token"].as_str().unwrap_or_else(|| panic!("{wrapped}")).to_string();
+    let mut env = fleet_env(std::slice::from_ref(&b.addr), None);
+    for (name, value) in [("role-id", &role_id), ("secret-id", &wrapping_token)] {
+        std::fs::write(env.path(name), value).unwrap();
+        std::fs::set_permissions(env.path(name), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("config.json")).unwrap()).unwrap();
+    let src = cfg["sources"][0].as_object_mut().unwrap();
+    src.remove("token_file");
+    src.insert("auth".into(), json!({"method": "approle", "role_id_file": env.path("role-id"), "secret_id_file": env.path("secret-id"), "wrapped": true}));
+    std::fs::write(env.path("config.json"), cfg.to_string()).unwrap();
+    env.start();
+    let v: serde_json::Value = serde_json::from_str(&cat(&env.m("bao/secret/fleet/app"))).unwrap();
+    assert_eq!(v["password"], "fleet-value");
+    assert!(b.requests().iter().any(|(_, p)| p == "sys/wrapping/unwrap"), "the wrapping token was unwrapped");
+    // Past the token's max TTL (8 s) leasefs logs in again with the secret id it unwrapped.
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(read(&env.m("bao/database/creds/fleet")).is_ok(), "{}", env.log());
+    assert!(env.log().matches("logged in to OpenBao with AppRole").count() >= 2, "{}", env.log());
+}
