@@ -142,12 +142,7 @@ fn a_certificate_for_another_name_is_refused() {
 #[test]
 fn an_approle_token_with_a_short_ttl_is_renewed_and_logged_in_again_while_leasefs_keeps_issuing() {
     let b = bao();
-    SETUP_APPROLE.call_once(|| {
-        b.api("POST", "sys/auth/approle", Some(json!({"type": "approle"})));
-        b.api("PUT", "sys/policies/acl/leasefs", Some(json!({"policy": "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"})));
-        let v = b.api("POST", "auth/approle/role/leasefs", Some(json!({"token_policies": ["leasefs"], "token_ttl": "4s", "token_max_ttl": "8s"})));
-        assert!(v.get("errors").is_none(), "{v}");
-    });
+    approle_once();
     let role_id =
         b.api("GET", "auth/approle/role/leasefs/role-id", None)["data"]["role_id"].as_str().unwrap().to_string();
     let secret_id = b.api("POST", "auth/approle/role/leasefs/secret-id", Some(json!({})))["data"]["secret_id"]
@@ -195,7 +190,17 @@ fn an_approle_token_with_a_short_ttl_is_renewed_and_logged_in_again_while_leasef
     assert!(renewals >= 1, "the token was renewed at 2/3 of its TTL: {renewals}");
 }
 
-static SETUP_APPROLE: std::sync::Once = std::sync::Once::new();
+/// AppRole for leasefs on the shared dev server (4 s TTL, 8 s max), set up once.
+fn approle_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let b = bao();
+    ONCE.call_once(|| {
+        b.api("POST", "sys/auth/approle", Some(json!({"type": "approle"})));
+        b.api("PUT", "sys/policies/acl/leasefs", Some(json!({"policy": "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"})));
+        let v = b.api("POST", "auth/approle/role/leasefs", Some(json!({"token_policies": ["leasefs"], "token_ttl": "4s", "token_max_ttl": "8s"})));
+        assert!(v.get("errors").is_none(), "{v}");
+    });
+}
 
 #[test]
 fn openbaos_own_rate_limit_quota_answers_429_with_retry_after_and_leasefs_waits_instead_of_hammering() {
@@ -240,12 +245,7 @@ fn openbaos_own_rate_limit_quota_answers_429_with_retry_after_and_leasefs_waits_
 #[test]
 fn a_response_wrapped_secret_id_is_unwrapped_at_login() {
     let b = bao();
-    SETUP_APPROLE.call_once(|| {
-        b.api("POST", "sys/auth/approle", Some(json!({"type": "approle"})));
-        b.api("PUT", "sys/policies/acl/leasefs", Some(json!({"policy": "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"})));
-        let v = b.api("POST", "auth/approle/role/leasefs", Some(json!({"token_policies": ["leasefs"], "token_ttl": "4s", "token_max_ttl": "8s"})));
-        assert!(v.get("errors").is_none(), "{v}");
-    });
+    approle_once();
     let role_id =
         b.api("GET", "auth/approle/role/leasefs/role-id", None)["data"]["role_id"].as_str().unwrap().to_string();
     // The secret id, response-wrapped: what a bootstrap hands a new node.
