@@ -52,7 +52,8 @@ class Leasefs:
         self.mnt = mnt
         cfg = {"sources": [{"type": "local", "prefix": "/", "path": docs}],
                "state_dir": os.path.join(work, "state"),
-               "defaults": {"refresh": "1h", "attr_ttl": "60s", "cache_ttl": "60s", **(extra_defaults or {})}}
+               # The default configuration, as a user who writes no `defaults` gets it (issue 15).
+               "defaults": extra_defaults or {}}
         self.cfg = os.path.join(work, f"config-{os.path.basename(mnt)}.json")
         with open(self.cfg, "w") as f:
             json.dump(cfg, f)
@@ -119,6 +120,53 @@ def open_loop(path, seconds):
         lat.append(time.perf_counter() - t)
         n += 1
     return n / (time.perf_counter() - t0), statistics.median(lat)
+
+
+def leasefs_requests(mnt):
+    """FUSE requests counted by leasefs so far, by operation (from its metrics file)."""
+    with open(os.path.join(mnt, ".leasefs/metrics")) as f:
+        return {m.group(1): int(float(m.group(2))) for m in re.finditer(r'leasefs_fuse_requests_total\{op="(\w+)"\} (\S+)', f.read())}
+
+
+def leasefs_requests_per_cat(mnt, path):
+    """Requests the kernel sends leasefs for one warm `cat` (the dentry already looked up).
+    Reading the metrics file costs requests of its own: a read with nothing in between
+    measures that, and it is subtracted."""
+    sh(f"cat {path} > /dev/null")
+    a = leasefs_requests(mnt)
+    b = leasefs_requests(mnt)
+    sh(f"cat {path} > /dev/null")
+    c = leasefs_requests(mnt)
+    ops = {}
+    for op in c:
+        n = (c[op] - b.get(op, 0)) - (b.get(op, 0) - a.get(op, 0))
+        if n:
+            ops[op] = n
+    return ops
+
+
+def bindfs_requests_per_cat(plain, work):
+    """The same count for bindfs, from libfuse's debug log (-d prints one line per request)."""
+    mnt = os.path.join(work, "bindfs-debug")
+    os.makedirs(mnt, exist_ok=True)
+    log = os.path.join(work, "bindfs-debug.log")
+    with open(log, "w") as lf:
+        proc = subprocess.Popen(["bindfs", "-d", "-o", "ro", plain, mnt], stdout=subprocess.DEVNULL, stderr=lf)
+    try:
+        wait_mounted(mnt, proc)
+        path = os.path.join(mnt, "d0/e0/s0")
+        sh(f"cat {path} > /dev/null")
+        time.sleep(0.3)
+        before = open(log).read().count("opcode: ")
+        sh(f"cat {path} > /dev/null")
+        time.sleep(0.3)
+        ops = {}
+        for op in re.findall(r"opcode: (\w+)", open(log).read())[before:]:
+            ops[op.lower()] = ops.get(op.lower(), 0) + 1
+        return ops
+    finally:
+        subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
+        proc.wait(timeout=30)
 
 
 def pct(values, p):
@@ -213,6 +261,15 @@ def main():
         # The floor: the same loop on bindfs (a C FUSE filesystem, page cache on) and on tmpfs.
         results["bindfs_open_loop"] = dict(zip(("opens_per_s", "median_s"), c_loop(os.path.join(bmnt, "d0/e0/s0"), 2.0)))
         results["tmpfs_open_loop"] = dict(zip(("opens_per_s", "median_s"), c_loop(os.path.join(plain, "d0/e0/s0"), 2.0)))
+        # 4 readers at once (2 cores here): the sum of their rates against one reader's.
+        procs = [subprocess.Popen([loop, os.path.join(dmnt, "dyn/jwt"), "2.0"], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        results["jwt_4_readers_opens_per_s"] = sum(float(p.communicate()[0].split()[0]) for p in procs)
+        print("bench: FUSE requests per cat ...", flush=True)
+        results["requests_per_cat"] = {
+            "leasefs_static": leasefs_requests_per_cat(dmnt, os.path.join(dmnt, "static/d0/s0")),
+            "leasefs_dynamic": leasefs_requests_per_cat(dmnt, os.path.join(dmnt, "dyn/jwt")),
+            "bindfs_static": bindfs_requests_per_cat(plain, work),
+        }
         m = open(os.path.join(dmnt, ".leasefs/metrics")).read()
         s = float(re.search(r'leasefs_issue_duration_seconds_sum\{issuer="jwt"\} (\S+)', m).group(1))
         c = float(re.search(r'leasefs_issue_duration_seconds_count\{issuer="jwt"\} (\S+)', m).group(1))
@@ -283,20 +340,29 @@ def report(r, out):
     def ratio(k):
         return r[k]["leasefs"] / r[k]["bindfs"]
     targets = [
-        (f"find ({r['entries'] // 1000}k)", r["find_s"], ratio("find_s"), "<= 1.0x bindfs", ratio("find_s") <= 1.0),
+        (f"find ({r['entries'] // 1000}k)", r["find_s"], ratio("find_s"), "<= 0.5x bindfs", ratio("find_s") <= 0.5),
         (f"ls -lR ({r['entries'] // 1000}k)", r["ls_lR_s"], ratio("ls_lR_s"), "<= 0.5x bindfs", ratio("ls_lR_s") <= 0.5),
-        ("cat 10k", r["cat10k_s"], ratio("cat10k_s"), "<= 1.0x bindfs", ratio("cat10k_s") <= 1.0),
+        ("cat 10k", r["cat10k_s"], ratio("cat10k_s"), "<= 0.8x bindfs", ratio("cat10k_s") <= 0.8),
     ]
     print()
     print(f"{'test':<16}{'tmpfs s':>10}{'bindfs s':>10}{'leasefs s':>11}{'vs bindfs':>11}{'vs tmpfs':>10}  target")
     for name, v, rt, tgt, met in targets:
         print(f"{name:<16}{v['tmpfs']:>10.3f}{v['bindfs']:>10.3f}{v['leasefs']:>11.3f}{rt:>10.2f}x{v['leasefs']/v['tmpfs']:>9.1f}x  {tgt} {'met' if met else 'MISSED'}")
         rows.append({"test": name, **v, "ratio_bindfs": rt, "target": tgt, "met": met})
-    j, e, iso = r["jwt"], r["exec"], r["isolation"]
+    j, e, iso, rq = r["jwt"], r["exec"], r["isolation"], r["requests_per_cat"]
+    vs_bindfs = j["opens_per_s"] / r["bindfs_open_loop"]["opens_per_s"]
+    scale = r["jwt_4_readers_opens_per_s"] / j["opens_per_s"]
+    def ops(d):
+        return f"{sum(d.values())} ({', '.join(f'{k} {v}' for k, v in sorted(d.items()))})"
     others = [
-        ("jwt opens/s (1 reader)", f"{j['opens_per_s']:.0f}", "> 20000", j["opens_per_s"] > 20000),
+        ("jwt opens/s (1 reader)", f"{j['opens_per_s']:.0f}", "-", True),
+        ("  jwt rate / bindfs static", f"{vs_bindfs:.2f}x", ">= 1.0x", vs_bindfs >= 1.0),
+        ("  4 jwt readers / 1 reader", f"{scale:.2f}x ({r['jwt_4_readers_opens_per_s']:.0f}/s)", ">= 1.5x", scale >= 1.5),
         ("jwt leasefs overhead", f"{j['overhead_ms']:.3f} ms (open+read+close {j['median_open_read_close_ms']:.3f}, issuer {j['issuer_mean_ms']:.3f})", "< 0.5 ms", j["overhead_ms"] < 0.5),
-        ("exec added latency", f"{e['overhead_ms']:.2f} ms (script {e['script_direct_ms']:.2f}, via leasefs {e['via_leasefs_ms']:.2f})", "-", True),
+        ("exec added latency", f"{e['overhead_ms']:.2f} ms (script {e['script_direct_ms']:.2f}, via leasefs {e['via_leasefs_ms']:.2f})", "< 0.3 ms", e["overhead_ms"] < 0.3),
+        ("requests/cat leasefs static", ops(rq["leasefs_static"]), "<= 2", sum(rq["leasefs_static"].values()) <= 2),
+        ("requests/cat leasefs dynamic", ops(rq["leasefs_dynamic"]), "<= 3", sum(rq["leasefs_dynamic"].values()) <= 3),
+        ("requests/cat bindfs static", ops(rq["bindfs_static"]), "-", True),
         ("isolation stat p50/p99", f"{iso['stat_p50_ms']:.3f} / {iso['stat_p99_ms']:.3f} ms", "-", True),
         ("isolation ls p50/p99", f"{iso['ls_p50_ms']:.3f} / {iso['ls_p99_ms']:.3f} ms", "p99 < 10 ms", iso["ls_p99_ms"] < 10),
         (f"RSS {r['entries'] // 1000}k entries", f"{r['rss_kb']/1024:.1f} MiB", "< 64 MiB", r["rss_kb"] < 64 * 1024),
@@ -306,10 +372,11 @@ def report(r, out):
         ("  same loop on tmpfs", f"{r['tmpfs_open_loop']['opens_per_s']:.0f}/s (median {r['tmpfs_open_loop']['median_s']*1e3:.3f} ms)", "-", True),
     ]
     if "rss_1m_kb" in r:
-        others.append(("RSS 1M entries", f"{r['rss_1m_kb']/1024:.1f} MiB (ready {r['ready_1m_s']:.2f} s)", "< 400 MiB", r["rss_1m_kb"] < 400 * 1024))
+        others.append(("RSS 1M entries", f"{r['rss_1m_kb']/1024:.1f} MiB", "< 250 MiB", r["rss_1m_kb"] < 250 * 1024))
+        others.append(("ready 1M entries", f"{r['ready_1m_s']:.2f} s", "< 1.5 s", r["ready_1m_s"] < 1.5))
     print()
     for name, v, tgt, met in others:
-        print(f"{name:<26}{v:<60}{tgt:<12}{'met' if met else 'MISSED'}")
+        print(f"{name:<31}{v:<60}{tgt:<12}{'met' if met else 'MISSED'}")
     r["table"] = rows
     r["targets"] = [{"what": n, "value": v, "target": t, "met": m} for n, v, t, m in others]
     with open(os.path.join(out, "latest.json"), "w") as f:
