@@ -172,18 +172,18 @@ impl Metrics {
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        family(&mut o, "leasefs_issuances_total", "counter", "Credentials issued, by issuer.");
-        for (k, v) in &i.issued {
-            let _ = writeln!(o, "leasefs_issuances_total{{issuer=\"{k}\"}} {v}");
-        }
+        let by_issuer = |o: &mut String, name: &str, help: &str, counts: &BTreeMap<String, u64>| {
+            family(o, name, "counter", help);
+            for (k, v) in counts {
+                let _ = writeln!(o, "{name}{{issuer=\"{k}\"}} {v}");
+            }
+        };
+        by_issuer(&mut o, "leasefs_issuances_total", "Credentials issued, by issuer.", &i.issued);
         family(&mut o, "leasefs_issuance_failures_total", "counter", "Issuances that failed, by issuer and reason.");
         for ((k, r), v) in &i.failed {
             let _ = writeln!(o, "leasefs_issuance_failures_total{{issuer=\"{k}\",reason=\"{r}\"}} {v}");
         }
-        family(&mut o, "leasefs_reuses_total", "counter", "Opens served by a live lease, by issuer.");
-        for (k, v) in &i.reused {
-            let _ = writeln!(o, "leasefs_reuses_total{{issuer=\"{k}\"}} {v}");
-        }
+        by_issuer(&mut o, "leasefs_reuses_total", "Opens served by a live lease, by issuer.", &i.reused);
         family(&mut o, "leasefs_issue_duration_seconds", "histogram", "Time to issue a credential, by issuer.");
         for (k, h) in &i.latency {
             for (n, b) in BUCKETS.iter().enumerate() {
@@ -194,28 +194,19 @@ impl Metrics {
             let _ = writeln!(o, "leasefs_issue_duration_seconds_sum{{issuer=\"{k}\"}} {}", h.sum);
             let _ = writeln!(o, "leasefs_issue_duration_seconds_count{{issuer=\"{k}\"}} {}", h.count);
         }
-        family(&mut o, "leasefs_revocations_total", "counter", "Leases revoked at their issuer, by issuer.");
-        for (k, v) in &i.revoked {
-            let _ = writeln!(o, "leasefs_revocations_total{{issuer=\"{k}\"}} {v}");
-        }
-        family(
+        by_issuer(&mut o, "leasefs_revocations_total", "Leases revoked at their issuer, by issuer.", &i.revoked);
+        by_issuer(
             &mut o,
             "leasefs_revocation_failures_total",
-            "counter",
             "Revocation attempts that failed (retried), by issuer.",
+            &i.revoke_failed,
         );
-        for (k, v) in &i.revoke_failed {
-            let _ = writeln!(o, "leasefs_revocation_failures_total{{issuer=\"{k}\"}} {v}");
-        }
-        family(
+        by_issuer(
             &mut o,
             "leasefs_irrevocable_total",
-            "counter",
             "Leases marked irrevocable (revocation refused past irrevocable_after), by issuer.",
+            &i.irrevocable,
         );
-        for (k, v) in &i.irrevocable {
-            let _ = writeln!(o, "leasefs_irrevocable_total{{issuer=\"{k}\"}} {v}");
-        }
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);
         family(&mut o, "leasefs_leases_live", "gauge", "Live leases.");
