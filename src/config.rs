@@ -150,7 +150,7 @@ impl Default for Defaults {
             refresh: Dur::secs(60),
             revoke_on_shutdown: true,
             revoke_on_close: false,
-            attr_ttl: Dur::secs(1),
+            attr_ttl: Dur::secs(60),
             irrevocable_after: Dur::secs(600),
             max_leases_per_uid: 1000,
             max_lease_bytes_per_uid: 64 * 1024 * 1024,
@@ -216,6 +216,11 @@ pub struct SourceConfig {
     pub group: Option<serde_json::Value>,
     #[serde(default)]
     pub mode: Option<String>,
+    /// Whether static secrets may be served through the kernel page cache (exact sizes in `stat`,
+    /// contents kept across opens until a reload or a changed payload drops them). Default: on for
+    /// `local` (the documents sit in the page cache already), off for remote sources.
+    #[serde(default)]
+    pub static_page_cache: Option<bool>,
 }
 
 fn root_prefix() -> String {
@@ -239,6 +244,7 @@ impl SourceConfig {
             owner: None,
             group: None,
             mode: None,
+            static_page_cache: None,
         }
     }
     pub fn prefix(&self) -> &str {
@@ -254,6 +260,11 @@ impl SourceConfig {
             tls_server_name: self.tls_server_name.clone(),
             client_cert: None,
         }
+    }
+
+    /// `static_page_cache` as set, or the default for the source's kind.
+    pub fn page_cache(&self) -> bool {
+        self.static_page_cache.unwrap_or(self.kind == SourceKind::Local)
     }
 
     pub fn ownership(&self) -> Ownership {
@@ -313,6 +324,14 @@ impl Config {
             match s.kind {
                 SourceKind::Local => need(s.path.is_some(), "path")?,
                 SourceKind::Openbao => {
+                    if s.static_page_cache == Some(true) {
+                        return Err(FileError::whole(
+                            file,
+                            format!(
+                                "sources[{i}]: static_page_cache needs exact sizes at listing, which only a local source has"
+                            ),
+                        ));
+                    }
                     need(s.address.is_some() || !s.addresses.is_empty(), "address")?;
                     need(s.token_file.is_some() || s.auth.is_some(), "token_file\" or \"auth")?;
                 }

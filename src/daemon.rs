@@ -52,7 +52,9 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
         };
         let prefix = split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
         let source: Arc<dyn Source> = match sc.kind {
-            SourceKind::Local => Arc::new(LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms)),
+            SourceKind::Local => Arc::new(
+                LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms).with_sizes(sc.page_cache()),
+            ),
             SourceKind::Openbao => Arc::new(OpenBaoSource::new(
                 sc.prefix().to_string(),
                 sc.endpoints(),
@@ -64,7 +66,7 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
                 cfg.defaults.issue_timeout.0,
             )),
         };
-        out.push(SourceSpec { source, prefix, owner });
+        out.push(SourceSpec { source, prefix, owner, page_cache: sc.page_cache() });
     }
     Ok(out)
 }

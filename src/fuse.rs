@@ -46,6 +46,10 @@ impl FuseAdapter {
         });
         FuseAdapter { fs, rt, notifier, closed }
     }
+
+    fn count(&self, r: Op) {
+        self.fs.leases().metrics.request(r);
+    }
 }
 
 /// The errno for a failed operation, which is logged here once, at the error's level.
@@ -85,12 +89,6 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 fn who(req: &Request) -> Requester {
     Requester::new(req.uid(), req.gid(), req.pid())
-}
-
-impl FuseAdapter {
-    fn count(&self, r: Op) {
-        self.fs.leases().metrics.request(r);
-    }
 }
 
 impl Filesystem for FuseAdapter {
@@ -285,11 +283,14 @@ impl Filesystem for FuseAdapter {
         self.count(Op::Release);
         // Releasing may start a revocation (revoke_on_close), which runs on the runtime.
         let _rt = self.rt.enter();
-        self.fs.release(fh.0);
+        let drop_pages = self.fs.release(fh.0);
         reply.ok();
         // Direct I/O keeps reads out of the page cache, but a private mmap of the file goes through
-        // it: drop whatever the kernel cached for this inode once a handle closes.
-        let _ = self.closed.send(ino);
+        // it: drop whatever the kernel cached for this inode once a handle closes (not for a static
+        // secret served through the page cache, whose pages are meant to stay).
+        if drop_pages {
+            let _ = self.closed.send(ino);
+        }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
@@ -431,7 +432,7 @@ impl Filesystem for FuseAdapter {
 }
 
 /// Answers an open as the filesystem says: attributes dropped first where asked (offset -1: not
-/// the page cache) so that `fstat` reaches the daemon, direct I/O where asked. No FLUSH is needed
+/// the page cache) so that `fstat` reaches the daemon, direct I/O or kept pages where asked. No FLUSH is needed
 /// on close: nothing is ever buffered for writing.
 fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
     match r {
@@ -444,10 +445,10 @@ fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, F
                     raise_size(n, ino, o.size);
                 }
             }
-            let mut flags = FopenFlags::FOPEN_NOFLUSH;
-            if o.direct_io {
-                flags |= FopenFlags::FOPEN_DIRECT_IO;
-            }
+            let when = |on: bool, f: FopenFlags| if on { f } else { FopenFlags::empty() };
+            let flags = FopenFlags::FOPEN_NOFLUSH
+                | when(o.direct_io, FopenFlags::FOPEN_DIRECT_IO)
+                | when(o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE);
             reply.opened(FileHandle(o.fh), flags)
         }
         Err(e) => reply.error(failed("open", ino, &e)),
@@ -457,13 +458,11 @@ fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, F
 /// Makes the kernel's size of `ino` at least `size` before an open is answered.
 ///
 /// `sendfile`/`splice` of a FUSE file go through the page cache, bounded by the inode's size
-/// (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), and that size is 0 until
-/// someone stats the file: busybox `cat` would print nothing. FUSE has one way to raise it from
-/// the daemon: a store notification, which grows the size to its end — and only if it stores at
-/// least one byte. So one placeholder byte is stored at a position that is never the first byte
-/// of its page: such a page is not marked up to date, so nobody reads the placeholder; a read
-/// fetches the real page from the handle. Where `size - 1` starts a page, the byte goes at `size`
-/// instead, and the first read (a short one) brings the size back down to the real end.
+/// (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), 0 until someone stats the
+/// file: busybox `cat` would print nothing. A store notification raises it to its end if it stores
+/// at least a byte: one placeholder byte goes where it is never the first byte of its page (such a
+/// page is not up to date, so a read fetches the real one). Where `size - 1` starts a page, it goes
+/// at `size`, and the first (short) read brings the size back down to the real end.
 fn raise_size(n: &Notifier, ino: INodeNo, size: u64) {
     const PAGE: u64 = 4096;
     let at = if (size - 1) % PAGE == 0 { size } else { size - 1 };
@@ -482,7 +481,7 @@ fn xattr_reply(ino: INodeNo, r: Result<Vec<u8>, FsError>, size: u32, reply: Repl
 }
 
 /// Drops what the kernel cached from an earlier snapshot: listings of changed directories, names
-/// that are gone, and attributes that changed. Unknown inodes (never looked up) are skipped by the kernel.
+/// that are gone or new (a missing name may be cached), and the attributes and pages of entries that changed. Unknown inodes (never looked up) are skipped by the kernel.
 pub fn invalidate(n: &Notifier, ch: &Changes) {
     for dir in &ch.dirs {
         let _ = n.inval_inode(INodeNo(*dir), 0, 0);
@@ -490,7 +489,11 @@ pub fn invalidate(n: &Notifier, ch: &Changes) {
     for (parent, name) in &ch.removed {
         let _ = n.inval_entry(INodeNo(*parent), OsStr::new(name));
     }
+    for (parent, name) in &ch.added {
+        let _ = n.inval_entry(INodeNo(*parent), OsStr::new(name));
+    }
+    // Offset 0: the pages go too (a static secret served through the page cache changed).
     for ino in &ch.attrs {
-        let _ = n.inval_inode(INodeNo(*ino), -1, 0);
+        let _ = n.inval_inode(INodeNo(*ino), 0, 0);
     }
 }

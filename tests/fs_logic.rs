@@ -21,13 +21,16 @@ struct Fixture {
 }
 
 async fn fixture(docs: &str) -> Fixture {
+    fixture_with(docs, Defaults::default()).await
+}
+
+async fn fixture_with(docs: &str, defaults: Defaults) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("docs");
     std::fs::create_dir(&d).unwrap();
     std::fs::write(d.join("a.json"), docs).unwrap();
     std::fs::set_permissions(d.join("a.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
-    let defaults = Defaults::default();
     let leases = LeaseManager::new(
         Issuers::builtin(Duration::from_secs(5), true),
         None,
@@ -37,7 +40,9 @@ async fn fixture(docs: &str) -> Fixture {
     );
     let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o555 };
     let settings = Settings { defaults, root_owner: owner, control: true };
-    let spec = SourceSpec { source: Arc::new(LocalSource::new(d, true)), prefix: vec![], owner };
+    // As a default configuration mounts a local source: static secrets may use the page cache.
+    let source = Arc::new(LocalSource::new(d, true).with_sizes(true));
+    let spec = SourceSpec { source, prefix: vec![], owner, page_cache: true };
     let fs = LeaseFs::new(settings, vec![spec], audit, leases);
     assert!(fs.refresh().await.is_empty());
     Fixture { fs, dir }
@@ -148,4 +153,38 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     })
     .unwrap();
     assert_eq!(one, ["."]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_secret_is_listed_with_its_size_and_its_pages_are_kept_only_while_its_contents_are() {
+    // Payloads are fetched again at each open (no payload cache), as after `cache_ttl`.
+    let defaults = Defaults { cache_ttl: leasefs::config::Dur::secs(0), ..Defaults::default() };
+    let f = fixture_with(DOCS, defaults).await;
+    let fs = &f.fs;
+    let world = ino(fs, "a/world");
+    let me = who(0, 0);
+    // Listing knows the exact size without an open (the value "w" renders as one byte).
+    assert_eq!(fs.lookup(ino(fs, "a"), "world").unwrap().attr.size, 1);
+    let first = fs.open(world, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(!first.direct_io && !first.keep_cache, "first open: page cache, nothing to keep yet");
+    let (a, own) = fs.getattr(world, None, me.pid).unwrap();
+    assert!(!own && a.size == 1, "fstat needs no uncached answer: the listed size is the handle's");
+    assert!(!fs.release(first.fh), "its pages stay after close");
+    let second = fs.open(world, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(second.keep_cache, "same contents: the kernel keeps its pages");
+    fs.release(second.fh);
+
+    // The document changes to other contents of another length; before a reload lists it again,
+    // an open serves the new bytes with direct I/O and drops the old pages.
+    let doc = f.dir.path().join("docs/a.json");
+    std::fs::write(&doc, DOCS.replace(r#""value": "w""#, r#""value": "w2""#)).unwrap();
+    let third = fs.open(world, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(third.direct_io && !third.keep_cache && third.size == 2);
+    assert!(fs.release(third.fh), "direct I/O handles take the pages along at close");
+    // After the reload the listing has the new size and the page cache is used again.
+    assert!(fs.refresh().await.is_empty());
+    assert_eq!(fs.lookup(ino(fs, "a"), "world").unwrap().attr.size, 2);
+    let fourth = fs.open(world, libc::O_RDONLY, me).await.unwrap();
+    assert!(!fourth.direct_io && !fourth.keep_cache, "other contents than the pages held: not kept");
+    fs.release(fourth.fh);
 }

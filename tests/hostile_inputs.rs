@@ -119,7 +119,10 @@ fn what_a_sendfile_reader_pulled_into_the_page_cache_is_gone_after_close() {
     const MB12: usize = 12 * 1024 * 1024;
     let mut env = Env::new();
     env.doc("big.json", &json!({"path": "big", "data": {"value": "s".repeat(MB12)}}).to_string());
-    env.config(json!({"defaults": {"cache_ttl": "1m"}}));
+    // static_page_cache off (the default for remote sources): these contents take the path every
+    // dynamic secret takes.
+    let source = json!([{"type": "local", "prefix": "/", "path": env.docs(), "static_page_cache": false}]);
+    env.config(json!({"sources": source, "defaults": {"cache_ttl": "1m"}}));
     env.start();
     let f = env.m("big");
     assert_eq!(read(&f).unwrap().len(), MB12);

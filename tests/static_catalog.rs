@@ -39,12 +39,10 @@ fn ls_find_and_stat_show_the_tree_with_owner_group_and_mode() {
     found.sort();
     assert_eq!(found, ["/app/db/config", "/app/db/password", "/app/db/url", "/app/env", "/public/motd"]);
 
-    // Defaults: files 0400 and directories 0555, owned by the daemon's user (root in CI).
+    // Defaults: files 0400 and directories 0555, owned by the daemon's user (root in CI); a local
+    // static secret has its exact size.
     let st = ok("stat", &["-c", "%a %u %g %F", env.m("app/db/password").to_str().unwrap()]);
-    assert_eq!(
-        st.trim(),
-        format!("400 {} {} regular empty file", unsafe { libc::geteuid() }, unsafe { libc::getegid() })
-    );
+    assert_eq!(st.trim(), format!("400 {} {} regular file", unsafe { libc::geteuid() }, unsafe { libc::getegid() }));
     let st = ok("stat", &["-c", "%a %F", env.m("app/db").to_str().unwrap()]);
     assert_eq!(st.trim(), "555 directory");
     // Per-document owner, group (numeric string) and mode.
@@ -68,8 +66,8 @@ fn cat_prints_static_secrets_in_their_format() {
     // fstat on the open handle gives the real size of its contents.
     let f = std::fs::File::open(env.m("app/db/password")).unwrap();
     assert_eq!(f.metadata().unwrap().size(), "hunter2-static".len() as u64);
-    // stat by anyone without a handle never reads the value: size 0 for the local source.
-    assert_eq!(std::fs::metadata(env.m("public/motd")).unwrap().size(), 0);
+    // stat by anyone without a handle: the size the listing found ("hello"), no open involved.
+    assert_eq!(std::fs::metadata(env.m("public/motd")).unwrap().size(), 5);
     drop(f);
 }
 
@@ -350,4 +348,49 @@ fn check_reads_and_writes_nothing_to_disk() {
     let o = run(BIN, &["check", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!fresh.exists(), "check created {}", fresh.display());
+}
+
+/// FUSE requests by operation, from `/.leasefs/metrics`.
+fn fuse_requests(env: &Env) -> std::collections::BTreeMap<String, i64> {
+    let m = cat(&env.m(".leasefs/metrics"));
+    m.lines()
+        .filter_map(|l| l.strip_prefix("leasefs_fuse_requests_total{op=\""))
+        .filter_map(|l| {
+            let (op, rest) = l.split_once("\"} ")?;
+            Some((op.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// SPEC §2 (revised): a local source's static secrets go through the kernel page cache. `stat`
+/// shows the exact size before any open, a warm `cat` costs the daemon an open and a release and
+/// nothing else, and an edit of the same length still shows up at once after a reload.
+#[test]
+fn static_secrets_are_served_from_the_page_cache_until_their_document_changes() {
+    let mut env = Env::new();
+    env.doc("a.json", r#"{"path": "app:token", "data": {"value": "first-value"}}"#);
+    env.config(serde_json::json!({"defaults": {"refresh": "1h"}}));
+    env.start();
+    let f = env.m("app/token");
+    let p = f.to_str().unwrap();
+    assert_eq!(ok("stat", &["-c", "%s", p]).trim(), "11", "exact size before any open");
+    assert_eq!(cat(&f), "first-value");
+    // The contents stay in the page cache after close, as they do for the document file itself.
+    let resident = ok("fincore", &["--noheadings", "--bytes", "--output", "RES", p]);
+    assert_eq!(resident.trim(), "4096", "one page resident after close");
+
+    // A warm cat: the daemon sees its open and release only (reading the metrics costs requests
+    // of its own, measured first and taken off).
+    let (a, b) = (fuse_requests(&env), fuse_requests(&env));
+    assert_eq!(ok("cat", &[p]), "first-value");
+    let c = fuse_requests(&env);
+    let cat_cost: Vec<(String, i64)> =
+        c.iter().map(|(op, n)| (op.clone(), n - b[op] - (b[op] - a[op]))).filter(|(_, n)| *n != 0).collect();
+    assert_eq!(cat_cost, [("open".to_string(), 1), ("release".to_string(), 1)]);
+
+    // The same length, other contents: the reload drops the cached pages along with the attributes.
+    env.doc("a.json", r#"{"path": "app:token", "data": {"value": "other-value"}}"#);
+    env.daemon().signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), "the edit to show after SIGHUP", || cat(&f) == "other-value");
+    assert_eq!(ok("stat", &["-c", "%s", p]).trim(), "11");
 }

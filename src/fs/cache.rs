@@ -82,3 +82,19 @@ impl PayloadCache {
         }
     }
 }
+
+/// What the kernel's page cache holds for each static secret served through it: a keyed
+/// fingerprint (never the bytes) of the contents last served, so pages of other contents are never kept.
+#[derive(Default)]
+pub struct ServedPages {
+    served: Mutex<std::collections::HashMap<u64, u64>>,
+    key: std::collections::hash_map::RandomState,
+}
+
+impl ServedPages {
+    /// Records `bytes` as what `ino` now serves; true if the pages cached before hold the same.
+    pub fn unchanged(&self, ino: u64, bytes: &[u8]) -> bool {
+        let print = std::hash::BuildHasher::hash_one(&self.key, bytes);
+        self.served.lock().insert(ino, print) == Some(print)
+    }
+}

@@ -19,6 +19,8 @@ pub struct Handle {
     pub lease: Option<Arc<Lease>>,
     /// Bytes written so far (the control file `revoke` takes writes in order only).
     pub written: u64,
+    /// Served through the page cache (a static secret as listed): its pages stay after close.
+    pub cached: bool,
 }
 
 #[derive(Default)]
@@ -103,9 +105,9 @@ mod tests {
     fn fstat_finds_the_holders_handle_without_scanning() {
         let hs = Handles::default();
         let b = |n: usize| Arc::new(SharedBytes::new(zeroize::Zeroizing::new(vec![1u8; n])));
-        let a = hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None, written: 0 });
-        let c = hs.insert(Handle { ino: 5, pid: 10, bytes: b(7), lease: None, written: 0 });
-        hs.insert(Handle { ino: 5, pid: 11, bytes: b(1), lease: None, written: 0 });
+        let a = hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None, written: 0, cached: false });
+        let c = hs.insert(Handle { ino: 5, pid: 10, bytes: b(7), lease: None, written: 0, cached: false });
+        hs.insert(Handle { ino: 5, pid: 11, bytes: b(1), lease: None, written: 0, cached: false });
         assert_eq!(hs.held_by(5, 10).unwrap().len(), Some(7));
         hs.remove(c);
         assert_eq!(hs.held_by(5, 10).unwrap().len(), Some(3));

@@ -49,6 +49,8 @@ pub struct LeaseFs {
     changed: std::sync::OnceLock<ChangeHook>,
     /// Drops an inode's pages from the page cache (set by the adapter).
     drop_pages: Arc<std::sync::OnceLock<PagesHook>>,
+    /// For static secrets served through the page cache: what the kernel holds.
+    served: cache::ServedPages,
 }
 
 type PagesHook = Box<dyn Fn(u64) + Send + Sync>;
@@ -75,6 +77,7 @@ impl LeaseFs {
             rebuilding: Mutex::new(()),
             changed: std::sync::OnceLock::new(),
             drop_pages,
+            served: Default::default(),
         };
         fs.rebuild();
         fs
@@ -153,9 +156,13 @@ impl LeaseFs {
         let (tree, problems) = Tree::build(&prev, &listings, self.settings.root_owner, self.settings.control);
         // Compared only when someone listens (the mount; not `check`, not the first build).
         let changes = self.changed.get().map(|f| (f, tree.changes_since(&prev)));
+        // A static payload whose document changed is fetched again at its next open.
+        for ino in changes.iter().flat_map(|(_, c)| &c.attrs) {
+            self.cache.forget(*ino);
+        }
         *self.tree.write() = Arc::new(tree);
         drop(prev);
-        trim_heap();
+        tree::trim_heap();
         if let Some((f, changes)) = changes.filter(|(_, c)| !c.is_empty()) {
             f(&changes);
         }
@@ -203,12 +210,13 @@ impl LeaseFs {
             Some(fh) => self.handles.bytes(fh),
             None => self.handles.held_by(ino, pid),
         };
-        match own {
-            Some(b) => {
-                a.size = b.len().unwrap_or(0) as u64;
+        match own.map(|b| b.len().unwrap_or(0) as u64) {
+            // The listed size is this handle's too (a static secret as listed): cacheable.
+            Some(size) if size != a.size => {
+                a.size = size;
                 Ok((a, true))
             }
-            None => Ok((a, false)),
+            _ => Ok((a, false)),
         }
     }
 
@@ -298,8 +306,23 @@ impl LeaseFs {
         lease: Option<Arc<crate::lease::Lease>>,
     ) -> Opened {
         let size = bytes.len().unwrap_or(0) as u64;
-        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0 });
-        Opened { fh, direct_io: true, refresh_attr: true, size }
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false });
+        Opened { fh, direct_io: true, keep_cache: false, refresh_attr: true, size }
+    }
+
+    /// A handle on a static secret of `page_cache` source. Its contents go through the page cache
+    /// when they are exactly as long as listed (the kernel then knows the file's end without
+    /// asking); pages cached by earlier opens are kept when they hold these same contents. Any other
+    /// contents (the document changed since the listing) are served like a dynamic secret's.
+    fn static_handle(&self, ino: u64, pid: u32, listed: Option<u64>, bytes: crate::render::Bytes) -> Opened {
+        if listed != Some(bytes.len() as u64) {
+            return self.new_handle(ino, pid, Arc::new(SharedBytes::new(bytes)), None);
+        }
+        let keep_cache = self.served.unchanged(ino, &bytes);
+        let bytes = Arc::new(SharedBytes::new(bytes));
+        let size = bytes.len().unwrap_or(0) as u64;
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true });
+        Opened { fh, direct_io: false, keep_cache, refresh_attr: false, size }
     }
 
     async fn open_inner(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
@@ -343,7 +366,7 @@ impl LeaseFs {
                 // A bundle's files share its lease: the entry is the directory, the file an index.
                 let (entry_path, inos, file) = match &n.kind {
                     NodeKind::Bundle { file, .. } => {
-                        (tree.path_of(n.parent), n_children(&tree, n.parent), *file as usize)
+                        (tree.path_of(n.parent), tree.children_of(n.parent), *file as usize)
                     }
                     _ => (path.clone(), vec![ino], 0),
                 };
@@ -353,7 +376,11 @@ impl LeaseFs {
                         let detail = result.as_ref().err().map(|e| e.message.clone());
                         let outcome = if result.is_ok() { "ok" } else { "error" };
                         self.record(EventKind::Open, &path, outcome, detail.as_deref(), &who);
-                        Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(result?)), None))
+                        let bytes = result?;
+                        if self.catalog.spec(*source).page_cache {
+                            return Ok(self.static_handle(ino, who.pid, meta.size, bytes));
+                        }
+                        Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
                     }
                     SecretKind::Dynamic { link } => {
                         let slot = self.catalog.spec(*source);
@@ -405,11 +432,15 @@ impl LeaseFs {
         }
     }
 
-    pub fn release(&self, fh: u64) {
+    /// Closes a handle. Returns whether what the kernel cached for its inode must go (everything
+    /// but a static secret served through the page cache).
+    pub fn release(&self, fh: u64) -> bool {
         self.count(&self.leases.metrics.ops.release);
-        if let Some(lease) = self.handles.remove(fh).and_then(|h| h.lease) {
-            self.leases.closed(&lease);
+        let Some(h) = self.handles.remove(fh) else { return true };
+        if let Some(lease) = &h.lease {
+            self.leases.closed(lease);
         }
+        !h.cached
     }
 
     /// Writes reach only `/.leasefs/revoke` (lease ids, or `all`, in order from the start of the
@@ -453,38 +484,10 @@ impl LeaseFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
-        let tree = self.tree();
-        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        xattr::of(&tree, n, self.settings.defaults.ttl.0)
-            .into_iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.into_bytes())
-            .ok_or_else(|| FsError::new(libc::ENODATA, "no such attribute"))
+        xattr::get(&self.tree(), ino, name, self.settings.defaults.ttl.0)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        let tree = self.tree();
-        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        let mut out = Vec::new();
-        for (k, _) in xattr::of(&tree, n, self.settings.defaults.ttl.0) {
-            out.extend_from_slice(k.as_bytes());
-            out.push(0);
-        }
-        Ok(out)
-    }
-}
-
-/// The inodes of a directory's entries.
-fn n_children(tree: &Tree, dir: u64) -> Vec<u64> {
-    tree.node(dir).map(|d| d.children().to_vec()).unwrap_or_default()
-}
-
-/// Hands the heap's free pages back to the system after a rebuild (parsing and the old snapshot
-/// leave large free ranges behind).
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
+        xattr::list(&self.tree(), ino, self.settings.defaults.ttl.0)
     }
 }

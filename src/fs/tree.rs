@@ -136,19 +136,26 @@ pub struct Changes {
     pub dirs: Vec<u64>,
     /// Names that are gone, by parent directory.
     pub removed: Vec<(u64, String)>,
+    /// Names that are new, by parent directory (the kernel may hold them as missing).
+    pub added: Vec<(u64, String)>,
     /// Entries whose attributes changed.
     pub attrs: Vec<u64>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.removed.is_empty() && self.attrs.is_empty()
+        self.dirs.is_empty() && self.removed.is_empty() && self.added.is_empty() && self.attrs.is_empty()
     }
 }
 
 impl Tree {
     pub fn node(&self, ino: u64) -> Option<&Node> {
         self.nodes.get(usize::try_from(ino).ok()?)?.as_ref()
+    }
+
+    /// The inodes of a directory's entries.
+    pub fn children_of(&self, dir: u64) -> Vec<u64> {
+        self.node(dir).map(|d| d.children().to_vec()).unwrap_or_default()
     }
 
     /// The child of `parent` called `name`.
@@ -316,6 +323,12 @@ impl Tree {
                             ch.removed.push((ino, prev.node(*c).map_or("", Node::name).to_string()));
                         }
                     }
+                    if let Some(nd) = new.filter(|n| n.is_dir()) {
+                        let old: std::collections::HashSet<u64> = d.children.iter().copied().collect();
+                        for c in nd.children().iter().filter(|c| !old.contains(c)) {
+                            ch.added.push((ino, self.node(*c).map_or("", Node::name).to_string()));
+                        }
+                    }
                 }
             }
             if let Some(new) = new {
@@ -414,5 +427,15 @@ fn locate(meta: &SecretMeta) -> Where {
     match &meta.locator {
         crate::secret::Locator::File { file, index, .. } => Where(Some((file.path.clone(), *index as usize))),
         _ => Where(None),
+    }
+}
+
+/// Hands the heap's free pages back to the system after a rebuild (parsing and the old snapshot
+/// leave large free ranges behind).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

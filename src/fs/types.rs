@@ -50,6 +50,8 @@ pub struct SourceSpec {
     pub source: Arc<dyn Source>,
     pub prefix: Vec<String>,
     pub owner: Owner,
+    /// Static secrets whose listed size is exact may be served through the page cache.
+    pub page_cache: bool,
 }
 
 /// Settings the filesystem needs from the configuration.
@@ -67,6 +69,8 @@ pub struct Opened {
     pub fh: u64,
     /// Contents never enter the page cache; every read reaches the handle's bytes.
     pub direct_io: bool,
+    /// Pages the kernel cached from an earlier open are still these contents: keep them.
+    pub keep_cache: bool,
     /// The inode's cached attributes must be dropped before answering, so that `fstat` asks
     /// again and sees the handle's true size.
     pub refresh_attr: bool,

@@ -3,9 +3,31 @@
 
 use std::time::Duration;
 
+use super::error::FsError;
 use super::tree::{Node, NodeKind, Tree};
 use crate::config::format_duration;
 use crate::secret::SecretKind;
+
+/// The value of attribute `name` of inode `ino`.
+pub fn get(tree: &Tree, ino: u64, name: &str, default_ttl: Duration) -> Result<Vec<u8>, FsError> {
+    let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+    of(tree, n, default_ttl)
+        .into_iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.into_bytes())
+        .ok_or_else(|| FsError::new(libc::ENODATA, "no such attribute"))
+}
+
+/// The names of the attributes of inode `ino`, each ended by a NUL (as `listxattr` returns them).
+pub fn list(tree: &Tree, ino: u64, default_ttl: Duration) -> Result<Vec<u8>, FsError> {
+    let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+    let mut out = Vec::new();
+    for (k, _) in of(tree, n, default_ttl) {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+    }
+    Ok(out)
+}
 
 /// The attributes of an entry; `default_ttl` is shown for dynamic entries that set none.
 pub fn of(tree: &Tree, n: &Node, default_ttl: Duration) -> Vec<(&'static str, String)> {

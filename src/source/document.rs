@@ -344,6 +344,16 @@ pub fn read_doc(doc: &str, path: &str) -> Option<Result<SecretFields, String>> {
     })
 }
 
+/// The `data` of one document given as its own text (no check of its path: the caller sliced it
+/// from the listing it parsed). None when it has none or it does not parse.
+pub fn data_of(doc: &str) -> Option<SecretFields> {
+    let d: DocData<'_> = serde_json::from_str(doc).ok()?;
+    match d.data {
+        None => Some(SecretFields::default()),
+        Some(data) => SecretFields::from_json_object(data.get()).ok(),
+    }
+}
+
 /// Reads the `data` of the document at `index`, checking that it is still the secret at `path`.
 pub fn read_data(file: &Path, text: &str, index: usize, path: &str) -> Result<SecretFields, String> {
     let docs = match layout(file, text).map_err(|e| e.to_string())? {

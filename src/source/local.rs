@@ -1,14 +1,16 @@
-//! The `local` source: a directory of secret documents (`*.json`, recursive); metadata at listing, the payload re-read on open.
+//! The `local` source: a directory of secret documents (`*.json`, recursive); metadata at listing
+//! (with the exact size of each static secret when its pages may be cached), the payload re-read on open.
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use super::document::{parse_file, read_data, read_doc};
+use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::diag::FileError;
-use crate::secret::{Locator, SecretFields, SecretMeta};
+use crate::render::render_static;
+use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
 use crate::trust::Trust;
 
 /// Documents larger than this are refused (a secret catalog is small; this bounds memory).
@@ -18,11 +20,35 @@ pub struct LocalSource {
     root: PathBuf,
     /// Who may own and change documents and their directories (`--insecure-perms` relaxes it).
     trust: Trust,
+    /// `static_page_cache`: listings carry each static secret's exact size as it reads.
+    sizes: bool,
 }
 
 impl LocalSource {
     pub fn new(root: PathBuf, strict_perms: bool) -> Self {
-        LocalSource { root, trust: Trust::new(strict_perms) }
+        LocalSource { root, trust: Trust::new(strict_perms), sizes: false }
+    }
+
+    /// Lists each static secret with its exact rendered size (for the page cache: the kernel then
+    /// knows where the file ends without asking).
+    pub fn with_sizes(mut self, on: bool) -> Self {
+        self.sizes = on;
+        self
+    }
+}
+
+/// Sets the size of each static secret of one document file to the length of its rendered bytes.
+/// The text is already in memory; the rendered bytes are zeroized at once. A secret that does not
+/// render keeps no size (its open then reports the error).
+fn size_statics(text: &str, secrets: &mut [SecretMeta]) {
+    for m in secrets.iter_mut().filter(|m| m.kind == SecretKind::Static) {
+        let Locator::File { offset, len, .. } = &m.locator else { continue };
+        let (start, end) = (*offset as usize, *offset as usize + *len as usize);
+        m.size = text
+            .get(start..end)
+            .and_then(data_of)
+            .and_then(|f| render_static(&f, m.policy().format.as_ref()).ok())
+            .map(|b| b.len() as u64);
     }
 }
 
@@ -91,7 +117,7 @@ fn read_text(path: &Path, trust: &Trust) -> Result<(Zeroizing<String>, std::fs::
     Ok((Zeroizing::new(text.to_string()), meta))
 }
 
-fn list_dir(root: &Path, trust: &Trust) -> Result<Listing, SourceError> {
+fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceError> {
     if !root.is_dir() {
         return Err(SourceError::Unavailable(format!("{} is not a readable directory", root.display())));
     }
@@ -107,7 +133,10 @@ fn list_dir(root: &Path, trust: &Trust) -> Result<Listing, SourceError> {
         match read_text(&f, trust) {
             Ok((text, meta)) => {
                 let mtime = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                let parsed = parse_file(&f, &text, mtime);
+                let mut parsed = parse_file(&f, &text, mtime);
+                if sizes {
+                    size_statics(&text, &mut parsed.secrets);
+                }
                 listing.secrets.extend(parsed.secrets);
                 listing.problems.extend(parsed.problems);
             }
@@ -125,8 +154,8 @@ impl Source for LocalSource {
 
     async fn list(&self) -> Result<Listing, SourceError> {
         let root = self.root.clone();
-        let trust = self.trust;
-        tokio::task::spawn_blocking(move || list_dir(&root, &trust))
+        let (trust, sizes) = (self.trust, self.sizes);
+        tokio::task::spawn_blocking(move || list_dir(&root, &trust, sizes))
             .await
             .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }
