@@ -13,7 +13,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::fs::tree::Changes;
-use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened};
+use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened, placeholder_at};
 use crate::metrics::Request as Op;
 use crate::secret::Requester;
 
@@ -230,12 +230,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         size: u32,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         self.count(Op::Read);
-        // Served from memory under a short lock: never blocks, so it is answered in place.
-        self.fs.read(fh.0, offset, size, |r| match r {
+        // Served from memory under a short lock: never blocks, so it is answered in place. The
+        // kernel names a lock owner on a reader's direct read, never when it fills its page cache
+        // (a mmap fault, splice, readahead): those pages must go at close.
+        self.fs.read(fh.0, offset, size, lock_owner.is_none(), |r| match r {
             Ok(bytes) => reply.data(bytes),
             Err(e) => reply.error(failed("read", _ino, &e)),
         })
@@ -285,9 +287,8 @@ impl Filesystem for FuseAdapter {
         let _rt = self.rt.enter();
         let drop_pages = self.fs.release(fh.0);
         reply.ok();
-        // Direct I/O keeps reads out of the page cache, but a private mmap of the file goes through
-        // it: drop whatever the kernel cached for this inode once a handle closes (not for a static
-        // secret served through the page cache, whose pages are meant to stay).
+        // Direct I/O keeps reads out of the page cache, but a private mmap or a splice goes through
+        // it: drop what such reads cached for this inode once their handle closes.
         if drop_pages {
             let _ = self.closed.send(ino);
         }
@@ -438,11 +439,10 @@ fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, F
     match r {
         Ok(o) => {
             if let Some(n) = notifier.get() {
-                if o.refresh_attr {
+                // If the size cannot be raised, the attributes go, so that `fstat` asks.
+                let raised = !o.direct_io || o.size == 0 || raise_size(n, ino, o.size);
+                if o.refresh_attr || !raised {
                     let _ = n.inval_inode(ino, -1, 0);
-                }
-                if o.direct_io && o.size > 0 {
-                    raise_size(n, ino, o.size);
                 }
             }
             let when = |on: bool, f: FopenFlags| if on { f } else { FopenFlags::empty() };
@@ -463,12 +463,10 @@ fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, F
 /// at least a byte: one placeholder byte goes where it is never the first byte of its page (such a
 /// page is not up to date, so a read fetches the real one). Where `size - 1` starts a page, it goes
 /// at `size`, and the first (short) read brings the size back down to the real end.
-fn raise_size(n: &Notifier, ino: INodeNo, size: u64) {
-    const PAGE: u64 = 4096;
-    let at = if (size - 1) % PAGE == 0 { size } else { size - 1 };
-    if let Err(e) = n.store(ino, at, &[0]) {
-        tracing::debug!(ino = ino.0, error = %e, "cannot raise the kernel's file size");
-    }
+fn raise_size(n: &Notifier, ino: INodeNo, size: u64) -> bool {
+    n.store(ino, placeholder_at(size), &[0])
+        .map_err(|e| tracing::debug!(ino = ino.0, error = %e, "cannot raise the kernel's file size"))
+        .is_ok()
 }
 
 fn xattr_reply(ino: INodeNo, r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {

@@ -115,7 +115,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     let token = ino(fs, "a/token");
     let me = who(0, 0);
     let o = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
-    let size = fs.read(o.fh, 0, 1 << 20, |r| r.unwrap().len());
+    let size = fs.read(o.fh, 0, 1 << 20, false, |r| r.unwrap().len());
     assert!(size > 50);
     let (a, exact) = fs.getattr(token, None, me.pid).unwrap();
     assert!(exact && a.size as usize == size, "fstat by the holder sees the real size");
@@ -123,9 +123,13 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     assert!(!exact && a.size == 0, "others see 0");
     // Revoke every lease: the open handle now reads EKEYEXPIRED.
     fs.leases().revoke_all(EndReason::Revoke);
-    assert_eq!(fs.read(o.fh, 0, 10, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
-    fs.release(o.fh);
-    assert_eq!(fs.read(o.fh, 0, 10, |r| r.unwrap_err().errno), libc::EBADF);
+    assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
+    assert!(!fs.release(o.fh), "read only directly: no pages to drop at close");
+    assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EBADF);
+    // A read that fills the page cache (a mmap fault, splice) makes the close drop the pages.
+    let o = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(fs.read(o.fh, 0, 4096, true, |r| r.is_ok()));
+    assert!(fs.release(o.fh), "pages filled from a dynamic secret go at close");
 
     // readdir: ".", "..", then children in name order; resuming at any offset continues there.
     let a_dir = ino(fs, "a");
@@ -180,7 +184,9 @@ async fn a_static_secret_is_listed_with_its_size_and_its_pages_are_kept_only_whi
     std::fs::write(&doc, DOCS.replace(r#""value": "w""#, r#""value": "w2""#)).unwrap();
     let third = fs.open(world, libc::O_RDONLY, me.clone()).await.unwrap();
     assert!(third.direct_io && !third.keep_cache && third.size == 2);
-    assert!(fs.release(third.fh), "direct I/O handles take the pages along at close");
+    assert!(!third.refresh_attr, "longer than listed: raising the kernel's size lands on it exactly");
+    assert!(fs.read(third.fh, 0, 4096, true, |r| r.unwrap() == b"w2"));
+    assert!(fs.release(third.fh), "pages its splice or mmap readers filled go at close");
     // After the reload the listing has the new size and the page cache is used again.
     assert!(fs.refresh().await.is_empty());
     assert_eq!(fs.lookup(ino(fs, "a"), "world").unwrap().attr.size, 2);

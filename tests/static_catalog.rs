@@ -350,18 +350,6 @@ fn check_reads_and_writes_nothing_to_disk() {
     assert!(!fresh.exists(), "check created {}", fresh.display());
 }
 
-/// FUSE requests by operation, from `/.leasefs/metrics`.
-fn fuse_requests(env: &Env) -> std::collections::BTreeMap<String, i64> {
-    let m = cat(&env.m(".leasefs/metrics"));
-    m.lines()
-        .filter_map(|l| l.strip_prefix("leasefs_fuse_requests_total{op=\""))
-        .filter_map(|l| {
-            let (op, rest) = l.split_once("\"} ")?;
-            Some((op.to_string(), rest.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 /// SPEC §2 (revised): a local source's static secrets go through the kernel page cache. `stat`
 /// shows the exact size before any open, a warm `cat` costs the daemon an open and a release and
 /// nothing else, and an edit of the same length still shows up at once after a reload.
@@ -381,12 +369,8 @@ fn static_secrets_are_served_from_the_page_cache_until_their_document_changes() 
 
     // A warm cat: the daemon sees its open and release only (reading the metrics costs requests
     // of its own, measured first and taken off).
-    let (a, b) = (fuse_requests(&env), fuse_requests(&env));
-    assert_eq!(ok("cat", &[p]), "first-value");
-    let c = fuse_requests(&env);
-    let cat_cost: Vec<(String, i64)> =
-        c.iter().map(|(op, n)| (op.clone(), n - b[op] - (b[op] - a[op]))).filter(|(_, n)| *n != 0).collect();
-    assert_eq!(cat_cost, [("open".to_string(), 1), ("release".to_string(), 1)]);
+    let cost = requests_of(&env, || assert_eq!(ok("cat", &[p]), "first-value"));
+    assert_eq!(cost, [("open".to_string(), 1), ("release".to_string(), 1)]);
 
     // The same length, other contents: the reload drops the cached pages along with the attributes.
     env.doc("a.json", r#"{"path": "app:token", "data": {"value": "other-value"}}"#);

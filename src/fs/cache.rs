@@ -98,3 +98,42 @@ impl ServedPages {
         self.served.lock().insert(ino, print) == Some(print)
     }
 }
+
+/// The largest size the kernel may hold for each inode, from the sizes opens raised it to. An open
+/// whose raise lands exactly on its size, with nothing larger told before, needs no attribute
+/// drop: the kernel's size is then the handle's, and `fstat` is answered without a round trip.
+#[derive(Default)]
+pub struct KernelSizes {
+    ceiling: Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl KernelSizes {
+    /// Records that the kernel's size of `ino`, listed as `listed`, is raised to `size`; true if
+    /// its size is then exactly `size` (false: the attributes must be dropped so that `fstat` asks).
+    pub fn raise(&self, ino: u64, listed: u64, size: u64) -> bool {
+        let end = if size == 0 { 0 } else { super::types::placeholder_at(size) + 1 };
+        let mut g = self.ceiling.lock();
+        let ceiling = g.entry(ino).or_insert(0);
+        *ceiling = (*ceiling).max(listed);
+        let exact = end == size && *ceiling <= size;
+        *ceiling = (*ceiling).max(end);
+        exact
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstat_is_answered_by_the_kernel_only_when_its_size_is_exactly_the_handles() {
+        let k = KernelSizes::default();
+        assert!(k.raise(7, 0, 100), "first open: raised from the listed 0 to exactly 100");
+        assert!(k.raise(7, 0, 100), "same size again");
+        assert!(k.raise(7, 0, 120), "longer: raised exactly");
+        assert!(!k.raise(7, 0, 90), "shorter than the kernel may hold: attributes must be dropped");
+        assert!(!k.raise(8, 50, 40), "shorter than listed");
+        assert!(!k.raise(9, 0, 4097), "placeholder past the end (page boundary): one byte too large");
+        assert!(!k.raise(9, 0, 4000), "and everything shorter after it");
+    }
+}

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::error::FsError;
-use super::tree::{Control, Counts};
+use super::tree::{Control, Counts, NodeKind};
+use super::{Attr, LeaseFs};
+use crate::audit::EventKind;
 use crate::lease::{EndReason, LeaseManager};
 use crate::render::Bytes;
 use crate::secret::Requester;
@@ -71,4 +73,42 @@ pub fn revoke(leases: &Arc<LeaseManager>, data: &[u8], who: &Requester) -> Resul
         }
     }
     Ok(data.len())
+}
+
+impl LeaseFs {
+    /// Writes reach only `/.leasefs/revoke` (lease ids, or `all`, in order from the start of the
+    /// file); everything else is read-only. Every refused write to it is audited.
+    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], who: Requester) -> Result<usize, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        let NodeKind::Control(Control::Revoke) = n.kind else {
+            return Err(FsError::erofs());
+        };
+        let who = who.with_comm();
+        let path = tree.path_of(ino);
+        let result = if !self.is_admin(&who) {
+            Err(FsError::eacces("the control directory is for root only"))
+        } else {
+            match self.handles.advance(fh, offset, data.len() as u64) {
+                None => Err(FsError::bad_handle()),
+                Some(false) => Err(FsError::new(libc::EINVAL, "write lease ids from the start of the file, in order")),
+                Some(true) => revoke(&self.leases, data, &who),
+            }
+        };
+        if let Err(e) = &result {
+            let kind = if e.errno == libc::EACCES { EventKind::Deny } else { EventKind::Error };
+            self.record(kind, &path, "refused", Some(&e.message), &who);
+        }
+        result
+    }
+
+    /// `setattr`: only truncating the revoke file (as `echo ID > revoke` does) is accepted.
+    pub fn truncate(&self, ino: u64, who: &Requester) -> Result<Attr, FsError> {
+        let tree = self.tree();
+        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
+        match n.kind {
+            NodeKind::Control(Control::Revoke) if self.is_admin(who) => Ok(self.attr_of(&tree, ino, n)),
+            _ => Err(FsError::erofs()),
+        }
+    }
 }

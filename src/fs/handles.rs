@@ -21,6 +21,9 @@ pub struct Handle {
     pub written: u64,
     /// Served through the page cache (a static secret as listed): its pages stay after close.
     pub cached: bool,
+    /// A read came through the page cache (a `mmap` fault, `splice`, readahead): pages of these
+    /// contents may be cached, and must go at close.
+    pub paged: bool,
 }
 
 #[derive(Default)]
@@ -66,6 +69,14 @@ impl Handles {
         self.inner.lock().by_fh.get(&fh).map(|h| h.bytes.clone())
     }
 
+    /// The bytes of `fh` for a read; `paged` (the read fills the page cache) is remembered.
+    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<Arc<SharedBytes>> {
+        let mut g = self.inner.lock();
+        let h = g.by_fh.get_mut(&fh)?;
+        h.paged |= paged;
+        Some(h.bytes.clone())
+    }
+
     /// The bytes `pid` holds open on `ino` (the largest, if it opened it more than once).
     pub fn held_by(&self, ino: u64, pid: u32) -> Option<Arc<SharedBytes>> {
         let g = self.inner.lock();
@@ -105,9 +116,11 @@ mod tests {
     fn fstat_finds_the_holders_handle_without_scanning() {
         let hs = Handles::default();
         let b = |n: usize| Arc::new(SharedBytes::new(zeroize::Zeroizing::new(vec![1u8; n])));
-        let a = hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None, written: 0, cached: false });
-        let c = hs.insert(Handle { ino: 5, pid: 10, bytes: b(7), lease: None, written: 0, cached: false });
-        hs.insert(Handle { ino: 5, pid: 11, bytes: b(1), lease: None, written: 0, cached: false });
+        let a =
+            hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None, written: 0, cached: false, paged: false });
+        let c =
+            hs.insert(Handle { ino: 5, pid: 10, bytes: b(7), lease: None, written: 0, cached: false, paged: false });
+        hs.insert(Handle { ino: 5, pid: 11, bytes: b(1), lease: None, written: 0, cached: false, paged: false });
         assert_eq!(hs.held_by(5, 10).unwrap().len(), Some(7));
         hs.remove(c);
         assert_eq!(hs.held_by(5, 10).unwrap().len(), Some(3));

@@ -51,6 +51,8 @@ pub struct LeaseFs {
     drop_pages: Arc<std::sync::OnceLock<PagesHook>>,
     /// For static secrets served through the page cache: what the kernel holds.
     served: cache::ServedPages,
+    /// For contents served with direct I/O: how large the kernel may think each file is.
+    sizes: cache::KernelSizes,
 }
 
 type PagesHook = Box<dyn Fn(u64) + Send + Sync>;
@@ -78,6 +80,7 @@ impl LeaseFs {
             changed: std::sync::OnceLock::new(),
             drop_pages,
             served: Default::default(),
+            sizes: Default::default(),
         };
         fs.rebuild();
         fs
@@ -220,11 +223,13 @@ impl LeaseFs {
         }
     }
 
-    /// `getattr` as the kernel gets it: a handle's true size is never cached (it is true only
-    /// for its holder).
+    /// `getattr` as the kernel gets it. A handle's true size is true for its holder only: it is
+    /// kept at most a second (a reader that opens the file again in that time skips a round
+    /// trip; an open of other contents drops it, see `KernelSizes`).
     pub fn getattr_entry(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<Entry, FsError> {
         let (attr, own) = self.getattr(ino, fh, pid)?;
-        Ok(Entry { attr, ttl: if own { Duration::ZERO } else { self.settings.defaults.attr_ttl.0 } })
+        let ttl = self.settings.defaults.attr_ttl.0;
+        Ok(Entry { attr, ttl: if own { ttl.min(Duration::from_secs(1)) } else { ttl } })
     }
 
     /// Opening a directory: it must exist and be one. Listings are metadata, so the kernel may
@@ -306,8 +311,11 @@ impl LeaseFs {
         lease: Option<Arc<crate::lease::Lease>>,
     ) -> Opened {
         let size = bytes.len().unwrap_or(0) as u64;
-        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false });
-        Opened { fh, direct_io: true, keep_cache: false, refresh_attr: true, size }
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false, paged: false });
+        let tree = self.tree();
+        let listed = tree.node(ino).map_or(0, |n| self.attr_of(&tree, ino, n).size);
+        let refresh_attr = !self.sizes.raise(ino, listed, size);
+        Opened { fh, direct_io: true, keep_cache: false, refresh_attr, size }
     }
 
     /// A handle on a static secret of `page_cache` source. Its contents go through the page cache
@@ -321,7 +329,7 @@ impl LeaseFs {
         let keep_cache = self.served.unchanged(ino, &bytes);
         let bytes = Arc::new(SharedBytes::new(bytes));
         let size = bytes.len().unwrap_or(0) as u64;
-        let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true });
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true, paged: false });
         Opened { fh, direct_io: false, keep_cache, refresh_attr: false, size }
     }
 
@@ -423,60 +431,33 @@ impl LeaseFs {
         Self::render_for(meta, &fields)
     }
 
-    /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`.
-    pub fn read<R>(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(Result<&[u8], FsError>) -> R) -> R {
+    /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`. `paged`: the kernel
+    /// reads to fill its page cache (not a reader's direct read), so the pages must go at close.
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        paged: bool,
+        f: impl FnOnce(Result<&[u8], FsError>) -> R,
+    ) -> R {
         self.count(&self.leases.metrics.ops.read);
-        match self.handles.bytes(fh) {
+        match self.handles.bytes_to_read(fh, paged) {
             None => f(Err(FsError::bad_handle())),
             Some(b) => b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired))),
         }
     }
 
-    /// Closes a handle. Returns whether what the kernel cached for its inode must go (everything
-    /// but a static secret served through the page cache).
+    /// Closes a handle. Returns whether what the kernel cached for its inode must go: pages that
+    /// reads through the page cache filled with contents served with direct I/O (a static secret
+    /// served through the page cache keeps its pages; a handle read only directly has none).
     pub fn release(&self, fh: u64) -> bool {
         self.count(&self.leases.metrics.ops.release);
         let Some(h) = self.handles.remove(fh) else { return true };
         if let Some(lease) = &h.lease {
             self.leases.closed(lease);
         }
-        !h.cached
-    }
-
-    /// Writes reach only `/.leasefs/revoke` (lease ids, or `all`, in order from the start of the
-    /// file); everything else is read-only. Every refused write to it is audited.
-    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], who: Requester) -> Result<usize, FsError> {
-        let tree = self.tree();
-        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        let NodeKind::Control(Control::Revoke) = n.kind else {
-            return Err(FsError::erofs());
-        };
-        let who = who.with_comm();
-        let path = tree.path_of(ino);
-        let result = if !self.is_admin(&who) {
-            Err(FsError::eacces("the control directory is for root only"))
-        } else {
-            match self.handles.advance(fh, offset, data.len() as u64) {
-                None => Err(FsError::bad_handle()),
-                Some(false) => Err(FsError::new(libc::EINVAL, "write lease ids from the start of the file, in order")),
-                Some(true) => control::revoke(&self.leases, data, &who),
-            }
-        };
-        if let Err(e) = &result {
-            let kind = if e.errno == libc::EACCES { EventKind::Deny } else { EventKind::Error };
-            self.record(kind, &path, "refused", Some(&e.message), &who);
-        }
-        result
-    }
-
-    /// `setattr`: only truncating the revoke file (as `echo ID > revoke` does) is accepted.
-    pub fn truncate(&self, ino: u64, who: &Requester) -> Result<Attr, FsError> {
-        let tree = self.tree();
-        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        match n.kind {
-            NodeKind::Control(Control::Revoke) if self.is_admin(who) => Ok(self.attr_of(&tree, ino, n)),
-            _ => Err(FsError::erofs()),
-        }
+        h.paged && !h.cached
     }
 
     pub fn open_handles(&self) -> usize {

@@ -72,11 +72,20 @@ pub struct Opened {
     /// Pages the kernel cached from an earlier open are still these contents: keep them.
     pub keep_cache: bool,
     /// The inode's cached attributes must be dropped before answering, so that `fstat` asks
-    /// again and sees the handle's true size.
+    /// again and sees the handle's true size (not needed when raising the size lands on it exactly).
     pub refresh_attr: bool,
     /// The handle's size: the kernel's idea of the file's size must reach at least this before
     /// the open is answered, or `sendfile`/`splice` (which the kernel bounds by it) read nothing.
     pub size: u64,
+}
+
+/// Where the adapter stores the one placeholder byte that raises the kernel's size of a file to
+/// `size` (> 0): never the first byte of its page, so the page it lands in is never marked up to
+/// date and nobody reads the placeholder. Where `size - 1` starts a page, the byte goes at `size`
+/// (the size is then one too large until the first, short, read).
+pub fn placeholder_at(size: u64) -> u64 {
+    const PAGE: u64 = 4096;
+    if (size - 1) % PAGE == 0 { size } else { size - 1 }
 }
 
 /// An open under way. `inline` says it may finish without waiting (a cached payload, an

@@ -473,3 +473,28 @@ pub fn fixture_server(name: &str, args: &[&str]) -> Child {
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// FUSE requests by operation, from `/.leasefs/metrics`.
+pub fn fuse_requests(env: &Env) -> std::collections::BTreeMap<String, i64> {
+    let m = cat(&env.m(".leasefs/metrics"));
+    m.lines()
+        .filter_map(|l| l.strip_prefix("leasefs_fuse_requests_total{op=\""))
+        .filter_map(|l| {
+            let (op, rest) = l.split_once("\"} ")?;
+            Some((op.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The FUSE requests `f` makes, by operation (what reading the metrics costs, measured just
+/// before, is taken off).
+pub fn requests_of(env: &Env, f: impl FnOnce()) -> Vec<(String, i64)> {
+    let (a, b) = (fuse_requests(env), fuse_requests(env));
+    f();
+    let c = fuse_requests(env);
+    let was = |m: &std::collections::BTreeMap<String, i64>, op: &str| m.get(op).copied().unwrap_or(0);
+    c.iter()
+        .map(|(op, n)| (op.clone(), n - was(&b, op) - (was(&b, op) - was(&a, op))))
+        .filter(|(_, n)| *n != 0)
+        .collect()
+}
