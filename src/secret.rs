@@ -53,18 +53,27 @@ pub struct SecretMeta {
     /// Source-relative path, segments joined with `/` (no segment holds a `/`).
     pub path: Box<str>,
     pub kind: SecretKind,
-    /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …), passed on to issuers.
-    pub attributes: serde_json::Map<String, serde_json::Value>,
-    /// The lease and rendering settings of `attributes`, parsed once (None: all defaults).
-    pub policy: Option<Box<Policy>>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub mode: Option<u16>,
-    /// Size in bytes when the source knows it without reading the value.
-    pub size: Option<u64>,
+    /// What the document sets beyond path and kind; most static secrets set nothing, and a
+    /// million of them cost a pointer each (see `Extras`).
+    extras: Option<Box<Extras>>,
+    /// Size in bytes when the source knows it without reading the value (documents are at most
+    /// 16 MiB, so 32 bits hold any rendered size).
+    pub size: Option<u32>,
     pub mtime: SystemTime,
     /// Where the source finds the payload (source-specific, e.g. file and index).
     pub locator: Locator,
+}
+
+/// Attributes, policy and ownership a document sets for its entry.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …), passed on to issuers.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The lease and rendering settings of `attributes`, parsed once.
+    pub policy: Policy,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: Option<u16>,
 }
 
 impl SecretMeta {
@@ -75,24 +84,41 @@ impl SecretMeta {
         segments: &[String],
         kind: SecretKind,
         attributes: serde_json::Map<String, serde_json::Value>,
-        size: Option<u64>,
+        size: Option<u32>,
         mtime: SystemTime,
         locator: Locator,
     ) -> SecretMeta {
         let path = segments.join("/");
+        let extras = (!attributes.is_empty()).then(|| Box::new(Extras { attributes, ..Extras::default() }));
         SecretMeta {
             id: id.map_or(SecretId::Path, |i| SecretId::new(i, &path)),
             path: path.into(),
             kind,
-            attributes,
-            policy: None,
-            uid: None,
-            gid: None,
-            mode: None,
+            extras,
             size,
             mtime,
             locator,
         }
+    }
+
+    /// The extras, created on first change.
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+    /// Non-secret parameters (`ttl`, `format`, `reuse`, grants, …), passed on to issuers.
+    pub fn attributes(&self) -> &serde_json::Map<String, serde_json::Value> {
+        static EMPTY: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
+            std::sync::LazyLock::new(serde_json::Map::new);
+        self.extras.as_ref().map_or(&EMPTY, |e| &e.attributes)
+    }
+    pub fn uid(&self) -> Option<u32> {
+        self.extras.as_ref().and_then(|e| e.uid)
+    }
+    pub fn gid(&self) -> Option<u32> {
+        self.extras.as_ref().and_then(|e| e.gid)
+    }
+    pub fn mode(&self) -> Option<u16> {
+        self.extras.as_ref().and_then(|e| e.mode)
     }
     pub fn path(&self) -> &str {
         &self.path
@@ -114,10 +140,10 @@ impl SecretMeta {
     /// The entry's own policy (empty when the document sets none).
     pub fn policy(&self) -> &Policy {
         static EMPTY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
-        self.policy.as_deref().unwrap_or_else(|| EMPTY.get_or_init(Policy::default))
+        self.extras.as_ref().map_or_else(|| EMPTY.get_or_init(Policy::default), |e| &e.policy)
     }
     pub fn attr_str(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).and_then(|v| v.as_str())
+        self.attributes().get(key).and_then(|v| v.as_str())
     }
     pub fn is_listed(&self) -> bool {
         !matches!(self.kind, SecretKind::Base { expose: false, .. })
@@ -137,9 +163,9 @@ pub struct DocFile {
 #[derive(Clone, Debug)]
 pub enum Locator {
     /// A local document file, the index of the document within it, and its byte range there.
-    File { file: Arc<DocFile>, index: u32, offset: u64, len: u32 },
+    File { file: Arc<DocFile>, index: u32, offset: u32, len: u32 },
     /// A key in a remote store (OpenBao KV path or dynamic path).
-    Remote(String),
+    Remote(Box<str>),
     /// Fields that the source embeds itself (the demo catalog's jwt key, generated at start).
     None,
 }

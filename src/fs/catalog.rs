@@ -70,10 +70,8 @@ impl Catalog {
                     g.1.last_ok = Some(now);
                     g.1.secrets = listing.secrets.len();
                     g.1.problems = listing.problems.len();
-                    // A new vector, not an in-place collect: that would keep the listing's whole
-                    // buffer (the size of every SecretMeta) alive to hold 8-byte pointers.
-                    let mut metas = Vec::with_capacity(listing.secrets.len());
-                    metas.extend(listing.secrets.into_iter().map(Arc::new));
+                    let mut metas = listing.secrets;
+                    metas.shrink_to_fit();
                     g.0 = Arc::new(metas);
                     problems.extend(listing.problems);
                 }

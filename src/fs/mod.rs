@@ -179,7 +179,7 @@ impl LeaseFs {
     fn attr_of(&self, tree: &Tree, ino: u64, n: &Node) -> Attr {
         let (kind, size, nlink, mtime) = match &n.kind {
             NodeKind::Dir(d) => (EntryKind::Dir, 0, 2, d.mtime),
-            NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.unwrap_or(0), 1, meta.mtime),
+            NodeKind::Secret { meta, .. } => (EntryKind::File, meta.size.map_or(0, u64::from), 1, meta.mtime),
             NodeKind::Bundle { meta, .. } => (EntryKind::File, 0, 1, meta.mtime),
             NodeKind::Control(_) => (EntryKind::File, 0, 1, tree.built.unwrap_or(self.started)),
         };
@@ -386,7 +386,7 @@ impl LeaseFs {
                         self.record(EventKind::Open, &path, outcome, detail.as_deref(), &who);
                         let bytes = result?;
                         if self.catalog.spec(*source).page_cache {
-                            return Ok(self.static_handle(ino, who.pid, meta.size, bytes));
+                            return Ok(self.static_handle(ino, who.pid, meta.size.map(u64::from), bytes));
                         }
                         Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
                     }

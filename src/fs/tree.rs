@@ -4,7 +4,7 @@
 //! child list, and the shared metadata): a secret's name is the last segment of its metadata path,
 //! only directories own a name, and child lists hold inode numbers sorted by name.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -197,7 +197,7 @@ impl Tree {
             prev,
             next: prev.max_ino().max(ROOT),
             nodes: Vec::with_capacity(prev.nodes.len()),
-            index: HashMap::new(),
+            index: HashMap::with_capacity(sources.iter().map(|s| s.secrets.len()).sum::<usize>() + 16),
             dirs: HashMap::new(),
         };
         let mut tree = Tree { built: Some(now), ..Tree::default() };
@@ -254,8 +254,8 @@ impl Tree {
                         .push(where_.with(format!("path {:?} runs through a secret of the same name", meta.path())));
                     continue;
                 };
-                let (uid, gid) = (meta.uid.unwrap_or(src.owner.uid), meta.gid.unwrap_or(src.owner.gid));
-                let mode = meta.mode.unwrap_or(src.owner.file_mode);
+                let (uid, gid) = (meta.uid().unwrap_or(src.owner.uid), meta.gid().unwrap_or(src.owner.gid));
+                let mode = meta.mode().unwrap_or(src.owner.file_mode);
                 if let Some(files) = meta.policy().files.as_deref().filter(|_| meta.is_listed()) {
                     // A bundle: a directory (searchable where its files are readable) of its files.
                     let dir_mode = mode | ((mode & 0o444) >> 2);
@@ -342,7 +342,7 @@ impl Tree {
     }
 }
 
-fn attr_key(n: &Node) -> (u32, u32, u16, Option<SystemTime>, Option<u64>, bool) {
+fn attr_key(n: &Node) -> (u32, u32, u16, Option<SystemTime>, Option<u32>, bool) {
     match &n.kind {
         NodeKind::Secret { meta, .. } | NodeKind::Bundle { meta, .. } => {
             (n.uid, n.gid, n.mode, Some(meta.mtime), meta.size, false)

@@ -266,7 +266,7 @@ impl Issuer for ExecIssuer {
         let id = req.secret.id();
         let body = Request {
             lease_id: req.lease_id,
-            secret: SecretInfo { id: &id, name, path: req.path, attributes: &req.secret.attributes },
+            secret: SecretInfo { id: &id, name, path: req.path, attributes: req.secret.attributes() },
             requester: req.requester,
             ttl_seconds: req.ttl.as_secs(),
             base: req.base,

@@ -34,7 +34,7 @@ impl Issuer for JwtIssuer {
         };
         let now = Utc::now();
         let exp = now + chrono::Duration::from_std(req.ttl).map_err(|_| fail("ttl out of range"))?;
-        let attrs = &req.secret.attributes;
+        let attrs = req.secret.attributes();
         let mut claims = serde_json::Map::new();
         if let Some(extra) = attrs.get("claims") {
             let obj = extra.as_object().ok_or_else(|| fail("attributes.claims must be an object"))?;

@@ -51,7 +51,7 @@ fn lease_id(v: &serde_json::Value) -> Option<&str> {
 #[async_trait]
 impl Issuer for OpenBaoIssuer {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
-        let attrs = &req.secret.attributes;
+        let attrs = req.secret.attributes();
         let path = req
             .secret
             .attr_str("path")

@@ -114,7 +114,7 @@ async fn connect(base: &SecretFields, timeout: Duration) -> Result<Client, Lease
 
 /// The entry's `grants`: one SQL string or an array, with `{{name}}` standing for the quoted role.
 fn grants(req: &IssueRequest<'_>, role: &str) -> Result<Vec<String>, LeaseError> {
-    let list: Vec<String> = match req.secret.attributes.get("grants") {
+    let list: Vec<String> = match req.secret.attributes().get("grants") {
         None => Vec::new(),
         Some(serde_json::Value::String(s)) => vec![s.clone()],
         Some(serde_json::Value::Array(a)) => a

@@ -94,7 +94,7 @@ fn meta(path: &str, kind: SecretKind, attrs: serde_json::Value) -> Arc<SecretMet
     let attrs = attrs.as_object().cloned().unwrap_or_default();
     let mut m =
         SecretMeta::new(None, &segs, kind, attrs.clone(), None, std::time::SystemTime::UNIX_EPOCH, Locator::None);
-    m.policy = Some(Box::new(crate::policy::Policy::parse(&attrs).unwrap()));
+    m.extras_mut().policy = crate::policy::Policy::parse(&attrs).unwrap();
     Arc::new(m)
 }
 

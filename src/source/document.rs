@@ -212,19 +212,14 @@ fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretK
     Ok(SecretKind::Static)
 }
 
-/// The entry's policy, boxed only when the document sets one (most static entries do not).
-fn policy_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Option<Box<Policy>>, String> {
-    let p = Policy::parse(attrs)?;
-    Ok((!p.is_empty()).then(|| Box::new(p)))
-}
-
 /// Reads the metadata of every secret in a file. Values are skipped, never copied.
 pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
     let mut out = ParsedFile::default();
     let shared = Arc::new(DocFile { path: file.to_path_buf(), size: text.len() as u64, mtime });
     let span = |slice: &str| {
         (
-            (slice.as_ptr() as usize).saturating_sub(text.as_ptr() as usize) as u64,
+            // Documents are at most 16 MiB (`MAX_DOCUMENT_BYTES`): 32 bits hold any position.
+            (slice.as_ptr() as usize).saturating_sub(text.as_ptr() as usize).min(u32::MAX as usize) as u32,
             slice.len().min(u32::MAX as usize) as u32,
         )
     };
@@ -254,9 +249,8 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                 let built = (|| -> Result<SecretMeta, String> {
                     let segments = split_path(&doc.path, false).map_err(|e| format!("path {:?}: {e}", doc.path))?;
                     let kind = kind_of(&doc.attributes)?;
-                    let policy = policy_of(&doc.attributes)?;
-                    if policy.as_ref().is_some_and(|p| p.files.is_some()) && !matches!(kind, SecretKind::Dynamic { .. })
-                    {
+                    let policy = Policy::parse(&doc.attributes)?;
+                    if policy.files.is_some() && !matches!(kind, SecretKind::Dynamic { .. }) {
                         return Err(
                             "attributes.files makes a bundle of a dynamic secret; this one is not dynamic".into()
                         );
@@ -266,7 +260,10 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
                     let id = doc.id.as_deref().unwrap_or(&doc.path);
                     let mut m = SecretMeta::new(Some(id), &segments, kind, doc.attributes, None, mtime, locator);
-                    (m.uid, m.gid, m.mode, m.policy) = (own.uid, own.gid, own.mode, policy);
+                    if !policy.is_empty() || own.uid.is_some() || own.gid.is_some() || own.mode.is_some() {
+                        let e = m.extras_mut();
+                        (e.uid, e.gid, e.mode, e.policy) = (own.uid, own.gid, own.mode, policy);
+                    }
                     Ok(m)
                 })();
                 match built {
@@ -306,18 +303,18 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     )?;
                     split_path(&link, false).map_err(|e| format!("linkedSecret: {e}"))?;
                     let mut attributes = serde_json::Map::new();
-                    let mut policy = None;
+                    let mut policy = Policy::default();
                     if let Some(f) = &obj.format {
                         let format = crate::render::Format::parse(f).map_err(|e| format!("format: {e}"))?;
                         attributes.insert("format".into(), f.clone().into());
-                        policy = Some(Box::new(Policy { format: Some(format), ..Policy::default() }));
+                        policy.format = Some(format);
                     }
                     attributes.insert("royal".into(), true.into());
                     let (offset, len) = span(slice);
                     let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
                     let kind = SecretKind::Dynamic { link: link.replace(':', "/") };
                     let mut m = SecretMeta::new(Some(&id), &segments, kind, attributes, Some(0), mtime, locator);
-                    m.policy = policy;
+                    m.extras_mut().policy = policy;
                     Ok(m)
                 })();
                 match built {

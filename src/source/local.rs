@@ -2,6 +2,7 @@
 //! (with the exact size of each static secret when its pages may be cached), the payload re-read on open.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
@@ -48,7 +49,7 @@ fn size_statics(text: &str, secrets: &mut [SecretMeta]) {
             .get(start..end)
             .and_then(data_of)
             .and_then(|f| render_static(&f, m.policy().format.as_ref()).ok())
-            .map(|b| b.len() as u64);
+            .and_then(|b| u32::try_from(b.len()).ok());
     }
 }
 
@@ -96,10 +97,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<FileError>, de
 }
 
 /// The bytes `offset..offset+len` of a file, as text in a zeroizing buffer.
-fn read_span(path: &Path, offset: u64, len: u32) -> Option<Zeroizing<String>> {
+fn read_span(path: &Path, offset: u32, len: u32) -> Option<Zeroizing<String>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).ok()?;
-    f.seek(SeekFrom::Start(offset)).ok()?;
+    f.seek(SeekFrom::Start(offset.into())).ok()?;
     let mut buf = Zeroizing::new(vec![0u8; len as usize]);
     f.read_exact(&mut buf).ok()?;
     let text = std::str::from_utf8(&buf).ok()?;
@@ -129,21 +130,38 @@ fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceEr
         return Ok(listing);
     }
     collect(root, &mut files, &mut listing.problems, 0, trust);
+    // Documents are parsed on every core, in contiguous runs, and joined in file order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let per = files.len().div_ceil(threads).max(1);
+    let parts: Vec<Listing> = std::thread::scope(|s| {
+        let runs: Vec<_> = files.chunks(per).map(|run| s.spawn(move || read_docs(run, trust, sizes))).collect();
+        runs.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    for part in parts {
+        listing.secrets.extend(part.secrets);
+        listing.problems.extend(part.problems);
+    }
+    Ok(listing)
+}
+
+/// Reads and parses a run of document files.
+fn read_docs(files: &[PathBuf], trust: &Trust, sizes: bool) -> Listing {
+    let mut listing = Listing::default();
     for f in files {
-        match read_text(&f, trust) {
+        match read_text(f, trust) {
             Ok((text, meta)) => {
                 let mtime = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                let mut parsed = parse_file(&f, &text, mtime);
+                let mut parsed = parse_file(f, &text, mtime);
                 if sizes {
                     size_statics(&text, &mut parsed.secrets);
                 }
-                listing.secrets.extend(parsed.secrets);
+                listing.secrets.extend(parsed.secrets.into_iter().map(Arc::new));
                 listing.problems.extend(parsed.problems);
             }
-            Err(msg) => listing.problems.push(FileError::whole(&f, msg)),
+            Err(msg) => listing.problems.push(FileError::whole(f, msg)),
         }
     }
-    Ok(listing)
+    listing
 }
 
 #[async_trait]

@@ -4,6 +4,8 @@ pub mod document;
 pub mod local;
 pub mod openbao;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::diag::FileError;
@@ -12,7 +14,8 @@ use crate::secret::{SecretFields, SecretMeta};
 /// Everything a source knows about its secrets, without any value.
 #[derive(Debug, Default)]
 pub struct Listing {
-    pub secrets: Vec<SecretMeta>,
+    /// Shared from the start: a listing of a million entries is moved as pointers, not copies.
+    pub secrets: Vec<Arc<SecretMeta>>,
     /// Documents that were skipped, each naming file, line and column.
     pub problems: Vec<FileError>,
 }

@@ -93,7 +93,7 @@ impl OpenBaoSource {
                     SecretKind::Static,
                     Default::default(),
                     now,
-                    Locator::Remote(format!("{mount}/data/{rel}")),
+                    Locator::Remote(format!("{mount}/data/{rel}").into()),
                 ));
             }
         }
@@ -123,8 +123,8 @@ fn meta(
     attributes: serde_json::Map<String, serde_json::Value>,
     mtime: SystemTime,
     locator: Locator,
-) -> SecretMeta {
-    SecretMeta::new(Some(&id), &segments, kind, attributes, None, mtime, locator)
+) -> Arc<SecretMeta> {
+    Arc::new(SecretMeta::new(Some(&id), &segments, kind, attributes, None, mtime, locator))
 }
 
 fn map_err(e: BaoError) -> SourceError {
