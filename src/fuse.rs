@@ -432,9 +432,9 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// Answers an open as the filesystem says: attributes dropped first where asked (offset -1: not
-/// the page cache) so that `fstat` reaches the daemon, direct I/O or kept pages where asked. No FLUSH is needed
-/// on close: nothing is ever buffered for writing.
+/// Answers an open as the filesystem says: the size raised for direct I/O, attributes dropped
+/// where asked (offset -1: not the page cache) so that `fstat` reaches the daemon, direct I/O or
+/// kept pages where asked. No FLUSH is needed on close: nothing is ever buffered for writing.
 fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
     match r {
         Ok(o) => {
@@ -479,7 +479,8 @@ fn xattr_reply(ino: INodeNo, r: Result<Vec<u8>, FsError>, size: u32, reply: Repl
 }
 
 /// Drops what the kernel cached from an earlier snapshot: listings of changed directories, names
-/// that are gone or new (a missing name may be cached), and the attributes and pages of entries that changed. Unknown inodes (never looked up) are skipped by the kernel.
+/// that are gone or new (a missing name may be cached), and the attributes and pages of entries
+/// that changed. Unknown inodes (never looked up) are skipped by the kernel.
 pub fn invalidate(n: &Notifier, ch: &Changes) {
     for dir in &ch.dirs {
         let _ = n.inval_inode(INodeNo(*dir), 0, 0);
