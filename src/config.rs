@@ -405,5 +405,10 @@ mod tests {
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.defaults.ttl, Dur::secs(900));
         assert!(c.allow_other);
+        // The page cache for static secrets: on for local, off for OpenBao, where it cannot be on.
+        assert!(c.sources[0].page_cache() && !c.sources[1].page_cache());
+        let on = text.replace(r#""kv_mounts""#, r#""static_page_cache": true, "kv_mounts""#);
+        let e = Config::parse(Path::new("c.json"), &on).unwrap_err();
+        assert!(e.message.contains("static_page_cache needs exact sizes"), "{e}");
     }
 }
