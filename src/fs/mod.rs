@@ -303,17 +303,17 @@ impl LeaseFs {
         r
     }
 
+    /// A handle served with direct I/O; `listed` is the size `stat` gives the entry.
     fn new_handle(
         &self,
         ino: u64,
         pid: u32,
+        listed: u64,
         bytes: Arc<SharedBytes>,
         lease: Option<Arc<crate::lease::Lease>>,
     ) -> Opened {
         let size = bytes.len().unwrap_or(0) as u64;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false, paged: false });
-        let tree = self.tree();
-        let listed = tree.node(ino).map_or(0, |n| self.attr_of(&tree, ino, n).size);
         let refresh_attr = !self.sizes.raise(ino, listed, size);
         Opened { fh, direct_io: true, keep_cache: false, refresh_attr, size }
     }
@@ -324,7 +324,7 @@ impl LeaseFs {
     /// contents (the document changed since the listing) are served like a dynamic secret's.
     fn static_handle(&self, ino: u64, pid: u32, listed: Option<u64>, bytes: crate::render::Bytes) -> Opened {
         if listed != Some(bytes.len() as u64) {
-            return self.new_handle(ino, pid, Arc::new(SharedBytes::new(bytes)), None);
+            return self.new_handle(ino, pid, listed.unwrap_or(0), Arc::new(SharedBytes::new(bytes)), None);
         }
         let keep_cache = self.served.unchanged(ino, &bytes);
         let bytes = Arc::new(SharedBytes::new(bytes));
@@ -338,6 +338,8 @@ impl LeaseFs {
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let path = tree.path_of(ino);
         let writes = access::wants_write(flags);
+        // The size `stat` gives it: what the kernel may hold before this open raises it.
+        let listed = self.attr_of(&tree, ino, n).size;
         match &n.kind {
             NodeKind::Dir(_) => Err(FsError::is_dir()),
             NodeKind::Control(c) => {
@@ -348,7 +350,13 @@ impl LeaseFs {
                     if flags & libc::O_ACCMODE == libc::O_RDONLY {
                         return Err(FsError::eacces("revoke is write-only"));
                     }
-                    return Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(Default::default())), None));
+                    return Ok(self.new_handle(
+                        ino,
+                        who.pid,
+                        listed,
+                        Arc::new(SharedBytes::new(Default::default())),
+                        None,
+                    ));
                 }
                 if writes {
                     return Err(FsError::erofs());
@@ -361,7 +369,7 @@ impl LeaseFs {
                     leases: &self.leases,
                 };
                 let bytes = control::contents(*c, &view);
-                Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
+                Ok(self.new_handle(ino, who.pid, listed, Arc::new(SharedBytes::new(bytes)), None))
             }
             NodeKind::Secret { source, meta } | NodeKind::Bundle { source, meta, .. } => {
                 if writes {
@@ -388,7 +396,7 @@ impl LeaseFs {
                         if self.catalog.spec(*source).page_cache {
                             return Ok(self.static_handle(ino, who.pid, meta.size.map(u64::from), bytes));
                         }
-                        Ok(self.new_handle(ino, who.pid, Arc::new(SharedBytes::new(bytes)), None))
+                        Ok(self.new_handle(ino, who.pid, listed, Arc::new(SharedBytes::new(bytes)), None))
                     }
                     SecretKind::Dynamic { link } => {
                         let slot = self.catalog.spec(*source);
@@ -409,7 +417,7 @@ impl LeaseFs {
                         let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(&path))?;
                         let bytes =
                             lease.file(file).cloned().ok_or_else(|| FsError::eio("no such file in the bundle"))?;
-                        Ok(self.new_handle(ino, who.pid, bytes, Some(lease)))
+                        Ok(self.new_handle(ino, who.pid, listed, bytes, Some(lease)))
                     }
                 }
             }
