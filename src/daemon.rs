@@ -223,23 +223,18 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
             MountOption::NoDev,
         ];
         fcfg.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
-        // One request thread per two cores (at most 4): handlers never block (slow work is a task),
-        // and on a 2-core machine a second thread only adds wake-ups (static open loop 11k → 13k/s
-        // with one thread).
+        // One request thread per two cores, at least two and at most four: handlers never block
+        // (slow work is a task), and a second loop keeps `stat` answered while the other is busy.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        fcfg.n_threads = Some((cores / 2).clamp(1, 4));
+        fcfg.n_threads = Some((cores / 2).clamp(2, 4));
         fcfg.clone_fd = true;
         let notifier = Arc::new(std::sync::OnceLock::new());
-        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), notifier.clone());
+        let notes = crate::notifier::Notes::start(notifier.clone()).context("cannot start the notifier thread")?;
+        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), notes.clone());
         let mut session = fuser::Session::new(adapter, &mountpoint, &fcfg)
             .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
         let _ = notifier.set(session.notifier());
-        let n = notifier.clone();
-        fs.on_change(move |changes| {
-            if let Some(n) = n.get() {
-                crate::fuse::invalidate(n, changes);
-            }
-        });
+        fs.on_change(move |changes| crate::fuse::invalidate(&notes, changes));
         let mut unmounter = session.unmount_callable();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("leasefs-fuse".into()).spawn(move || {

@@ -1,13 +1,13 @@
 //! The fuser 0.18 adapter only: copies what it needs out of each request, runs slow work on the tokio runtime and replies from the task.
 
 use std::ffi::OsStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
@@ -15,36 +15,24 @@ use tokio::runtime::Handle;
 use crate::fs::tree::Changes;
 use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened, placeholder_at};
 use crate::metrics::Request as Op;
+use crate::notifier::{Note, Notes};
 use crate::secret::Requester;
 
 pub struct FuseAdapter {
     fs: Arc<LeaseFs>,
     rt: Handle,
-    /// Set once the session exists; used to drop cached attributes after an open.
-    notifier: Arc<OnceLock<Notifier>>,
-    /// Inodes whose page cache is dropped after a close, by a thread of its own (never by a
-    /// request thread: the kernel may wait on a page that only a request thread can fill).
-    closed: std::sync::mpsc::Sender<INodeNo>,
+    /// The notifier thread: every store and invalidation goes through it, never through a request
+    /// thread (the kernel may wait on a page that only a request thread can fill).
+    notes: Notes,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<LeaseFs>, rt: Handle, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        let (closed, rx) = std::sync::mpsc::channel::<INodeNo>();
-        let n = notifier.clone();
-        let _ = std::thread::Builder::new().name("leasefs-inval".into()).spawn(move || {
-            while let Ok(ino) = rx.recv() {
-                if let Some(n) = n.get() {
-                    let _ = n.inval_inode(ino, 0, 0);
-                }
-            }
-        });
+    pub fn new(fs: Arc<LeaseFs>, rt: Handle, notes: Notes) -> Self {
         // A lease that ends takes its pages along: a private mmap's next fault then reaches the
         // daemon and fails like a read does.
-        let tx = closed.clone();
-        fs.on_drop_pages(move |ino| {
-            let _ = tx.send(INodeNo(ino));
-        });
-        FuseAdapter { fs, rt, notifier, closed }
+        let n = notes.clone();
+        fs.on_drop_pages(move |ino| n.inval(ino, 0));
+        FuseAdapter { fs, rt, notes }
     }
 
     fn count(&self, r: Op) {
@@ -114,7 +102,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::ENOENT);
         };
         match self.fs.lookup(parent.0, name) {
-            Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+            Ok(e) => reply.entry_with_ttls(&e.ttl, &e.entry_ttl, &file_attr(&e.attr), Generation(0)),
             Err(e) if e.errno == libc::ENOENT => {
                 // A negative entry (inode 0) lets the kernel cache the miss for `ttl`.
                 let (kind, mtime) = (EntryKind::File, SystemTime::UNIX_EPOCH);
@@ -123,6 +111,10 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(failed("lookup", parent, &e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -212,13 +204,13 @@ impl Filesystem for FuseAdapter {
         let _rt = self.rt.enter();
         if open.inline {
             if let Poll::Ready(r) = open.future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-                return reply_opened(&self.notifier, ino, r, reply);
+                return reply_opened(&self.notes, ino, r, reply);
             }
         }
-        let notifier = self.notifier.clone();
+        let notes = self.notes.clone();
         self.rt.spawn(async move {
             let r = open.future.await;
-            reply_opened(&notifier, ino, r, reply)
+            reply_opened(&notes, ino, r, reply)
         });
     }
 
@@ -290,7 +282,7 @@ impl Filesystem for FuseAdapter {
         // Direct I/O keeps reads out of the page cache, but a private mmap or a splice goes through
         // it: drop what such reads cached for this inode once their handle closes.
         if drop_pages {
-            let _ = self.closed.send(ino);
+            self.notes.inval(ino.0, 0);
         }
     }
 
@@ -322,9 +314,8 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         self.count(Op::Readdirplus);
-        let ttl = self.fs.entry_ttl();
         let r = self.fs.readdir(ino.0, offset, |e| {
-            reply.add(INodeNo(e.ino), e.next, e.name, &ttl, &file_attr(&e.attr), Generation(0))
+            reply.add(INodeNo(e.ino), e.next, e.name, &e.ttl, &file_attr(&e.attr), Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -432,41 +423,32 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// Answers an open as the filesystem says: the size raised for direct I/O, attributes dropped
-/// where asked (offset -1: not the page cache) so that `fstat` reaches the daemon, direct I/O or
-/// kept pages where asked. No FLUSH is needed on close: nothing is ever buffered for writing.
-fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
+/// Answers an open as the filesystem says: direct I/O or kept pages where asked. Contents served
+/// with direct I/O first get the kernel's size of the inode raised to theirs, by the notifier
+/// thread, which then answers: `sendfile`/`splice` of a FUSE file go through the page cache,
+/// bounded by that size (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), and
+/// busybox `cat` would print nothing. One placeholder byte goes where it is never the first byte
+/// of its page (such a page is not up to date, so a read fetches the real one); where `size - 1`
+/// starts a page it goes at `size`, and the attributes are dropped so that `fstat` asks. No FLUSH
+/// is needed on close: nothing is ever buffered for writing.
+fn reply_opened(notes: &Notes, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
     match r {
         Ok(o) => {
-            if let Some(n) = notifier.get() {
-                // If the size cannot be raised, the attributes go, so that `fstat` asks.
-                let raised = !o.direct_io || o.size == 0 || raise_size(n, ino, o.size);
-                if o.refresh_attr || !raised {
-                    let _ = n.inval_inode(ino, -1, 0);
-                }
-            }
             let when = |on: bool, f: FopenFlags| if on { f } else { FopenFlags::empty() };
             let flags = FopenFlags::FOPEN_NOFLUSH
                 | when(o.direct_io, FopenFlags::FOPEN_DIRECT_IO)
                 | when(o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE);
-            reply.opened(FileHandle(o.fh), flags)
+            let at = (o.direct_io && o.size > 0).then(|| placeholder_at(o.size));
+            if at.is_none() && !o.refresh_attr {
+                return reply.opened(FileHandle(o.fh), flags);
+            }
+            let note = Note::Open { ino: ino.0, at, refresh: o.refresh_attr, reply, fh: o.fh, flags };
+            if let Err(Note::Open { reply, .. }) = notes.send(note) {
+                reply.opened(FileHandle(o.fh), flags);
+            }
         }
         Err(e) => reply.error(failed("open", ino, &e)),
     }
-}
-
-/// Makes the kernel's size of `ino` at least `size` before an open is answered.
-///
-/// `sendfile`/`splice` of a FUSE file go through the page cache, bounded by the inode's size
-/// (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), 0 until someone stats the
-/// file: busybox `cat` would print nothing. A store notification raises it to its end if it stores
-/// at least a byte: one placeholder byte goes where it is never the first byte of its page (such a
-/// page is not up to date, so a read fetches the real one). Where `size - 1` starts a page, it goes
-/// at `size`, and the first (short) read brings the size back down to the real end.
-fn raise_size(n: &Notifier, ino: INodeNo, size: u64) -> bool {
-    n.store(ino, placeholder_at(size), &[0])
-        .map_err(|e| tracing::debug!(ino = ino.0, error = %e, "cannot raise the kernel's file size"))
-        .is_ok()
 }
 
 fn xattr_reply(ino: INodeNo, r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
@@ -481,18 +463,15 @@ fn xattr_reply(ino: INodeNo, r: Result<Vec<u8>, FsError>, size: u32, reply: Repl
 /// Drops what the kernel cached from an earlier snapshot: listings of changed directories, names
 /// that are gone or new (a missing name may be cached), and the attributes and pages of entries
 /// that changed. Unknown inodes (never looked up) are skipped by the kernel.
-pub fn invalidate(n: &Notifier, ch: &Changes) {
+pub fn invalidate(n: &Notes, ch: &Changes) {
     for dir in &ch.dirs {
-        let _ = n.inval_inode(INodeNo(*dir), 0, 0);
+        n.inval(*dir, 0);
     }
-    for (parent, name) in &ch.removed {
-        let _ = n.inval_entry(INodeNo(*parent), OsStr::new(name));
-    }
-    for (parent, name) in &ch.added {
-        let _ = n.inval_entry(INodeNo(*parent), OsStr::new(name));
+    for (parent, name) in ch.removed.iter().chain(&ch.added) {
+        let _ = n.send(Note::Entry { parent: *parent, name: name.into() });
     }
     // Offset 0: the pages go too (a static secret served through the page cache changed).
     for ino in &ch.attrs {
-        let _ = n.inval_inode(INodeNo(*ino), 0, 0);
+        n.inval(*ino, 0);
     }
 }

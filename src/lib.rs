@@ -13,6 +13,7 @@ pub mod issuer;
 pub mod lease;
 pub mod memlock;
 pub mod metrics;
+pub mod notifier;
 pub mod notify;
 pub mod openbao;
 pub mod openbao_auth;

@@ -112,24 +112,42 @@ async fn refusals_carry_their_errno() {
 async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     let f = fixture(DOCS).await;
     let fs = &f.fs;
+    // Each lookup of a dynamic file is a node of its own (a view); its open binds it.
     let token = ino(fs, "a/token");
+    let other = ino(fs, "a/token");
+    assert_ne!(token, other, "each lookup hands out a private node");
     let me = who(0, 0);
     let o = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
     let size = fs.read(o.fh, 0, 1 << 20, false, |r| r.unwrap().len());
     assert!(size > 50);
-    let (a, exact) = fs.getattr(token, None, me.pid).unwrap();
-    assert!(exact && a.size as usize == size, "fstat by the holder sees the real size");
-    let (a, exact) = fs.getattr(token, None, me.pid + 1).unwrap();
-    assert!(!exact && a.size == 0, "others see 0");
-    // Revoke every lease: the open handle now reads EKEYEXPIRED.
+    let (a, _) = fs.getattr(token, None, me.pid).unwrap();
+    assert_eq!(a.size as usize, size, "fstat of the view sees its contents' size");
+    let (a, _) = fs.getattr(other, None, me.pid).unwrap();
+    assert_eq!(a.size, 0, "another reader's node is not opened: 0");
+    let entry = fs.lookup(ino(fs, "a"), "token").unwrap();
+    assert_eq!(entry.entry_ttl, std::time::Duration::ZERO, "looked up again at each path walk");
+    // The view opened again (as /proc/PID/fd/N does) serves the same contents, to its user only.
+    let again = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert_eq!(fs.read(again.fh, 0, 1 << 20, false, |r| r.unwrap().len()), size);
+    assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    fs.release(again.fh);
+    // Revoke every lease: the open handle now reads EKEYEXPIRED, and the view opens no more.
     fs.leases().revoke_all(EndReason::Revoke);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
+    assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::EKEYEXPIRED);
     assert!(!fs.release(o.fh), "read only directly: no pages to drop at close");
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EBADF);
     // A read that fills the page cache (a mmap fault, splice) makes the close drop the pages.
-    let o = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    let o = fs.open(other, libc::O_RDONLY, me.clone()).await.unwrap();
     assert!(fs.read(o.fh, 0, 4096, true, |r| r.is_ok()));
     assert!(fs.release(o.fh), "pages filled from a dynamic secret go at close");
+    // Forgotten views go; the tree's own node of a dynamic file never holds a lease (ESTALE: the
+    // kernel looks the name up again).
+    fs.forget(token, 1);
+    fs.forget(other, 1);
+    assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::ESTALE);
+    let tree_node = fs.tree().child(ino(fs, "a"), "token").unwrap();
+    assert_eq!(fs.open(tree_node, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::ESTALE);
 
     // readdir: ".", "..", then children in name order; resuming at any offset continues there.
     let a_dir = ino(fs, "a");

@@ -69,12 +69,16 @@ impl Handles {
         self.inner.lock().by_fh.get(&fh).map(|h| h.bytes.clone())
     }
 
-    /// The bytes of `fh` for a read; `paged` (the read fills the page cache) is remembered.
-    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<Arc<SharedBytes>> {
+    /// The bytes of `fh` for a read; `paged` (the read fills the page cache) is remembered. The
+    /// first paged read of a lease's handle also returns its inode and the lease id (the pages
+    /// must go when the lease ends).
+    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<(Arc<SharedBytes>, Option<(u64, String)>)> {
         let mut g = self.inner.lock();
         let h = g.by_fh.get_mut(&fh)?;
+        let newly = paged && !h.paged;
         h.paged |= paged;
-        Some(h.bytes.clone())
+        let lease = if newly { h.lease.as_ref().map(|l| (h.ino, l.id.clone())) } else { None };
+        Some((h.bytes.clone(), lease))
     }
 
     /// The bytes `pid` holds open on `ino` (the largest, if it opened it more than once).

@@ -8,8 +8,10 @@ pub mod catalog;
 pub mod control;
 pub mod error;
 pub mod handles;
+mod open;
 pub mod tree;
 pub mod types;
+pub mod views;
 pub mod xattr;
 
 use std::sync::Arc;
@@ -19,18 +21,17 @@ use parking_lot::{Mutex, RwLock};
 
 pub use control::Health;
 pub use error::FsError;
-use handles::{Handle, Handles};
-use tree::{Changes, Control, Node, NodeKind, SourceListing, Tree};
+use handles::Handles;
+use tree::{Changes, Node, NodeKind, SourceListing, Tree};
 pub use types::*;
 
 use crate::audit::{Audit, Event, EventKind};
 use crate::config::Defaults;
 use crate::diag::FileError;
-use crate::lease::{LeaseManager, OpenRequest};
-use crate::memlock::SharedBytes;
-use crate::render::render_static;
-use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta};
+use crate::lease::LeaseManager;
+use crate::secret::{Requester, SecretMeta};
 use crate::source::Source;
+use views::Views;
 
 pub use tree::ROOT;
 
@@ -51,8 +52,11 @@ pub struct LeaseFs {
     drop_pages: Arc<std::sync::OnceLock<PagesHook>>,
     /// For static secrets served through the page cache: what the kernel holds.
     served: cache::ServedPages,
-    /// For contents served with direct I/O: how large the kernel may think each file is.
+    /// For contents served with direct I/O on a shared inode (a static secret of a remote source,
+    /// a control file): how large the kernel may think each file is.
     sizes: cache::KernelSizes,
+    /// Private inodes of dynamic files, one per lookup.
+    views: Arc<Views>,
 }
 
 type PagesHook = Box<dyn Fn(u64) + Send + Sync>;
@@ -61,10 +65,13 @@ impl LeaseFs {
     pub fn new(settings: Settings, sources: Vec<SourceSpec>, audit: Arc<Audit>, leases: Arc<LeaseManager>) -> Self {
         // When a lease ends, what a reader's mmap or splice put in the page cache goes too.
         let drop_pages: Arc<std::sync::OnceLock<PagesHook>> = Arc::default();
-        let hook = drop_pages.clone();
-        leases.on_end(move |ino| {
+        let views = Arc::new(Views::default());
+        let (hook, paged) = (drop_pages.clone(), views.clone());
+        leases.on_end(move |lease_id| {
             if let Some(f) = hook.get() {
-                f(ino)
+                for view in paged.ended(lease_id) {
+                    f(view)
+                }
             }
         });
         let fs = LeaseFs {
@@ -81,6 +88,7 @@ impl LeaseFs {
             drop_pages,
             served: Default::default(),
             sizes: Default::default(),
+            views,
         };
         fs.rebuild();
         fs
@@ -195,7 +203,25 @@ impl LeaseFs {
         }
         let ino = tree.child(parent, name).ok_or_else(FsError::enoent)?;
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        Ok(Entry { attr: self.attr_of(&tree, ino, n), ttl: self.settings.defaults.attr_ttl.0 })
+        let ttl = self.settings.defaults.attr_ttl.0;
+        let mut attr = self.attr_of(&tree, ino, n);
+        if n.is_dynamic() {
+            // A node id of its own, looked up again at every path walk (entry TTL 0): this reader's
+            // open gets an inode, and pages, that no other reader shares.
+            attr.ino = self.views.create(ino);
+            return Ok(Entry { attr, ttl, entry_ttl: Duration::ZERO });
+        }
+        Ok(Entry { attr, ttl, entry_ttl: ttl })
+    }
+
+    /// The kernel dropped `n` lookups of node `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.views.forget(ino, n);
+    }
+
+    /// Views of dynamic files the kernel holds.
+    pub fn views(&self) -> usize {
+        self.views.len()
     }
 
     /// `stat`. For a process that holds this file open (`fstat`), the size is the real size of its
@@ -204,9 +230,16 @@ impl LeaseFs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<(Attr, bool), FsError> {
         self.count(&self.leases.metrics.ops.getattr);
         let tree = self.tree();
-        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        let mut a = self.attr_of(&tree, ino, n);
+        let entry = self.views.entry(ino).ok_or_else(FsError::enoent)?;
+        let n = tree.node(entry).ok_or_else(FsError::enoent)?;
+        let mut a = self.attr_of(&tree, entry, n);
         if a.kind == EntryKind::Dir {
+            return Ok((a, false));
+        }
+        if views::is_view(ino) {
+            // Private to one reader: its size is its contents' once opened, and stays cacheable.
+            a.ino = ino;
+            a.size = self.views.size(ino, a.size);
             return Ok((a, false));
         }
         let own = match fh {
@@ -229,7 +262,7 @@ impl LeaseFs {
     pub fn getattr_entry(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<Entry, FsError> {
         let (attr, own) = self.getattr(ino, fh, pid)?;
         let ttl = self.settings.defaults.attr_ttl.0;
-        Ok(Entry { attr, ttl: if own { ttl.min(Duration::from_secs(1)) } else { ttl } })
+        Ok(Entry { attr, ttl: if own { ttl.min(Duration::from_secs(1)) } else { ttl }, entry_ttl: ttl })
     }
 
     /// Opening a directory: it must exist and be one. Listings are metadata, so the kernel may
@@ -262,7 +295,9 @@ impl LeaseFs {
             let Some(cn) = tree.node(cino) else { continue };
             let name = dots.unwrap_or_else(|| cn.name());
             let attr = self.attr_of(&tree, cino, cn);
-            if add(DirEntry { ino: cino, name, attr, next: i + 1 }) {
+            // A dynamic file's name is looked up again at each path walk (it gets a view then).
+            let ttl = if cn.is_dynamic() { Duration::ZERO } else { self.settings.defaults.attr_ttl.0 };
+            if add(DirEntry { ino: cino, name, attr, next: i + 1, ttl }) {
                 break;
             }
         }
@@ -273,210 +308,17 @@ impl LeaseFs {
         self.audit.record(&Event { event, path, lease_id: None, issuer: None, outcome, detail }, Some(who));
     }
 
-    /// Starts an open for the adapter: the work as a `'static` future, and whether it may finish
-    /// in place (no process to start, no round trip to wait for).
-    pub fn opening(self: &Arc<Self>, ino: u64, flags: i32, who: Requester) -> Opening {
-        let tree = self.tree();
-        let inline = match tree.node(ino).map(|n| &n.kind) {
-            Some(NodeKind::Secret { meta, source } | NodeKind::Bundle { meta, source, .. }) => match &meta.kind {
-                SecretKind::Dynamic { link } => tree.base(*source, link).is_some_and(
-                    |b| matches!(b.kind, SecretKind::Base { issuer, .. } if self.leases.is_inline(issuer)),
-                ),
-                _ => true,
-            },
-            _ => true,
-        };
-        drop(tree);
-        let me = self.clone();
-        Opening { inline, future: Box::pin(async move { me.open(ino, flags, who).await }) }
-    }
-
-    /// Opens an entry: fetches a static payload (cached for `cache_ttl`), issues a dynamic secret,
-    /// or renders a control file.
-    pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
-        self.count(&self.leases.metrics.ops.open);
-        let who = if self.audit.is_enabled() { who.with_comm() } else { who };
-        let r = self.open_inner(ino, flags, who).await;
-        if r.is_err() {
-            self.count(&self.leases.metrics.ops.errors);
-        }
-        r
-    }
-
-    /// A handle served with direct I/O; `listed` is the size `stat` gives the entry.
-    fn new_handle(
-        &self,
-        ino: u64,
-        pid: u32,
-        listed: u64,
-        bytes: Arc<SharedBytes>,
-        lease: Option<Arc<crate::lease::Lease>>,
-    ) -> Opened {
-        let size = bytes.len().unwrap_or(0) as u64;
-        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false, paged: false });
-        let refresh_attr = !self.sizes.raise(ino, listed, size);
-        Opened { fh, direct_io: true, keep_cache: false, refresh_attr, size }
-    }
-
-    /// A handle on a static secret of `page_cache` source. Its contents go through the page cache
-    /// when they are exactly as long as listed (the kernel then knows the file's end without
-    /// asking); pages cached by earlier opens are kept when they hold these same contents. Any other
-    /// contents (the document changed since the listing) are served like a dynamic secret's.
-    fn static_handle(&self, ino: u64, pid: u32, listed: Option<u64>, bytes: crate::render::Bytes) -> Opened {
-        if listed != Some(bytes.len() as u64) {
-            return self.new_handle(ino, pid, listed.unwrap_or(0), Arc::new(SharedBytes::new(bytes)), None);
-        }
-        let keep_cache = self.served.unchanged(ino, &bytes);
-        let bytes = Arc::new(SharedBytes::new(bytes));
-        let size = bytes.len().unwrap_or(0) as u64;
-        let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true, paged: false });
-        Opened { fh, direct_io: false, keep_cache, refresh_attr: false, size }
-    }
-
-    async fn open_inner(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
-        let tree = self.tree();
-        let n = tree.node(ino).ok_or_else(FsError::enoent)?;
-        let path = tree.path_of(ino);
-        let writes = access::wants_write(flags);
-        // The size `stat` gives it: what the kernel may hold before this open raises it.
-        let listed = self.attr_of(&tree, ino, n).size;
-        match &n.kind {
-            NodeKind::Dir(_) => Err(FsError::is_dir()),
-            NodeKind::Control(c) => {
-                if !self.is_admin(&who) {
-                    return Err(FsError::eacces("the control directory is for root only"));
-                }
-                if *c == Control::Revoke {
-                    if flags & libc::O_ACCMODE == libc::O_RDONLY {
-                        return Err(FsError::eacces("revoke is write-only"));
-                    }
-                    return Ok(self.new_handle(
-                        ino,
-                        who.pid,
-                        listed,
-                        Arc::new(SharedBytes::new(Default::default())),
-                        None,
-                    ));
-                }
-                if writes {
-                    return Err(FsError::erofs());
-                }
-                let view = control::View {
-                    started: self.started,
-                    counts: tree.counts,
-                    sources: self.health(),
-                    open_handles: self.handles.len(),
-                    leases: &self.leases,
-                };
-                let bytes = control::contents(*c, &view);
-                Ok(self.new_handle(ino, who.pid, listed, Arc::new(SharedBytes::new(bytes)), None))
-            }
-            NodeKind::Secret { source, meta } | NodeKind::Bundle { source, meta, .. } => {
-                if writes {
-                    return Err(FsError::erofs());
-                }
-                if !access::allowed(n.uid, n.gid, n.mode, &who, false) {
-                    self.record(EventKind::Deny, &path, "denied", Some("permission"), &who);
-                    return Err(FsError::eacces("permission denied"));
-                }
-                // A bundle's files share its lease: the entry is the directory, the file an index.
-                let (entry_path, inos, file) = match &n.kind {
-                    NodeKind::Bundle { file, .. } => {
-                        (tree.path_of(n.parent), tree.children_of(n.parent), *file as usize)
-                    }
-                    _ => (path.clone(), vec![ino], 0),
-                };
-                match &meta.kind {
-                    SecretKind::Static | SecretKind::Base { .. } => {
-                        let result = self.open_static(ino, *source, meta).await.map_err(|e| e.at(&path));
-                        let detail = result.as_ref().err().map(|e| e.message.clone());
-                        let outcome = if result.is_ok() { "ok" } else { "error" };
-                        self.record(EventKind::Open, &path, outcome, detail.as_deref(), &who);
-                        let bytes = result?;
-                        if self.catalog.spec(*source).page_cache {
-                            return Ok(self.static_handle(ino, who.pid, meta.size.map(u64::from), bytes));
-                        }
-                        Ok(self.new_handle(ino, who.pid, listed, Arc::new(SharedBytes::new(bytes)), None))
-                    }
-                    SecretKind::Dynamic { link } => {
-                        let slot = self.catalog.spec(*source);
-                        let Some(base) = tree.base(*source, link).cloned() else {
-                            let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
-                            self.record(EventKind::Error, &path, "error", Some(&msg), &who);
-                            return Err(FsError::eio(msg));
-                        };
-                        let req = OpenRequest {
-                            secret: meta.clone(),
-                            path: entry_path,
-                            base,
-                            source: slot.source.clone(),
-                            source_key: self.catalog.source_key(*source),
-                            requester: who.clone().with_comm(),
-                            inos,
-                        };
-                        let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(&path))?;
-                        let bytes =
-                            lease.file(file).cloned().ok_or_else(|| FsError::eio("no such file in the bundle"))?;
-                        Ok(self.new_handle(ino, who.pid, listed, bytes, Some(lease)))
-                    }
-                }
-            }
-        }
-    }
-
-    fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
-        render_static(fields, meta.policy().format.as_ref()).map_err(|e| FsError::eio(format!("cannot render: {e}")))
-    }
-
-    async fn open_static(
-        &self,
-        ino: u64,
-        source: usize,
-        meta: &Arc<SecretMeta>,
-    ) -> Result<crate::render::Bytes, FsError> {
-        let src = &self.catalog.spec(source).source;
-        let fields = self.cache.fetch(ino, src.as_ref(), meta, &self.settings.defaults).await?;
-        Self::render_for(meta, &fields)
-    }
-
-    /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`. `paged`: the kernel
-    /// reads to fill its page cache (not a reader's direct read), so the pages must go at close.
-    pub fn read<R>(
-        &self,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        paged: bool,
-        f: impl FnOnce(Result<&[u8], FsError>) -> R,
-    ) -> R {
-        self.count(&self.leases.metrics.ops.read);
-        match self.handles.bytes_to_read(fh, paged) {
-            None => f(Err(FsError::bad_handle())),
-            Some(b) => b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired))),
-        }
-    }
-
-    /// Closes a handle. Returns whether what the kernel cached for its inode must go: pages that
-    /// reads through the page cache filled with contents served with direct I/O (a static secret
-    /// served through the page cache keeps its pages; a handle read only directly has none).
-    pub fn release(&self, fh: u64) -> bool {
-        self.count(&self.leases.metrics.ops.release);
-        let Some(h) = self.handles.remove(fh) else { return true };
-        if let Some(lease) = &h.lease {
-            self.leases.closed(lease);
-        }
-        h.paged && !h.cached
-    }
-
     pub fn open_handles(&self) -> usize {
         self.handles.len()
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
-        xattr::get(&self.tree(), ino, name, self.settings.defaults.ttl.0)
+        let entry = self.views.entry(ino).ok_or_else(FsError::enoent)?;
+        xattr::get(&self.tree(), entry, name, self.settings.defaults.ttl.0)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        xattr::list(&self.tree(), ino, self.settings.defaults.ttl.0)
+        let entry = self.views.entry(ino).ok_or_else(FsError::enoent)?;
+        xattr::list(&self.tree(), entry, self.settings.defaults.ttl.0)
     }
 }

@@ -75,6 +75,15 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         matches!(self.kind, NodeKind::Dir(_))
     }
+    /// A dynamic secret or a bundle's file: each open issues (or reuses) a lease.
+    pub fn is_dynamic(&self) -> bool {
+        match &self.kind {
+            NodeKind::Secret { meta, .. } | NodeKind::Bundle { meta, .. } => {
+                matches!(meta.kind, SecretKind::Dynamic { .. })
+            }
+            _ => false,
+        }
+    }
     pub fn name(&self) -> &str {
         match &self.kind {
             NodeKind::Dir(d) => &d.name,

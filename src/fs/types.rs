@@ -34,7 +34,11 @@ pub struct Attr {
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     pub attr: Attr,
+    /// How long the kernel may keep the attributes.
     pub ttl: Duration,
+    /// How long it may keep the name → node mapping (zero for a dynamic file: each path walk
+    /// asks again, and gets a node of its own).
+    pub entry_ttl: Duration,
 }
 
 /// A directory entry handed to the adapter; `next` is the offset of the entry after it.
@@ -43,6 +47,8 @@ pub struct DirEntry<'a> {
     pub name: &'a str,
     pub attr: Attr,
     pub next: u64,
+    /// How long the kernel may keep the name and attributes (zero for a dynamic file).
+    pub ttl: Duration,
 }
 
 /// A source as mounted: where, with which default owner.

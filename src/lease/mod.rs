@@ -50,8 +50,8 @@ pub struct LeaseManager {
     turns: table::Turns,
     /// Issuances under way and per minute, by entry.
     pressure: pressure::Pressure,
-    /// Told the inode of each lease that ends (its pages must leave the page cache).
-    ended_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Told the id of each lease that ends (pages of its bytes must leave the page cache).
+    ended_hook: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
 }
 
 /// A fresh lease id: 128 random bits, hex.
@@ -108,8 +108,8 @@ impl LeaseManager {
         })
     }
 
-    /// Called with the inode of every lease that ends, so that the adapter drops its pages.
-    pub fn on_end(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+    /// Called with the id of every lease that ends, so that the filesystem drops its pages.
+    pub fn on_end(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         let _ = self.ended_hook.set(Box::new(f));
     }
 
@@ -348,6 +348,11 @@ impl LeaseManager {
         });
     }
 
+    /// One more handle on a live lease (a view of it opened again).
+    pub fn hold(&self, lease: &Lease) {
+        lease.hold();
+    }
+
     /// A handle on the lease was closed. With none left, a lease that nobody may share has bytes
     /// nobody can read again: they are zeroized now (the lease stays live until its expiry, and
     /// no longer counts against its uid's bound); `revoke_on_close` ends it.
@@ -385,9 +390,7 @@ impl LeaseManager {
         self.table.uncharge(lease, n);
         self.table.remove(&lease.id);
         if let Some(f) = self.ended_hook.get() {
-            for ino in &lease.inos {
-                f(*ino);
-            }
+            f(&lease.id);
         }
         if why != EndReason::Expire {
             self.deadlines.forget(lease);

@@ -1,0 +1,282 @@
+//! `open`, `read` and `release`: a static payload fetched from its source, a dynamic secret issued
+//! (or a live lease reused) for the view the kernel opens, a control file rendered; the handle
+//! that serves it.
+
+use std::sync::Arc;
+
+use super::handles::Handle;
+use super::tree::{Control, Node, NodeKind, Tree};
+use super::views::{Bound, is_view};
+use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
+use crate::audit::EventKind;
+use crate::lease::{Lease, OpenRequest};
+use crate::memlock::SharedBytes;
+use crate::render::render_static;
+use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta};
+
+impl LeaseFs {
+    /// Starts an open for the adapter: the work as a `'static` future, and whether it may finish
+    /// in place (no process to start, no round trip to wait for).
+    pub fn opening(self: &Arc<Self>, ino: u64, flags: i32, who: Requester) -> Opening {
+        let tree = self.tree();
+        let entry = self.views.entry(ino).unwrap_or(ino);
+        let inline = match tree.node(entry).map(|n| &n.kind) {
+            Some(NodeKind::Secret { meta, source } | NodeKind::Bundle { meta, source, .. }) => match &meta.kind {
+                SecretKind::Dynamic { link } => tree.base(*source, link).is_some_and(
+                    |b| matches!(b.kind, SecretKind::Base { issuer, .. } if self.leases.is_inline(issuer)),
+                ),
+                _ => true,
+            },
+            _ => true,
+        };
+        drop(tree);
+        let me = self.clone();
+        Opening { inline, future: Box::pin(async move { me.open(ino, flags, who).await }) }
+    }
+
+    /// Opens an entry: fetches a static payload (cached for `cache_ttl`), issues a dynamic secret,
+    /// or renders a control file. A dynamic secret is opened through a view (a node id of its own).
+    pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
+        self.count(&self.leases.metrics.ops.open);
+        let who = if self.audit.is_enabled() { who.with_comm() } else { who };
+        let r = match self.views.bound(ino) {
+            Some(b) => self.reopen(ino, b, flags, &who),
+            None => match self.views.entry(ino) {
+                Some(entry) => self.open_entry(ino, entry, flags, who).await,
+                None => Err(FsError::new(libc::ESTALE, "this file was forgotten; open it by its path")),
+            },
+        };
+        if r.is_err() {
+            self.count(&self.leases.metrics.ops.errors);
+        }
+        r
+    }
+
+    /// A second open of a view already opened (through `/proc/PID/fd/N`): the same contents, for
+    /// the same user, while its lease lives — never a second lease on the same pages.
+    fn reopen(&self, view: u64, b: Bound, flags: i32, who: &Requester) -> Result<Opened, FsError> {
+        if access::wants_write(flags) {
+            return Err(FsError::erofs());
+        }
+        if b.uid != who.uid {
+            return Err(FsError::eacces("this dynamic file was opened by another user; open it by its path"));
+        }
+        if let Some(lease) = &b.lease {
+            if !lease.is_live() {
+                return Err(FsError::expired());
+            }
+            self.leases.hold(lease);
+        }
+        Ok(self.new_handle(view, who, 0, b.bytes, b.lease))
+    }
+
+    /// Opens tree inode `entry` on behalf of node `ino` (the same inode, or a view of it).
+    async fn open_entry(&self, ino: u64, entry: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
+        let tree = self.tree();
+        let n = tree.node(entry).ok_or_else(FsError::enoent)?;
+        match &n.kind {
+            NodeKind::Dir(_) => Err(FsError::is_dir()),
+            NodeKind::Control(c) => self.open_control(&tree, ino, *c, flags, &who),
+            NodeKind::Secret { meta, .. } | NodeKind::Bundle { meta, .. } => {
+                if access::wants_write(flags) {
+                    return Err(FsError::erofs());
+                }
+                let path = tree.path_of(entry);
+                if !access::allowed(n.uid, n.gid, n.mode, &who, false) {
+                    self.record(EventKind::Deny, &path, "denied", Some("permission"), &who);
+                    return Err(FsError::eacces("permission denied"));
+                }
+                match &meta.kind {
+                    SecretKind::Dynamic { .. } if !is_view(ino) => {
+                        // Only a view may hold a lease's bytes (a dentry from a listing): look again.
+                        Err(FsError::new(libc::ESTALE, "a dynamic file is opened through its own inode"))
+                    }
+                    SecretKind::Dynamic { link } => self.open_dynamic(&tree, ino, n, link, &path, who).await,
+                    SecretKind::Static | SecretKind::Base { .. } => {
+                        let listed = self.attr_of(&tree, entry, n).size;
+                        self.open_static_entry(ino, n, meta, &path, listed, who).await
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_control(&self, tree: &Tree, ino: u64, c: Control, flags: i32, who: &Requester) -> Result<Opened, FsError> {
+        if !self.is_admin(who) {
+            return Err(FsError::eacces("the control directory is for root only"));
+        }
+        let bytes = if c == Control::Revoke {
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                return Err(FsError::eacces("revoke is write-only"));
+            }
+            Default::default()
+        } else {
+            if access::wants_write(flags) {
+                return Err(FsError::erofs());
+            }
+            let view = control::View {
+                started: self.started,
+                counts: tree.counts,
+                sources: self.health(),
+                open_handles: self.handles.len(),
+                leases: &self.leases,
+            };
+            control::contents(c, &view)
+        };
+        Ok(self.new_handle(ino, who, 0, Arc::new(SharedBytes::new(bytes)), None))
+    }
+
+    async fn open_static_entry(
+        &self,
+        ino: u64,
+        n: &Node,
+        meta: &Arc<SecretMeta>,
+        path: &str,
+        listed: u64,
+        who: Requester,
+    ) -> Result<Opened, FsError> {
+        let NodeKind::Secret { source, .. } = &n.kind else { return Err(FsError::eio("not a static secret")) };
+        let result = self.open_static(ino, *source, meta).await.map_err(|e| e.at(path));
+        let detail = result.as_ref().err().map(|e| e.message.clone());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.record(EventKind::Open, path, outcome, detail.as_deref(), &who);
+        let bytes = result?;
+        if self.catalog.spec(*source).page_cache {
+            return Ok(self.static_handle(ino, &who, meta.size.map(u64::from), bytes));
+        }
+        Ok(self.new_handle(ino, &who, listed, Arc::new(SharedBytes::new(bytes)), None))
+    }
+
+    /// Issues (or reuses) the lease of a dynamic secret or of a bundle's file, for view `view`.
+    async fn open_dynamic(
+        &self,
+        tree: &Tree,
+        view: u64,
+        n: &Node,
+        link: &str,
+        path: &str,
+        who: Requester,
+    ) -> Result<Opened, FsError> {
+        let (NodeKind::Secret { source, meta } | NodeKind::Bundle { source, meta, .. }) = &n.kind else {
+            return Err(FsError::eio("not a dynamic secret"));
+        };
+        // A bundle's files share its lease: the entry is the directory, the file an index.
+        let (entry_path, file) = match &n.kind {
+            NodeKind::Bundle { file, .. } => (tree.path_of(n.parent), *file as usize),
+            _ => (path.to_string(), 0),
+        };
+        let Some(base) = tree.base(*source, link).cloned() else {
+            let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
+            self.record(EventKind::Error, path, "error", Some(&msg), &who);
+            return Err(FsError::eio(msg));
+        };
+        let slot = self.catalog.spec(*source);
+        let req = OpenRequest {
+            secret: meta.clone(),
+            path: entry_path,
+            base,
+            source: slot.source.clone(),
+            source_key: self.catalog.source_key(*source),
+            requester: who.clone().with_comm(),
+            inos: Vec::new(),
+        };
+        let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(path))?;
+        let bytes = lease.file(file).cloned().ok_or_else(|| FsError::eio("no such file in the bundle"))?;
+        Ok(self.new_handle(view, &who, 0, bytes, Some(lease)))
+    }
+
+    /// A handle served with direct I/O; `listed` is the size `stat` gives the entry. A view's
+    /// handle binds the view (its first open) to these contents.
+    fn new_handle(
+        &self,
+        ino: u64,
+        who: &Requester,
+        listed: u64,
+        bytes: Arc<SharedBytes>,
+        lease: Option<Arc<Lease>>,
+    ) -> Opened {
+        let size = bytes.len().unwrap_or(0) as u64;
+        let refresh_attr = if is_view(ino) {
+            self.views.opened(ino, &Bound { uid: who.uid, bytes: bytes.clone(), lease: lease.clone() });
+            // A fresh inode: the raise lands on the size unless the placeholder had to go past it.
+            size > 0 && placeholder_at(size) != size - 1
+        } else {
+            !self.sizes.raise(ino, listed, size)
+        };
+        let pid = who.pid;
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false, paged: false });
+        Opened { fh, direct_io: true, keep_cache: false, refresh_attr, size }
+    }
+
+    /// A handle on a static secret of `page_cache` source. Its contents go through the page cache
+    /// when they are exactly as long as listed (the kernel then knows the file's end without
+    /// asking); pages cached by earlier opens are kept when they hold these same contents. Any other
+    /// contents (the document changed since the listing) are served like a dynamic secret's.
+    fn static_handle(&self, ino: u64, who: &Requester, listed: Option<u64>, bytes: crate::render::Bytes) -> Opened {
+        if listed != Some(bytes.len() as u64) {
+            return self.new_handle(ino, who, listed.unwrap_or(0), Arc::new(SharedBytes::new(bytes)), None);
+        }
+        let keep_cache = self.served.unchanged(ino, &bytes);
+        let bytes = Arc::new(SharedBytes::new(bytes));
+        let size = bytes.len().unwrap_or(0) as u64;
+        let pid = who.pid;
+        let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true, paged: false });
+        Opened { fh, direct_io: false, keep_cache, refresh_attr: false, size }
+    }
+
+    fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
+        render_static(fields, meta.policy().format.as_ref()).map_err(|e| FsError::eio(format!("cannot render: {e}")))
+    }
+
+    async fn open_static(
+        &self,
+        ino: u64,
+        source: usize,
+        meta: &Arc<SecretMeta>,
+    ) -> Result<crate::render::Bytes, FsError> {
+        let src = &self.catalog.spec(source).source;
+        let fields = self.cache.fetch(ino, src.as_ref(), meta, &self.settings.defaults).await?;
+        Self::render_for(meta, &fields)
+    }
+
+    /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`. `paged`: the kernel
+    /// reads to fill its page cache (not a reader's direct read), so the pages must go at close
+    /// (and, for a lease's bytes, when the lease ends).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        paged: bool,
+        f: impl FnOnce(Result<&[u8], FsError>) -> R,
+    ) -> R {
+        self.count(&self.leases.metrics.ops.read);
+        match self.handles.bytes_to_read(fh, paged) {
+            None => f(Err(FsError::bad_handle())),
+            Some((b, newly_paged)) => {
+                if let Some((view, lease)) = newly_paged {
+                    self.views.paged(view, &lease);
+                }
+                b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired)))
+            }
+        }
+    }
+
+    /// Closes a handle. Returns whether what the kernel cached for its inode must go: pages that
+    /// reads through the page cache filled with contents served with direct I/O (a static secret
+    /// served through the page cache keeps its pages; a handle read only directly has none).
+    pub fn release(&self, fh: u64) -> bool {
+        self.count(&self.leases.metrics.ops.release);
+        let Some(h) = self.handles.remove(fh) else { return true };
+        if let Some(lease) = &h.lease {
+            if h.paged {
+                self.views.unpaged(h.ino, &lease.id);
+            }
+            self.leases.closed(lease);
+        }
+        if is_view(h.ino) {
+            self.views.closed(h.ino);
+        }
+        h.paged && !h.cached
+    }
+}
