@@ -498,3 +498,30 @@ pub fn requests_of(env: &Env, f: impl FnOnce()) -> Vec<(String, i64)> {
         .filter(|(_, n)| *n != 0)
         .collect()
 }
+
+/// The FUSE connection number of the mount at `mnt`: the minor device number in
+/// `/proc/self/mountinfo` (field 3), read without touching the mount, which may be frozen.
+pub fn fuse_connection(mnt: &Path) -> Option<u32> {
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = info.lines().filter(|l| l.split(' ').nth(4) == Some(want.as_str())).last()?;
+    line.split(' ').nth(2)?.split_once(':')?.1.parse().ok()
+}
+
+/// Aborts the FUSE connection of the mount at `mnt` (mounting fusectl at
+/// /sys/fs/fuse/connections first if it is not): every request waiting on it fails, which is the
+/// only way to free a frozen mount. Returns the connection number.
+pub fn abort_fuse(mnt: &Path) -> Result<u32, String> {
+    let conn = fuse_connection(mnt).ok_or_else(|| format!("{} is not in /proc/self/mountinfo", mnt.display()))?;
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts.lines().any(|l| l.split(' ').nth(2) == Some("fusectl")) {
+        let o = run("mount", &["-t", "fusectl", "none", "/sys/fs/fuse/connections"]);
+        if !o.status.success() {
+            return Err(format!("cannot mount fusectl: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+    }
+    std::fs::write(ctl.join(conn.to_string()).join("abort"), "1")
+        .map_err(|e| format!("cannot abort FUSE connection {conn}: {e}"))?;
+    Ok(conn)
+}
