@@ -6,15 +6,15 @@ set -euo pipefail
 
 cache=${LEASEFS_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/leasefs-test}
 mkdir -p "$cache"
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 say() { echo "backends.sh: $*" >&2; }
 
 # PostgreSQL server binaries (initdb, postgres).
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
   say "installing postgresql"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  # Waits (up to 10 minutes) for another apt to release its lock rather than failing at once.
+  "$(dirname "$0")/apt-get.sh" update -qq >&2
+  "$(dirname "$0")/apt-get.sh" install -y -qq postgresql >/dev/null
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 fi
 

@@ -29,8 +29,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Waits (up to 10 minutes) for another apt to release its lock rather than failing at once.
+  ./scripts/apt-get.sh update -qq
+  ./scripts/apt-get.sh install -y -qq "${missing[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "test.sh: /dev/fuse is missing; FUSE tests cannot run" >&2; exit 1; }
 # Distributions ship /dev/fuse as 0666 (fusermount3 users need it); some containers create it 0600.
@@ -49,5 +50,22 @@ eval "$(./scripts/backends.sh)"
 cleanup() { pkill -f 'leasefs-(pg|bao|moto)-' 2>/dev/null || true; }
 trap cleanup EXIT
 
-echo "test.sh: cargo test"
-cargo test --all-targets "$@"
+# Every target runs even when one fails (--no-fail-fast); the output is shown as it comes and kept
+# in a log, then summed up on one screen (scripts/test-summary.awk): per target passed / failed /
+# ignored and time, the failed tests' names, the wall time, and last `N passed, N failed`.
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+log="$target_dir/test.log"
+# Cargo colours its own lines only on a terminal, and tee is not one.
+if [ -t 1 ] && [ -z "${CARGO_TERM_COLOR:-}" ]; then export CARGO_TERM_COLOR=always; fi
+echo "test.sh: cargo test --all-targets --no-fail-fast $* (log: $log)"
+started=$SECONDS
+set +e
+cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk -v status="$status" -v wall="$SECONDS" -v cargo_wall=$((SECONDS - started)) -v logfile="$log" \
+  -f scripts/test-summary.awk "$log"
+summary=$?
+set -e
+if [ "$status" -ne 0 ]; then exit "$status"; fi
+exit "$summary"
