@@ -28,6 +28,8 @@ pub struct View<'a> {
     pub counts: Counts,
     pub sources: Vec<(String, Health)>,
     pub open_handles: usize,
+    /// Private nodes of dynamic files the kernel still holds (one per lookup until forgotten).
+    pub views: usize,
     pub leases: &'a LeaseManager,
 }
 
@@ -44,6 +46,7 @@ pub fn contents(c: Control, v: &View<'_>) -> Bytes {
                 "sources": sources,
                 "counts": v.counts,
                 "open_handles": v.open_handles,
+                "dynamic_views": v.views,
                 "live_leases": v.leases.live(),
                 "pending_revocations": v.leases.pending_revocations(),
                 "irrevocable_leases": irrevocable,

@@ -119,6 +119,7 @@ impl LeaseFs {
                 counts: tree.counts,
                 sources: self.health(),
                 open_handles: self.handles.len(),
+                views: self.views.len(),
                 leases: &self.leases,
             };
             control::contents(c, &view)
