@@ -96,12 +96,12 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.count(Op::Lookup);
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.fs.lookup(parent.0, name) {
+        match self.fs.lookup_for(parent.0, name, req.uid(), req.pid()) {
             Ok(e) => reply.entry_with_ttls(&e.ttl, &e.entry_ttl, &file_attr(&e.attr), Generation(0)),
             Err(e) if e.errno == libc::ENOENT => {
                 // A negative entry (inode 0) lets the kernel cache the miss for `ttl`.
@@ -439,10 +439,11 @@ fn reply_opened(notes: &Notes, ino: INodeNo, r: Result<Opened, FsError>, reply: 
                 | when(o.direct_io, FopenFlags::FOPEN_DIRECT_IO)
                 | when(o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE);
             let at = (o.direct_io && o.size > 0).then(|| placeholder_at(o.size));
-            if at.is_none() && !o.refresh_attr {
+            if at.is_none() && !o.refresh_attr && !o.drop_pages {
                 return reply.opened(FileHandle(o.fh), flags);
             }
-            let note = Note::Open { ino: ino.0, at, refresh: o.refresh_attr, reply, fh: o.fh, flags };
+            let note =
+                Note::Open { ino: ino.0, drop: o.drop_pages, at, refresh: o.refresh_attr, reply, fh: o.fh, flags };
             if let Err(Note::Open { reply, .. }) = notes.send(note) {
                 reply.opened(FileHandle(o.fh), flags);
             }

@@ -15,9 +15,10 @@ pub enum Note {
     Inval { ino: u64, offset: i64 },
     /// Drop a name from a directory's cached entries.
     Entry { parent: u64, name: OsString },
-    /// Raise the kernel's size of `ino` with one placeholder byte at `at` (or drop its attributes
-    /// if that fails or `refresh` says so), then answer the open.
-    Open { ino: u64, at: Option<u64>, refresh: bool, reply: ReplyOpen, fh: u64, flags: FopenFlags },
+    /// Drop the pages of `ino` if `drop` says so, raise the kernel's size of it with one
+    /// placeholder byte at `at` (or drop its attributes if that fails or `refresh` says so), then
+    /// answer the open.
+    Open { ino: u64, drop: bool, at: Option<u64>, refresh: bool, reply: ReplyOpen, fh: u64, flags: FopenFlags },
 }
 
 /// A handle on the notifier thread; cheap to clone.
@@ -60,8 +61,11 @@ fn serve(notifier: &OnceLock<Notifier>, rx: Receiver<Note>) {
                     let _ = n.inval_entry(INodeNo(parent), &name);
                 }
             }
-            Note::Open { ino, at, refresh, reply, fh, flags } => {
+            Note::Open { ino, drop, at, refresh, reply, fh, flags } => {
                 if let Some(n) = n {
+                    if drop {
+                        let _ = n.inval_inode(INodeNo(ino), 0, 0);
+                    }
                     let raised = at.is_none_or(|at| store(n, ino, at));
                     if refresh || !raised {
                         let _ = n.inval_inode(INodeNo(ino), -1, 0);

@@ -129,13 +129,18 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     // The view opened again (as /proc/PID/fd/N does) serves the same contents, to its user only.
     let again = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
     assert_eq!(fs.read(again.fh, 0, 1 << 20, false, |r| r.unwrap().len()), size);
-    assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EACCES);
+    assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EBUSY);
     fs.release(again.fh);
-    // Revoke every lease: the open handle now reads EKEYEXPIRED, and the view opens no more.
+    // Revoke every lease: the open handle now reads EKEYEXPIRED, and joining it is refused.
     fs.leases().revoke_all(EndReason::Revoke);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
     assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::EKEYEXPIRED);
     assert!(!fs.release(o.fh), "read only directly: no pages to drop at close");
+    // Closed, the view (a bind-mounted file keeps one) opens afresh: a new lease, old pages dropped.
+    let fresh = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(fresh.drop_pages && fresh.refresh_attr, "a view bound before drops what it cached");
+    assert!(fs.read(fresh.fh, 0, 1 << 20, false, |r| r.unwrap().len()) > 50);
+    fs.release(fresh.fh);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EBADF);
     // A read that fills the page cache (a mmap fault, splice) makes the close drop the pages.
     let o = fs.open(other, libc::O_RDONLY, me.clone()).await.unwrap();

@@ -194,7 +194,13 @@ impl LeaseFs {
         Attr { ino, size, kind, perm: n.mode, uid: n.uid, gid: n.gid, mtime, nlink }
     }
 
+    /// `lookup` on behalf of no process in particular (each dynamic file gets a new view).
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
+        self.lookup_for(parent, name, 0, 0)
+    }
+
+    /// `lookup` by process `pid` of user `uid`.
+    pub fn lookup_for(&self, parent: u64, name: &str, uid: u32, pid: u32) -> Result<Entry, FsError> {
         self.count(&self.leases.metrics.ops.lookup);
         let tree = self.tree();
         let p = tree.node(parent).ok_or_else(FsError::enoent)?;
@@ -208,7 +214,7 @@ impl LeaseFs {
         if n.is_dynamic() {
             // A node id of its own, looked up again at every path walk (entry TTL 0): this reader's
             // open gets an inode, and pages, that no other reader shares.
-            attr.ino = self.views.create(ino);
+            attr.ino = self.views.create(ino, uid, pid);
             return Ok(Entry { attr, ttl, entry_ttl: Duration::ZERO });
         }
         Ok(Entry { attr, ttl, entry_ttl: ttl })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::handles::Handle;
 use super::tree::{Control, Node, NodeKind, Tree};
-use super::views::{Bound, is_view};
+use super::views::{Bind, Bound, is_view};
 use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
 use crate::audit::EventKind;
 use crate::lease::{Lease, OpenRequest};
@@ -39,8 +39,9 @@ impl LeaseFs {
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
         self.count(&self.leases.metrics.ops.open);
         let who = if self.audit.is_enabled() { who.with_comm() } else { who };
-        let r = match self.views.bound(ino) {
-            Some(b) => self.reopen(ino, b, flags, &who),
+        let joined = if self.views.bound(ino).is_some() { self.join(ino, flags, &who) } else { None };
+        let r = match joined {
+            Some(r) => r,
             None => match self.views.entry(ino) {
                 Some(entry) => self.open_entry(ino, entry, flags, who).await,
                 None => Err(FsError::new(libc::ESTALE, "this file was forgotten; open it by its path")),
@@ -52,22 +53,34 @@ impl LeaseFs {
         r
     }
 
-    /// A second open of a view already opened (through `/proc/PID/fd/N`): the same contents, for
-    /// the same user, while its lease lives — never a second lease on the same pages.
-    fn reopen(&self, view: u64, b: Bound, flags: i32, who: &Requester) -> Result<Opened, FsError> {
+    /// An open of a view that is open already (through `/proc/PID/fd/N`, or a file bind-mounted
+    /// into a container): it shares the open's lease, for the same user only — never a second
+    /// lease on the same pages. `None`: the view was closed meanwhile (open it afresh).
+    fn join(&self, view: u64, flags: i32, who: &Requester) -> Option<Result<Opened, FsError>> {
         if access::wants_write(flags) {
-            return Err(FsError::erofs());
+            return Some(Err(FsError::erofs()));
         }
-        if b.uid != who.uid {
-            return Err(FsError::eacces("this dynamic file was opened by another user; open it by its path"));
+        match self.views.join(view, who.uid) {
+            Ok(Some(have)) => Some(self.joined(view, who, have)),
+            Ok(None) => None,
+            Err(()) => Some(Err(busy())),
         }
-        if let Some(lease) = &b.lease {
+    }
+
+    /// A handle on the contents a view is bound to (its handle count is taken already).
+    fn joined(&self, view: u64, who: &Requester, have: Bound) -> Result<Opened, FsError> {
+        if let Some(lease) = &have.lease {
             if !lease.is_live() {
+                self.views.closed(view);
                 return Err(FsError::expired());
             }
             self.leases.hold(lease);
         }
-        Ok(self.new_handle(view, who, 0, b.bytes, b.lease))
+        let size = have.bytes.len().unwrap_or(0) as u64;
+        let pid = who.pid;
+        let (bytes, lease) = (have.bytes, have.lease);
+        let fh = self.handles.insert(Handle { ino: view, pid, bytes, lease, written: 0, cached: false, paged: false });
+        Ok(Opened { fh, direct_io: true, keep_cache: false, refresh_attr: false, drop_pages: false, size })
     }
 
     /// Opens tree inode `entry` on behalf of node `ino` (the same inode, or a view of it).
@@ -182,12 +195,47 @@ impl LeaseFs {
             inos: Vec::new(),
         };
         let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(path))?;
-        let bytes = lease.file(file).cloned().ok_or_else(|| FsError::eio("no such file in the bundle"))?;
-        Ok(self.new_handle(view, &who, 0, bytes, Some(lease)))
+        let Some(bytes) = lease.file(file).cloned() else {
+            self.leases.closed(&lease);
+            return Err(FsError::eio("no such file in the bundle"));
+        };
+        self.view_handle(view, &who, bytes, lease)
     }
 
-    /// A handle served with direct I/O; `listed` is the size `stat` gives the entry. A view's
-    /// handle binds the view (its first open) to these contents.
+    /// Binds view `view` to a lease's bytes and opens a handle on them. If another open bound
+    /// the view meanwhile, this one shares that binding (same user) or is refused (`EBUSY`), and
+    /// its own lease is let go.
+    fn view_handle(
+        &self,
+        view: u64,
+        who: &Requester,
+        bytes: Arc<SharedBytes>,
+        lease: Arc<Lease>,
+    ) -> Result<Opened, FsError> {
+        let b = Bound { uid: who.uid, bytes, lease: Some(lease.clone()) };
+        let rebound = match self.views.bind(view, &b) {
+            Ok(Bind::Fresh { rebound }) => rebound,
+            Ok(Bind::Joined(have)) => {
+                self.leases.closed(&lease);
+                return self.joined(view, who, have);
+            }
+            Err(()) => {
+                self.leases.closed(&lease);
+                return Err(busy());
+            }
+        };
+        let size = b.bytes.len().unwrap_or(0) as u64;
+        // A fresh node: the raise lands on the size unless the placeholder had to go past it, or
+        // an earlier binding's size may still be the kernel's.
+        let refresh_attr = rebound || (size > 0 && placeholder_at(size) != size - 1);
+        let pid = who.pid;
+        let h = Handle { ino: view, pid, bytes: b.bytes, lease: b.lease, written: 0, cached: false, paged: false };
+        let fh = self.handles.insert(h);
+        Ok(Opened { fh, direct_io: true, keep_cache: false, refresh_attr, drop_pages: rebound, size })
+    }
+
+    /// A handle served with direct I/O on a node every reader shares (a static secret of a
+    /// remote source, a control file); `listed` is the size `stat` gives the entry.
     fn new_handle(
         &self,
         ino: u64,
@@ -197,16 +245,10 @@ impl LeaseFs {
         lease: Option<Arc<Lease>>,
     ) -> Opened {
         let size = bytes.len().unwrap_or(0) as u64;
-        let refresh_attr = if is_view(ino) {
-            self.views.opened(ino, &Bound { uid: who.uid, bytes: bytes.clone(), lease: lease.clone() });
-            // A fresh inode: the raise lands on the size unless the placeholder had to go past it.
-            size > 0 && placeholder_at(size) != size - 1
-        } else {
-            !self.sizes.raise(ino, listed, size)
-        };
+        let refresh_attr = !self.sizes.raise(ino, listed, size);
         let pid = who.pid;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false, paged: false });
-        Opened { fh, direct_io: true, keep_cache: false, refresh_attr, size }
+        Opened { fh, direct_io: true, keep_cache: false, refresh_attr, drop_pages: false, size }
     }
 
     /// A handle on a static secret of `page_cache` source. Its contents go through the page cache
@@ -222,7 +264,7 @@ impl LeaseFs {
         let size = bytes.len().unwrap_or(0) as u64;
         let pid = who.pid;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true, paged: false });
-        Opened { fh, direct_io: false, keep_cache, refresh_attr: false, size }
+        Opened { fh, direct_io: false, keep_cache, refresh_attr: false, drop_pages: false, size }
     }
 
     fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
@@ -280,4 +322,11 @@ impl LeaseFs {
         }
         h.paged && !h.cached
     }
+}
+
+fn busy() -> FsError {
+    FsError::new(
+        libc::EBUSY,
+        "this dynamic file is open by another user through the same node (a bind-mounted file?); bind its directory instead, or open it by its path",
+    )
 }

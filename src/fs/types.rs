@@ -80,6 +80,9 @@ pub struct Opened {
     /// The inode's cached attributes must be dropped before answering, so that `fstat` asks
     /// again and sees the handle's true size (not needed when raising the size lands on it exactly).
     pub refresh_attr: bool,
+    /// Pages of earlier contents of this node may be cached (a view opened again after its last
+    /// close, such as a bind-mounted file): they must go before the open is answered.
+    pub drop_pages: bool,
     /// The handle's size: the kernel's idea of the file's size must reach at least this before
     /// the open is answered, or `sendfile`/`splice` (which the kernel bounds by it) read nothing.
     pub size: u64,

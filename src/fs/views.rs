@@ -2,8 +2,10 @@
 //! its own (a *view*), so that the page cache — which the kernel keeps per inode — never holds two
 //! leases' bytes, and one reader's `stat`, open or read-ahead never touches another's inode.
 //!
-//! A view is bound to the lease of its first open. The kernel forgets a view when its dentry
-//! goes (entry TTL 0: at the last close) and the inode is evicted; `forget` then drops it here.
+//! While a view is open it is bound to one lease: a second open of the same node (through
+//! `/proc/PID/fd/N`, or a single file bind-mounted into a container) shares that lease, for the
+//! same user only. After its last close the next open binds it afresh. The kernel forgets a view
+//! when its inode is evicted (at the reader's last close); `forget` then drops it here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,15 +35,47 @@ pub struct Bound {
 struct View {
     /// The tree inode it shows.
     entry: u64,
+    /// Who looked it up (uid, pid): until it is opened, that process's next lookup of the same
+    /// name gets it again (`stat` then `open` see one inode, as `cp` checks).
+    by: (u32, u32),
     /// Lookups the kernel holds on it (dropped by `forget`).
     lookups: u64,
+    /// What its open handles serve (while any is open).
     bound: Option<Bound>,
     /// Handles open on it.
     open: u32,
+    /// It was bound before: pages of earlier contents may be cached.
+    used: bool,
+}
+
+/// What binding a view to a new open's contents gave.
+pub enum Bind {
+    /// Bound to them; `rebound`: an earlier binding's pages must go before the open is answered.
+    Fresh { rebound: bool },
+    /// Already open (and bound) for the same user: the open shares that binding instead.
+    Joined(Bound),
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<u64, View>,
+    /// Views never opened yet, by (entry, uid, pid) of their lookup.
+    fresh: HashMap<(u64, u32, u32), u64>,
+}
+
+impl Inner {
+    fn drop_view(&mut self, id: u64) {
+        if let Some(v) = self.map.remove(&id) {
+            let key = (v.entry, v.by.0, v.by.1);
+            if self.fresh.get(&key) == Some(&id) {
+                self.fresh.remove(&key);
+            }
+        }
+    }
 }
 
 pub struct Views {
-    map: Mutex<HashMap<u64, View>>,
+    inner: Mutex<Inner>,
     next: AtomicU64,
     /// Views with contents that went through the page cache (mmap, splice), by lease id: their
     /// pages must go when the lease ends.
@@ -50,15 +84,29 @@ pub struct Views {
 
 impl Default for Views {
     fn default() -> Self {
-        Views { map: Mutex::default(), next: AtomicU64::new(FIRST_VIEW), paged: Mutex::default() }
+        Views { inner: Mutex::default(), next: AtomicU64::new(FIRST_VIEW), paged: Mutex::default() }
     }
 }
 
 impl Views {
-    /// A new view of tree inode `entry`, with one lookup held by the kernel.
-    pub fn create(&self, entry: u64) -> u64 {
+    /// A view of tree inode `entry` for a lookup by process `pid` of user `uid`, with one more
+    /// lookup held by the kernel: the one this process looked up before if it was never opened
+    /// (pid 0: always a new one), else a new one.
+    pub fn create(&self, entry: u64, uid: u32, pid: u32) -> u64 {
+        let mut g = self.inner.lock();
+        if pid != 0 {
+            if let Some(id) = g.fresh.get(&(entry, uid, pid)).copied() {
+                if let Some(v) = g.map.get_mut(&id) {
+                    v.lookups += 1;
+                    return id;
+                }
+            }
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map.lock().insert(id, View { entry, lookups: 1, bound: None, open: 0 });
+        g.map.insert(id, View { entry, by: (uid, pid), lookups: 1, bound: None, open: 0, used: false });
+        if pid != 0 {
+            g.fresh.insert((entry, uid, pid), id);
+        }
         id
     }
 
@@ -67,7 +115,7 @@ impl Views {
         if !is_view(ino) {
             return Some(ino);
         }
-        self.map.lock().get(&ino).map(|v| v.entry)
+        self.inner.lock().map.get(&ino).map(|v| v.entry)
     }
 
     /// The kernel dropped `n` lookups of `ino`; a view with none left and nothing open goes.
@@ -75,43 +123,75 @@ impl Views {
         if !is_view(ino) {
             return;
         }
-        let mut g = self.map.lock();
-        if let Some(v) = g.get_mut(&ino) {
+        let mut g = self.inner.lock();
+        if let Some(v) = g.map.get_mut(&ino) {
             v.lookups = v.lookups.saturating_sub(n);
             if v.lookups == 0 && v.open == 0 {
-                g.remove(&ino);
+                g.drop_view(ino);
             }
         }
     }
 
-    /// What the view's first open bound it to, if it was opened before.
+    /// What the view's open handles serve, while one is open.
     pub fn bound(&self, view: u64) -> Option<Bound> {
-        self.map.lock().get(&view).and_then(|v| v.bound.clone())
+        self.inner.lock().map.get(&view).and_then(|v| v.bound.clone())
     }
 
-    /// Records an open handle on the view; the first binds it to `b`. False if the view is gone.
-    pub fn opened(&self, view: u64, b: &Bound) -> bool {
-        let mut g = self.map.lock();
-        let Some(v) = g.get_mut(&view) else { return false };
-        v.open += 1;
-        if v.bound.is_none() {
-            v.bound = Some(b.clone());
-        }
-        true
-    }
-
-    /// A handle on the view closed.
-    pub fn closed(&self, view: u64) {
-        let mut g = self.map.lock();
-        if let Some(v) = g.get_mut(&view) {
-            v.open = v.open.saturating_sub(1);
-            if v.lookups == 0 && v.open == 0 {
-                g.remove(&view);
+    /// Records an open handle on the view with contents `b`. If the view is open already (a
+    /// concurrent first open), the open joins that binding when it is the same user's; another
+    /// user's gets `Err` (and no handle is recorded).
+    pub fn bind(&self, view: u64, b: &Bound) -> Result<Bind, ()> {
+        let mut g = self.inner.lock();
+        let Some(v) = g.map.get_mut(&view) else { return Ok(Bind::Fresh { rebound: false }) };
+        match &v.bound {
+            Some(have) if have.uid != b.uid => Err(()),
+            Some(have) => {
+                v.open += 1;
+                Ok(Bind::Joined(have.clone()))
+            }
+            None => {
+                v.open += 1;
+                v.bound = Some(b.clone());
+                let rebound = std::mem::replace(&mut v.used, true);
+                let key = (v.entry, v.by.0, v.by.1);
+                if g.fresh.get(&key) == Some(&view) {
+                    g.fresh.remove(&key);
+                }
+                Ok(Bind::Fresh { rebound })
             }
         }
     }
 
-    /// The size a view's `stat` shows: its contents' once opened, else `listed`.
+    /// Records one more handle on the binding the view has while it is open, if it is the same
+    /// user's (`Err` for another user's; `None` when it is not open).
+    pub fn join(&self, view: u64, uid: u32) -> Result<Option<Bound>, ()> {
+        let mut g = self.inner.lock();
+        let Some(v) = g.map.get_mut(&view) else { return Ok(None) };
+        match &v.bound {
+            Some(have) if have.uid != uid => Err(()),
+            Some(have) => {
+                v.open += 1;
+                Ok(Some(have.clone()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A handle on the view closed; with none left, the binding ends.
+    pub fn closed(&self, view: u64) {
+        let mut g = self.inner.lock();
+        if let Some(v) = g.map.get_mut(&view) {
+            v.open = v.open.saturating_sub(1);
+            if v.open == 0 {
+                v.bound = None;
+                if v.lookups == 0 {
+                    g.drop_view(view);
+                }
+            }
+        }
+    }
+
+    /// The size a view's `stat` shows: its contents' while open, else `listed`.
     pub fn size(&self, view: u64, listed: u64) -> u64 {
         match self.bound(view) {
             Some(b) => b.bytes.len().unwrap_or(0) as u64,
@@ -146,7 +226,7 @@ impl Views {
 
     /// Views the kernel still holds.
     pub fn len(&self) -> usize {
-        self.map.lock().len()
+        self.inner.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,23 +243,46 @@ mod tests {
     }
 
     #[test]
-    fn each_lookup_is_a_view_of_its_own_bound_by_its_first_open_and_forgotten_after_its_last_close() {
+    fn each_lookup_is_a_view_of_its_own_bound_while_open_and_forgotten_after_its_last_close() {
         let v = Views::default();
-        let (a, b) = (v.create(7), v.create(7));
+        let (a, b) = (v.create(7, 1, 0), v.create(7, 1, 0));
         assert_ne!(a, b);
         assert!(is_view(a) && !is_view(7));
         assert_eq!((v.entry(a), v.entry(7)), (Some(7), Some(7)));
         assert_eq!(v.size(a, 0), 0, "not opened: the listed size");
-        assert!(v.opened(a, &Bound { uid: 1, bytes: bytes("first"), lease: None }));
-        assert!(v.opened(a, &Bound { uid: 1, bytes: bytes("second, longer"), lease: None }));
+        let first = Bound { uid: 1, bytes: bytes("first"), lease: None };
+        assert!(matches!(v.bind(a, &first), Ok(Bind::Fresh { rebound: false })));
+        let second = Bound { uid: 1, bytes: bytes("second, longer"), lease: None };
+        assert!(matches!(v.bind(a, &second), Ok(Bind::Joined(b)) if b.bytes.len() == Some(5)));
+        assert!(v.bind(a, &Bound { uid: 2, bytes: bytes("other user"), lease: None }).is_err());
         assert_eq!(v.size(a, 0), 5, "bound by the first open");
         v.forget(a, 1);
         assert_eq!(v.entry(a), Some(7), "still open: kept");
         v.closed(a);
         v.closed(a);
         assert_eq!(v.entry(a), None, "forgotten and closed: gone");
+        // A view kept by the kernel (a bind-mounted file) binds afresh after its last close.
+        assert!(matches!(v.bind(b, &first), Ok(Bind::Fresh { rebound: false })));
+        v.closed(b);
+        assert!(v.bound(b).is_none());
+        assert!(matches!(v.bind(b, &second), Ok(Bind::Fresh { rebound: true })));
+        v.closed(b);
         v.forget(b, 1);
         assert_eq!(v.len(), 0);
+    }
+
+    #[test]
+    fn a_process_looking_a_name_up_again_before_opening_it_gets_the_same_view() {
+        let v = Views::default();
+        let a = v.create(7, 1000, 42);
+        assert_eq!(v.create(7, 1000, 42), a, "stat then open by one process: one inode");
+        assert_ne!(v.create(7, 1000, 43), a, "another process: its own");
+        assert_ne!(v.create(7, 1001, 42), a, "another user: its own");
+        assert!(matches!(v.bind(a, &Bound { uid: 1000, bytes: bytes("x"), lease: None }), Ok(Bind::Fresh { .. })));
+        assert_ne!(v.create(7, 1000, 42), a, "opened: the next lookup gets a new view");
+        v.forget(a, 2);
+        v.closed(a);
+        assert_eq!(v.entry(a), None);
     }
 
     #[test]
