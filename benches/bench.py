@@ -8,7 +8,8 @@ Usage (as root): benches/bench.py [--runs 5] [--out docs/bench] [--quick]
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "leasefs")
+# LEASEFS_BENCH_BIN: another build (e.g. the previous commit's) for a before/after pair.
+BIN = os.environ.get("LEASEFS_BENCH_BIN") or os.path.join(ROOT, "target", "release", "leasefs")
 
 
 def sh(cmd, **kw):

@@ -59,8 +59,12 @@ pub enum Bind {
 #[derive(Default)]
 struct Inner {
     map: HashMap<u64, View>,
-    /// Views never opened yet, by (entry, uid, pid) of their lookup.
+    /// Views not opened since their lookup, by (entry, uid, pid) of that lookup.
     fresh: HashMap<(u64, u32, u32), u64>,
+    /// By entry: a view the kernel still holds and nobody has open (its dentry is what the next
+    /// path walk revalidates). The next lookup takes it, so a `cat` loop costs one lookup, not
+    /// two; it is never handed to two lookups at once.
+    spare: HashMap<u64, u64>,
 }
 
 impl Inner {
@@ -69,6 +73,9 @@ impl Inner {
             let key = (v.entry, v.by.0, v.by.1);
             if self.fresh.get(&key) == Some(&id) {
                 self.fresh.remove(&key);
+            }
+            if self.spare.get(&v.entry) == Some(&id) {
+                self.spare.remove(&v.entry);
             }
         }
     }
@@ -90,14 +97,24 @@ impl Default for Views {
 
 impl Views {
     /// A view of tree inode `entry` for a lookup by process `pid` of user `uid`, with one more
-    /// lookup held by the kernel: the one this process looked up before if it was never opened
-    /// (pid 0: always a new one), else a new one.
+    /// lookup held by the kernel: the one this process looked up before if it was not opened
+    /// since; else the entry's spare view (open by nobody; its next open drops its old pages
+    /// before it is answered); else a new one. Pid 0: always a new one.
     pub fn create(&self, entry: u64, uid: u32, pid: u32) -> u64 {
         let mut g = self.inner.lock();
         if pid != 0 {
-            if let Some(id) = g.fresh.get(&(entry, uid, pid)).copied() {
+            let key = (entry, uid, pid);
+            if let Some(id) = g.fresh.get(&key).copied() {
                 if let Some(v) = g.map.get_mut(&id) {
                     v.lookups += 1;
+                    return id;
+                }
+            }
+            if let Some(id) = g.spare.remove(&entry) {
+                if let Some(v) = g.map.get_mut(&id).filter(|v| v.open == 0) {
+                    v.lookups += 1;
+                    v.by = (uid, pid);
+                    g.fresh.insert(key, id);
                     return id;
                 }
             }
@@ -153,9 +170,12 @@ impl Views {
                 v.open += 1;
                 v.bound = Some(b.clone());
                 let rebound = std::mem::replace(&mut v.used, true);
-                let key = (v.entry, v.by.0, v.by.1);
+                let (key, entry) = ((v.entry, v.by.0, v.by.1), v.entry);
                 if g.fresh.get(&key) == Some(&view) {
                     g.fresh.remove(&key);
+                }
+                if g.spare.get(&entry) == Some(&view) {
+                    g.spare.remove(&entry);
                 }
                 Ok(Bind::Fresh { rebound })
             }
@@ -186,6 +206,9 @@ impl Views {
                 v.bound = None;
                 if v.lookups == 0 {
                     g.drop_view(view);
+                } else {
+                    let entry = v.entry;
+                    g.spare.insert(entry, view);
                 }
             }
         }
@@ -283,6 +306,20 @@ mod tests {
         v.forget(a, 2);
         v.closed(a);
         assert_eq!(v.entry(a), None);
+    }
+
+    #[test]
+    fn a_closed_view_the_kernel_still_holds_goes_to_one_next_lookup_which_drops_its_pages_at_open() {
+        let v = Views::default();
+        let a = v.create(7, 1000, 42);
+        assert!(matches!(v.bind(a, &Bound { uid: 1000, bytes: bytes("x"), lease: None }), Ok(Bind::Fresh { .. })));
+        assert_ne!(v.create(7, 1000, 43), a, "open: never handed out");
+        v.closed(a);
+        assert_eq!(v.create(7, 1001, 44), a, "closed and held by the kernel: the next lookup takes it");
+        assert_ne!(v.create(7, 1002, 45), a, "but only one lookup");
+        assert_eq!(v.create(7, 1001, 44), a, "that process's lookup again");
+        let b = Bound { uid: 1001, bytes: bytes("y"), lease: None };
+        assert!(matches!(v.bind(a, &b), Ok(Bind::Fresh { rebound: true })), "its old pages go first");
     }
 
     #[test]
