@@ -146,3 +146,105 @@ fn a_later_process_at_the_same_pid_does_not_join_a_bundle_bound_to_the_pid() {
     assert_eq!(seen[2].2, seen[3].2);
     assert_ne!(seen[0].2, seen[2].2);
 }
+
+/// Run as root, all as `user`: A reads the file and exits; C reads it and stays (execs `sleep`);
+/// B is placed at A's pid and stays without reading. Prints `{"b": pid, "c": pid}`, then on a
+/// line from stdin kills B and C and prints how each ended (`{"b": signal, "c": signal}`).
+const ROTATE: &str = r#"
+import json, os, pwd, signal, sys
+
+user, path = sys.argv[1], sys.argv[2]
+pw = pwd.getpwnam(user)
+
+def child(read, stay, at=None):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        if at is not None and os.getpid() != at:
+            os._exit(3)
+        os.setgroups([]); os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)
+        if read:
+            with open(path) as f:
+                f.read()
+        os.write(w, b"r")
+        if not stay:
+            os._exit(0)
+        os.execvp("sleep", ["sleep", "60"])
+    os.close(w)
+    os.read(r, 1)  # it has read (or it exited)
+    os.close(r)
+    return pid
+
+a = child(read=True, stay=False)
+_, st = os.waitpid(a, 0)
+assert st == 0, f"A failed: {st}"
+c = child(read=True, stay=True)
+b = None
+for _ in range(200):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(a - 1))
+    p = child(read=False, stay=True, at=a)
+    if p == a:
+        b = p
+        break
+    os.waitpid(p, 0)
+if b is None:
+    os.kill(c, signal.SIGKILL)
+    sys.exit(f"no process got pid {a}")
+print(json.dumps({"b": b, "c": c}), flush=True)
+sys.stdin.readline()
+out = {}
+for name, pid in (("b", b), ("c", c)):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _, st = os.waitpid(pid, 0)
+    out[name] = os.WTERMSIG(st) if os.WIFSIGNALED(st) else -os.WEXITSTATUS(st)
+print(json.dumps(out), flush=True)
+"#;
+
+#[test]
+fn a_rotation_signal_never_reaches_a_later_process_at_an_openers_pid() {
+    use std::io::{BufRead, Write};
+    let attrs = json!({"reuse": "uid", "ttl": "8s", "min_remaining": "1s", "rotate_signal": "SIGHUP", "rotate_at": 0.5, "mode": "0444"});
+    let env = mounted(&[("dyn:rot", "token", attrs)]);
+    let helper = env.path("rotate.py");
+    std::fs::write(&helper, ROTATE).unwrap();
+    let mut child = std::process::Command::new("timeout")
+        .args(["60", "python3", helper.to_str().unwrap(), "nobody", env.m("dyn/rot").to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pids: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("helper: {line:?}"));
+    let (b, c) = (pids["b"].as_u64().unwrap(), pids["c"].as_u64().unwrap());
+    // A (at what is B's pid now) issued the lease, C shares it: both are its openers.
+    let (by_a, by_c) = (opens(&env, "/dyn/rot", b), opens(&env, "/dyn/rot", c));
+    assert_eq!(by_a.len() + by_c.len(), 2, "{by_a:?} {by_c:?}");
+    assert_eq!((by_a[0].0.as_str(), by_c[0].0.as_str()), ("issue", "reuse"));
+    assert_eq!(by_a[0].2, by_c[0].2);
+    let rotated = env.audit().iter().any(|l| l["event"] == "rotate");
+    assert!(!rotated, "B was placed at the pid only after the rotation: the check below would prove nothing");
+    // The definite event: the rotation reached C, which opened the lease after A; A's place
+    // (B's pid) was handled before it, in the same pass.
+    let rotations =
+        |pid: u64| env.audit().iter().filter(|l| l["event"] == "rotate" && l["pid"].as_u64() == Some(pid)).count();
+    eventually(Duration::from_secs(15), "the rotation signal reaches the reader that is still running", || {
+        rotations(c) > 0
+    });
+    child.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let ended: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("helper: {line:?}"));
+    let _ = child.wait();
+    assert_eq!(ended["c"], libc::SIGHUP, "the opener still running got the rotation signal");
+    // Had B been signalled, that SIGHUP (fatal by default, so it set the exit status when it was
+    // sent) would be what it died of, not the helper's SIGKILL.
+    assert_eq!(ended["b"], libc::SIGKILL, "a later process at an opener's pid was signalled");
+    assert_eq!(rotations(b), 0, "no rotate event for the pid of an opener that is gone");
+}
