@@ -49,7 +49,7 @@ async fn fixture_with(docs: &str, defaults: Defaults) -> Fixture {
 }
 
 fn who(uid: u32, gid: u32) -> Requester {
-    Requester { uid, gid, pid: std::process::id(), comm: "test".into(), sid: 0 }
+    Requester { comm: "test".into(), ..Requester::new(uid, gid, std::process::id()) }
 }
 
 fn ino(fs: &LeaseFs, path: &str) -> u64 {

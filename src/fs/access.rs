@@ -41,7 +41,7 @@ mod tests {
 
     #[test]
     fn mode_bits_decide() {
-        let who = |uid, gid| Requester { uid, gid, pid: u32::MAX, comm: String::new(), sid: 0 };
+        let who = |uid, gid| Requester::new(uid, gid, u32::MAX);
         assert!(allowed(1, 2, 0o400, &who(1, 9), false));
         assert!(!allowed(1, 2, 0o400, &who(3, 2), false));
         assert!(allowed(1, 2, 0o440, &who(3, 2), false));

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, Event, EventKind};
 use crate::clock::Clock;
-use crate::config::{Defaults, Reuse};
+use crate::config::Defaults;
 use crate::error::ErrorKind;
 pub use crate::error::LeaseError;
 use crate::issuer::Issuers;
@@ -180,16 +180,9 @@ impl LeaseManager {
         };
         let policy = req.secret.policy().effective(&self.defaults);
         let mut req = req;
-        if policy.reuse == Reuse::Session {
-            req.requester = std::mem::take(&mut req.requester).with_session();
-        }
+        let (who, scope) = table::binding(std::mem::take(&mut req.requester), policy.reuse, policy.rotate.is_some());
+        req.requester = who;
         // Opens that may share a lease wait for one issuance instead of each issuing their own.
-        let scope = match policy.reuse {
-            Reuse::None => None,
-            Reuse::Uid => Some(req.requester.uid),
-            Reuse::Pid => Some(req.requester.pid),
-            Reuse::Session => Some(req.requester.sid),
-        };
         let turn = match scope {
             Some(id) => Some(self.turns.wait((req.path.clone(), id)).await),
             None => None,
@@ -208,7 +201,7 @@ impl LeaseManager {
         let now = self.clock.now();
         let capped = policy.min_remaining_capped;
         if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, capped, now) {
-            l.opened_by(req.requester.pid);
+            l.opened_by(&req.requester);
             self.metrics.reused(kind.as_str());
             self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
             return Ok(l);

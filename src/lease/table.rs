@@ -92,8 +92,8 @@ pub struct Lease {
     charged: AtomicBool,
     /// `rotate_signal` and when (thousandths of the lease), for long-running readers.
     pub rotate: Option<(i32, u32)>,
-    /// Processes that opened it (they get the rotation signal).
-    openers: Mutex<Vec<u32>>,
+    /// Processes that opened it, as (pid, start time): they get the rotation signal.
+    openers: Mutex<Vec<(u32, u64)>>,
     /// Set at rotation: no new open shares it, so a reader that re-reads gets a fresh lease.
     retired: AtomicBool,
     /// Set once: the lease has ended (expiry, revoke, close or shutdown). Revocation runs once.
@@ -119,15 +119,9 @@ pub struct NewLease {
     pub rotate: Option<(i32, u32)>,
 }
 
-impl NewLease {
-    fn requester_pid(&self) -> u32 {
-        self.requester.pid
-    }
-}
-
 impl Lease {
     pub fn new(n: NewLease) -> Lease {
-        let opener = n.requester_pid();
+        let opener = (n.requester.pid, n.requester.start);
         Lease {
             period: (n.expires_at - n.issued_at).to_std().unwrap_or_default(),
             id: n.id,
@@ -155,13 +149,14 @@ impl Lease {
         &self.origin.path
     }
     /// A process opened it (again).
-    pub fn opened_by(&self, pid: u32) {
+    pub fn opened_by(&self, who: &Requester) {
         let mut g = self.openers.lock();
-        if !g.contains(&pid) {
-            g.push(pid);
+        if !g.contains(&(who.pid, who.start)) {
+            g.push((who.pid, who.start));
         }
     }
-    pub fn openers(&self) -> Vec<u32> {
+    /// (pid, start time) of each process that opened it.
+    pub fn openers(&self) -> Vec<(u32, u64)> {
         self.openers.lock().clone()
     }
     /// No new open shares it from now on.
@@ -377,10 +372,13 @@ impl Table {
                 let need = if capped { min_remaining.min(l.period / 2) } else { min_remaining };
                 l.path() == path && l.is_live() && !l.is_retired() && l.remaining(now) >= need
             })
+            // Whatever the binding, a lease is never shared with another uid.
+            .filter(|l| l.requester.uid == who.uid)
             .filter(|l| match reuse {
-                Reuse::Uid => l.requester.uid == who.uid,
-                Reuse::Pid => l.requester.pid == who.pid,
-                Reuse::Session => l.requester.sid == who.sid && l.requester.uid == who.uid,
+                Reuse::Uid => true,
+                // The same process: a later one that got the pid is not it.
+                Reuse::Pid => l.requester.same_process(who),
+                Reuse::Session => l.requester.sid == who.sid,
                 Reuse::None => false,
             })
             .max_by_key(|l| l.expires_at())
@@ -401,7 +399,30 @@ impl Table {
 /// concurrent opens of one binding make one issuance.
 #[derive(Default)]
 pub struct Turns {
-    queues: Mutex<HashMap<(String, u32), Queue>>,
+    queues: Mutex<HashMap<(String, Binding), Queue>>,
+}
+
+/// Who may share a lease: (uid, pid or session id or 0, start time or 0).
+pub type Binding = (u32, u32, u64);
+
+/// The requester with what its binding needs read, and the binding (none for `reuse: none`).
+/// A process is its pid and start time, read (with the session, in one pass of
+/// `/proc/PID/stat`) only where a later process at the same pid must not pass for it: reuse by
+/// pid, and rotation signals to openers.
+pub fn binding(who: Requester, reuse: Reuse, rotate: bool) -> (Requester, Option<Binding>) {
+    let who = match reuse {
+        Reuse::Session => who.with_session(),
+        Reuse::Pid => who.with_start(),
+        _ if rotate => who.with_start(),
+        _ => who,
+    };
+    let scope = match reuse {
+        Reuse::None => None,
+        Reuse::Uid => Some((who.uid, 0, 0)),
+        Reuse::Pid => Some((who.uid, who.pid, who.start)),
+        Reuse::Session => Some((who.uid, who.sid, 0)),
+    };
+    (who, scope)
 }
 
 /// One queue: whoever holds its lock is issuing for the binding.
@@ -410,13 +431,13 @@ type Queue = Arc<tokio::sync::Mutex<()>>;
 /// A turn; the queue is dropped with the last one.
 pub struct Turn<'a> {
     turns: &'a Turns,
-    key: (String, u32),
+    key: (String, Binding),
     lock: Option<Arc<tokio::sync::Mutex<()>>>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Turns {
-    pub async fn wait(&self, key: (String, u32)) -> Turn<'_> {
+    pub async fn wait(&self, key: (String, Binding)) -> Turn<'_> {
         let lock = self.queues.lock().entry(key.clone()).or_default().clone();
         let guard = lock.clone().lock_owned().await;
         Turn { turns: self, key, lock: Some(lock), _guard: guard }

@@ -98,14 +98,20 @@ fn meta(path: &str, kind: SecretKind, attrs: serde_json::Value) -> Arc<SecretMet
     Arc::new(m)
 }
 
+/// An open by process `pid` of `uid`; its start time is given as `pid` too (no /proc read).
 fn request(path: &str, attrs: serde_json::Value, uid: u32, pid: u32) -> OpenRequest {
+    request_at(path, attrs, uid, pid, u64::from(pid))
+}
+
+/// An open by the process `pid` of `uid` that started at `start` (0: read it from /proc).
+fn request_at(path: &str, attrs: serde_json::Value, uid: u32, pid: u32, start: u64) -> OpenRequest {
     OpenRequest {
         secret: meta(path, SecretKind::Dynamic { link: "base".into() }, attrs),
         path: format!("/{path}"),
         base: meta("base", SecretKind::Base { issuer: IssuerKind::Exec, expose: false }, serde_json::json!({})),
         source: Arc::new(NoSource),
         source_key: "/".into(),
-        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0 },
+        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0, start },
         inos: vec![7],
     }
 }
@@ -140,10 +146,16 @@ async fn reuse_shares_a_lease_by_uid_or_pid_and_none_issues_every_time() {
     let p3 = m.open(request("db/pid", serde_json::json!({"reuse": "pid"}), 1000, 8)).await.unwrap();
     assert_eq!(p1.id, p2.id);
     assert_ne!(p1.id, p3.id);
+    // A process is (uid, pid, start time): a later process at pid 7, or another uid's, is not it.
+    let pid = serde_json::json!({"reuse": "pid"});
+    let later = m.open(request_at("db/pid", pid.clone(), 1000, 7, 99)).await.unwrap();
+    let foreign = m.open(request("db/pid", pid.clone(), 1001, 7)).await.unwrap();
+    assert!(later.id != p1.id && foreign.id != p1.id && foreign.id != later.id);
+    assert_eq!(m.open(request_at("db/pid", pid, 1000, 7, 99)).await.unwrap().id, later.id);
     let n1 = m.open(request("db/none", serde_json::json!({}), 1000, 7)).await.unwrap();
     let n2 = m.open(request("db/none", serde_json::json!({}), 1000, 7)).await.unwrap();
     assert_ne!(n1.id, n2.id);
-    assert_eq!(i.issued.load(Ordering::SeqCst), 6);
+    assert_eq!(i.issued.load(Ordering::SeqCst), 8);
     // A lease with less than min_remaining left is not handed out again.
     advance(25).await;
     let d = m.open(request("db/uid", serde_json::json!({"reuse": "uid"}), 1000, 9)).await.unwrap();
@@ -334,21 +346,52 @@ async fn an_entry_issues_at_most_its_bounds_at_once_and_per_minute() {
     assert!(m.open(request("polled", attrs, 0, 1)).await.is_ok(), "a new minute");
 }
 
+/// Waits (at most `limit`, polling) for a child to exit.
+fn exited(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(std::time::Instant::now() < until, "pid {} did not exit within {limit:?}", child.id());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn at_rotate_at_the_processes_that_opened_a_lease_get_its_signal_and_it_is_not_shared_again() {
     use std::os::unix::process::ExitStatusExt;
     let i = Arc::new(TestIssuer::default());
     let m = manager(&i, defaults());
     let mut reader = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     let attrs = serde_json::json!({"ttl": "30s", "reuse": "uid", "rotate_signal": "SIGHUP", "rotate_at": 0.5});
-    let l = m.open(request("rot", attrs.clone(), uid, reader.id())).await.ok().unwrap();
+    // The reader's start time is read from /proc (start 0).
+    let l = m.open(request_at("rot", attrs.clone(), uid, reader.id(), 0)).await.ok().unwrap();
+    assert!(l.requester.start > 0, "the opener's start time is recorded");
+    // An opener recorded with another start time: an earlier process whose pid `other` got since.
+    let (_, other_start) = crate::secret::process_stat(other.id()).unwrap();
+    let again = m.open(request_at("rot", attrs.clone(), uid, other.id(), other_start + 1)).await.ok().unwrap();
+    assert_eq!(again.id, l.id, "shared by uid");
     advance(14).await;
-    assert!(reader.try_wait().unwrap().is_none(), "not before half the lease");
-    advance(2).await;
-    let st = reader.wait().unwrap();
+    assert!(!l.is_retired(), "not rotated before half the lease");
+    // The definite event: the rotation ran (the lease is retired for sharing), at 15 s.
+    for _ in 0..5 {
+        if l.is_retired() {
+            break;
+        }
+        advance(1).await;
+    }
+    assert!(l.is_retired(), "rotated by 19 s");
+    let st = exited(&mut reader, Duration::from_secs(10));
     assert_eq!(st.signal(), Some(libc::SIGHUP), "the reader got the rotation signal");
-    let again = m.open(request("rot", attrs, uid, 1)).await.ok().unwrap();
-    assert_ne!(again.id, l.id, "a re-read after rotation gets a fresh lease");
+    // `other` is not the recorded opener: it was not signalled. Had it been, that SIGHUP (fatal by
+    // default, so it set the exit status when it was sent) would be what it died of, not SIGKILL.
+    other.kill().unwrap();
+    assert_eq!(exited(&mut other, Duration::from_secs(10)).signal(), Some(libc::SIGKILL), "a later process at the pid");
+    let fresh = m.open(request("rot", attrs, uid, 1)).await.ok().unwrap();
+    assert_ne!(fresh.id, l.id, "a re-read after rotation gets a fresh lease");
     assert!(l.is_live(), "the old lease lives on until its expiry");
 }
