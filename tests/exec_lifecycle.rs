@@ -110,12 +110,19 @@ fn a_killed_guard_is_logged_counted_and_restarted_and_the_new_one_kills_scripts_
 
 #[test]
 fn timed_out_issuances_are_revoked_at_once_by_their_lease_ids() {
-    let mut env = setup(&[("dyn:hang", "mint-sleep", json!({}))], json!({"issue_timeout": "1s"}));
+    let mut env = setup(&[("dyn:hang", "mint-sleep", json!({}))], json!({"issue_timeout": "2s"}));
     for _ in 0..3 {
         assert_eq!(errno_of(read(&env.m("dyn/hang"))), libc::ETIMEDOUT);
     }
-    let minted = env.lines("minted.txt");
+    // The failed issuances' lease ids, as audited (whether or not a script got as far as minting).
+    let minted: Vec<String> = env
+        .audit()
+        .iter()
+        .filter(|e| e["event"] == "error" && e["outcome"] == "timeout")
+        .map(|e| e["lease_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(minted.len(), 3, "{minted:?}");
+    assert!(env.lines("minted.txt").iter().all(|id| minted.contains(id)));
     eventually(Duration::from_secs(10), "the three timed-out leases to be revoked", || {
         let revoked = env.revoked();
         minted.iter().all(|id| revoked.contains(id))
@@ -132,7 +139,7 @@ fn timed_out_issuances_are_revoked_at_once_by_their_lease_ids() {
 
 #[test]
 fn an_intent_pending_at_sigterm_is_revoked_before_exit() {
-    let mut env = setup(&[("dyn:hang", "mint-sleep", json!({}))], json!({"issue_timeout": "3s"}));
+    let mut env = setup(&[("dyn:hang", "mint-sleep", json!({}))], json!({"issue_timeout": "5s"}));
     let f = env.m("dyn/hang");
     let reader = std::thread::spawn(move || errno_of(read(&f)));
     eventually(Duration::from_secs(5), "the script to mint", || env.lines("minted.txt").len() == 1);
