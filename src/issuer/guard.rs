@@ -79,15 +79,15 @@ pub fn start() -> std::io::Result<()> {
         state: Mutex::new(State { pipe: None, groups: HashSet::new() }),
         running: tokio::sync::watch::channel(false).0,
     });
-    let first = fork_first();
-    let pid = match &first {
-        Ok((pid, _)) => Some(*pid),
-        Err(_) => None,
+    let (first, result) = match fork_first() {
+        Ok((pid, pipe)) => {
+            let _ = sup.up(pipe);
+            (Some(Running::Forked(pid)), Ok(()))
+        }
+        // The supervisor starts one the other way.
+        Err(e) => (None, Err(e)),
     };
-    let result = first.map(|(_, pipe)| {
-        let _ = sup.up(pipe);
-    });
-    std::thread::Builder::new().name("leasefs-guardw".into()).spawn(move || supervise(pid.map(Running::Forked)))?;
+    std::thread::Builder::new().name("leasefs-guardw".into()).spawn(move || supervise(first))?;
     result
 }
 
