@@ -430,8 +430,7 @@ impl LeaseManager {
         self.table.all().iter().filter_map(|l| self.end_by(l, why, who)).collect()
     }
 
-    /// At shutdown: revoke every live lease (`revoke`) and every unfinished issuance's intent, and
-    /// wait (bounded) for the revocations.
+    /// At shutdown: revoke live leases (`revoke`) and unfinished issuances; wait for it (bounded).
     pub async fn shutdown(self: &Arc<Self>, revoke: bool) {
         self.engine.shutting_down.store(true, Ordering::SeqCst);
         // Let issuances under way finish (each is bounded by issue_timeout), so that their leases
