@@ -181,7 +181,7 @@ pub fn prepare_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     // First, while this process has one thread and no files: exec scripts die with the daemon.
     if let Err(e) = crate::issuer::guard::start() {
-        tracing::warn!(error = %e, "cannot start the exec guard; a script running when the daemon dies may outlive it");
+        tracing::warn!(error = %e, "cannot fork the exec guard; exec scripts wait until one is started another way");
     }
     crate::memlock::harden_process();
     if opts.insecure_perms {

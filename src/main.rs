@@ -142,6 +142,10 @@ fn init_logs(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // The daemon restarts its exec guard as this binary with a hidden argument (SPEC §10.3).
+    if std::env::args_os().nth(1).is_some_and(|a| a == leasefs::issuer::guard::GUARD_ARG) {
+        leasefs::issuer::guard::run_spawned();
+    }
     // Installed as /usr/sbin/mount.leasefs, the binary speaks mount(8)'s helper protocol.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount.leasefs")) {

@@ -106,6 +106,14 @@ impl Request {
     }
 }
 
+/// Restarts of the exec guard (one guard per process, so one count per process).
+static GUARD_RESTARTS: AtomicU64 = AtomicU64::new(0);
+
+/// The exec guard died and a new one runs.
+pub fn guard_restarted() {
+    GUARD_RESTARTS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Values sampled when the metrics are read.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gauges {
@@ -217,6 +225,8 @@ impl Metrics {
         let _ = writeln!(o, "leasefs_leases_irrevocable {}", g.irrevocable_leases);
         family(&mut o, "leasefs_open_handles", "gauge", "Open file handles.");
         let _ = writeln!(o, "leasefs_open_handles {}", g.open_handles);
+        family(&mut o, "leasefs_guard_restarts_total", "counter", "Times the exec guard died and was started again.");
+        let _ = writeln!(o, "leasefs_guard_restarts_total {}", GUARD_RESTARTS.load(Ordering::Relaxed));
         family(&mut o, "leasefs_fuse_ops_total", "counter", "FUSE operations served, by operation.");
         let ops = &self.ops;
         for (name, c) in [

@@ -17,6 +17,8 @@ pub const MAX_OUTPUT: usize = 1024 * 1024;
 pub const STDERR_LOGGED: usize = 512;
 /// The only variable the cleared environment gets besides the `LEASEFS_*` tokens.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long a script waits for a guard being restarted before its open fails (`EIO`).
+const GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Output fields that identify (not unlock) a credential; they are kept for `revoke_command`.
 const IDENTIFYING: &[&str] =
@@ -102,6 +104,8 @@ async fn run(trust: &Trust, argv: &[String], env: &[(&str, String)], stdin: &[u8
     trust
         .check_program(&argv[0], PATH)
         .map_err(|why| LeaseError::failed(format!("exec: {:?} is not trusted: {why}", argv[0])))?;
+    // Nor while no guard would kill it with the daemon (SPEC §10.3).
+    super::guard::ready(GUARD_WAIT).await.map_err(|why| LeaseError::failed(format!("exec: {why}")))?;
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()

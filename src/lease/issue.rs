@@ -13,7 +13,7 @@ use crate::error::LeaseError;
 use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
 use crate::policy::Effective;
-use crate::render::render;
+use crate::render::{Bytes, render};
 use crate::secret::{FieldValue, Requester, SecretFields, SecretMeta};
 
 /// One issuance under way.
@@ -27,13 +27,37 @@ pub struct Issue<'a> {
     pub inos: &'a [u64],
 }
 
+/// Revokes what an issuance created if it stops before its lease exists (SPEC §10.4): a failure,
+/// refused output, or the future dropped at `issue_timeout` or at shutdown. Armed with the
+/// journaled intent, then with the issued credential's handle; disarmed when the lease is made.
+struct Undo<'e, 'a> {
+    engine: &'e Arc<Engine>,
+    issue: &'e Issue<'a>,
+    armed: Option<(serde_json::Value, Option<DateTime<Utc>>)>,
+}
+
+impl Drop for Undo<'_, '_> {
+    fn drop(&mut self) {
+        if let Some((revocation, expires_at)) = self.armed.take() {
+            self.engine.undo(self.issue, revocation, expires_at);
+        }
+    }
+}
+
 impl Engine {
-    /// Revokes now what an issuance created before it failed.
+    /// Revokes now, by its lease id, what an issuance created before it failed.
     fn undo(self: &Arc<Self>, issue: &Issue<'_>, revocation: serde_json::Value, expires_at: Option<DateTime<Utc>>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(lease = %issue.lease_id, path = %issue.origin.path, "an unfinished issuance outlived the runtime; the journal keeps it for the next start");
+            return;
+        }
+        tracing::warn!(lease = %issue.lease_id, path = %issue.origin.path, "the issuance did not finish; revoking what it may have created");
         let now = self.clock.now();
         let info =
             LeaseInfo::revoking(issue.lease_id, issue.origin, Some(issue.requester), now, expires_at.unwrap_or(now));
-        self.spawn(Job { lease_id: issue.lease_id.into(), origin: issue.origin.clone(), revocation, expires_at, info });
+        let job = Job { lease_id: issue.lease_id.into(), origin: issue.origin.clone(), revocation, expires_at, info };
+        let handle = self.spawn(job);
+        self.undone(handle);
     }
 
     /// Runs one issuance to a lease (not yet in the table or the deadline queue).
@@ -58,27 +82,25 @@ impl Engine {
         let record = |op, revocation: &serde_json::Value, exp| {
             Record::new(op, issue.lease_id, origin, revocation, exp, self.clock.now())
         };
+        let mut undo = Undo { engine: self, issue, armed: None };
         if let Some(i) = &intent {
-            self.journal(record(Op::Intent, i, None)).await?;
-        }
-        req.intent = intent.as_ref();
-        // If this future is dropped (timeout), the intent stays journaled and is revoked at the
-        // next start; a failure here revokes it now.
-        let mut issued: Issued = match issuer.issue(&req).await {
-            Ok(i) => i,
-            Err(e) => {
-                if let Some(i) = intent {
-                    self.undo(issue, i, None);
-                }
+            // Armed first: an append cut short by a timeout may still reach the disk.
+            undo.armed = Some((i.clone(), None));
+            if let Err(e) = self.journal(record(Op::Intent, i, None)).await {
+                undo.armed = None; // nothing ran: the intent, if it landed, is revoked at the next start
                 return Err(e);
             }
-        };
+        }
+        req.intent = intent.as_ref();
+        // From here on, a failure or a dropped future revokes the intent (then the credential).
+        let mut issued: Issued = issuer.issue(&req).await?;
+        undo.armed = Some((issued.revocation.clone(), None));
         let now = self.clock.now();
         let cap = now + chrono::Duration::from_std(policy.max_ttl).unwrap_or(chrono::Duration::hours(1));
         let expires_at = match issued.expires_at {
             None => now + chrono::Duration::from_std(policy.ttl).unwrap_or(chrono::Duration::minutes(15)),
             Some(t) if t <= now => {
-                self.undo(issue, issued.revocation, Some(t));
+                undo.armed = Some((issued.revocation.clone(), Some(t)));
                 return Err(LeaseError::failed(format!(
                     "the issuer returned a credential that expired at {} (refused; revoking it)",
                     rfc3339(t)
@@ -86,33 +108,14 @@ impl Engine {
             }
             Some(t) => t.min(cap),
         };
+        undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
         // A credential that says it lasts longer than its lease would be cached that long by
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
-        // A bundle renders each of its files; a file, its one format.
-        let rendered: Result<Vec<_>, LeaseError> = match &policy.files {
-            Some(files) => files
-                .iter()
-                .map(|(name, f)| {
-                    render(&issued.fields, f, Some(expires_at)).map_err(|e| LeaseError::failed(format!("{name}: {e}")))
-                })
-                .collect(),
-            None => {
-                render(&issued.fields, &policy.format, Some(expires_at)).map(|b| vec![b]).map_err(LeaseError::failed)
-            }
-        };
-        let rendered = match rendered {
-            Ok(r) => r,
-            Err(e) => {
-                self.undo(issue, issued.revocation, Some(expires_at));
-                return Err(e);
-            }
-        };
+        let rendered = render_files(&issued.fields, policy, expires_at)?;
         // Durable before the contents are returned.
-        if let Err(e) = self.journal(record(Op::Issued, &issued.revocation, Some(expires_at))).await {
-            self.undo(issue, issued.revocation, Some(expires_at));
-            return Err(e);
-        }
+        self.journal(record(Op::Issued, &issued.revocation, Some(expires_at))).await?;
+        undo.armed = None;
         let Issued { fields, revocation, .. } = issued;
         drop(fields);
         Ok(Lease::new(NewLease {
@@ -151,6 +154,17 @@ impl Engine {
             issuer.renew(&req, increment).await
         };
         tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| Err(LeaseError::timeout(self.timeout)))
+    }
+}
+
+/// A bundle renders each of its files; a file, its one format.
+fn render_files(fields: &SecretFields, policy: &Effective, at: DateTime<Utc>) -> Result<Vec<Bytes>, LeaseError> {
+    match &policy.files {
+        Some(files) => files
+            .iter()
+            .map(|(name, f)| render(fields, f, Some(at)).map_err(|e| LeaseError::failed(format!("{name}: {e}"))))
+            .collect(),
+        None => Ok(vec![render(fields, &policy.format, Some(at)).map_err(LeaseError::failed)?]),
     }
 }
 

@@ -426,19 +426,17 @@ impl LeaseManager {
         self.table.all().iter().filter_map(|l| self.end_by(l, why, who)).collect()
     }
 
-    /// At shutdown: revoke every live lease and wait (bounded) for the revocations.
+    /// At shutdown: revoke live leases (`revoke`) and unfinished issuances; wait for it (bounded).
     pub async fn shutdown(self: &Arc<Self>, revoke: bool) {
         self.engine.shutting_down.store(true, Ordering::SeqCst);
-        if !revoke {
-            return;
-        }
         // Let issuances under way finish (each is bounded by issue_timeout), so that their leases
-        // are in the table when it is revoked.
+        // are in the table when it is revoked, and those that fail are revoked (SPEC §10.4).
         self.in_flight.close();
         let limit = self.defaults.issue_timeout.0 + Duration::from_secs(1);
         let _ = tokio::time::timeout(limit, self.in_flight.wait()).await;
-        let handles = self.revoke_all(EndReason::Shutdown);
+        let mut handles = if revoke { self.revoke_all(EndReason::Shutdown) } else { Vec::new() };
         let n = handles.len();
+        handles.extend(self.engine.take_undone());
         let limit = self.defaults.issue_timeout.0 * 3 + Duration::from_secs(5);
         let all = async {
             for h in handles {

@@ -49,6 +49,8 @@ pub struct Engine {
     pub irrevocable_after: Duration,
     pub shutting_down: AtomicBool,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Revocations of issuances that did not finish: shutdown waits for them.
+    undone: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Backoff before attempt `attempt + 1`: 1 s, 2 s, 4 s … at most 60 s, each ±25 % so that a fleet
@@ -89,12 +91,25 @@ impl Engine {
             irrevocable_after,
             shutting_down: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
+            undone: Mutex::new(Vec::new()),
         }
     }
 
     /// Revocations not done yet.
     pub fn pending(&self) -> usize {
         self.pending.lock().len()
+    }
+
+    /// Keeps the revocation of an unfinished issuance for shutdown to wait on.
+    pub fn undone(&self, h: JoinHandle<()>) {
+        let mut v = self.undone.lock();
+        v.retain(|h| !h.is_finished());
+        v.push(h);
+    }
+
+    /// The revocations of unfinished issuances still under way.
+    pub fn take_undone(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.undone.lock())
     }
 
     /// Leases whose revocation has been refused for longer than `irrevocable_after`.

@@ -26,10 +26,15 @@ struct TestIssuer {
     clock: Mutex<Option<Clock>>,
     /// How long an issuance takes.
     delay: Duration,
+    /// Journals an intent before issuing (like exec with a `revoke_command`).
+    intent: bool,
 }
 
 #[async_trait]
 impl Issuer for TestIssuer {
+    fn prepare(&self, _req: &IssueRequest<'_>) -> Option<serde_json::Value> {
+        self.intent.then(|| serde_json::json!({"test": "intent"}))
+    }
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
         tokio::time::sleep(self.delay).await;
         let n = self.issued.fetch_add(1, Ordering::SeqCst);
@@ -394,4 +399,22 @@ async fn at_rotate_at_the_processes_that_opened_a_lease_get_its_signal_and_it_is
     let fresh = m.open(request("rot", attrs, uid, 1)).await.ok().unwrap();
     assert_ne!(fresh.id, l.id, "a re-read after rotation gets a fresh lease");
     assert!(l.is_live(), "the old lease lives on until its expiry");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_issuance_that_times_out_after_its_intent_is_revoked_at_once_and_shutdown_waits_for_it() {
+    let i = Arc::new(TestIssuer { delay: Duration::from_secs(60), intent: true, ..TestIssuer::default() });
+    let m = manager(&i, defaults());
+    let Err(e) = m.open(request("hang", serde_json::json!({}), 0, 1)).await else { panic!("issued") };
+    assert_eq!(e.kind, ErrorKind::Timeout);
+    settle().await;
+    assert_eq!(i.revoked.lock().len(), 1, "revoked at once, by its lease id");
+    assert!(e.to_string().contains(&i.revoked.lock()[0]), "{e}");
+    // One under way at shutdown: shutdown lets it time out and waits for its revocation.
+    let m2 = m.clone();
+    let open = tokio::spawn(async move { m2.open(request("hang", serde_json::json!({}), 0, 2)).await });
+    settle().await;
+    m.shutdown(false).await;
+    assert_eq!(i.revoked.lock().len(), 2, "the pending intent was revoked before shutdown returned");
+    assert!(open.await.unwrap().is_err());
 }
