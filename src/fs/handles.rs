@@ -26,6 +26,9 @@ pub struct Handle {
     pub paged: bool,
 }
 
+/// A handle's inode and lease id, at its first read through the page cache.
+pub type PagedLease = (u64, String);
+
 #[derive(Default)]
 struct Inner {
     by_fh: HashMap<u64, Handle>,
@@ -72,7 +75,7 @@ impl Handles {
     /// The bytes of `fh` for a read; `paged` (the read fills the page cache) is remembered. The
     /// first paged read of a lease's handle also returns its inode and the lease id (the pages
     /// must go when the lease ends).
-    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<(Arc<SharedBytes>, Option<(u64, String)>)> {
+    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<(Arc<SharedBytes>, Option<PagedLease>)> {
         let mut g = self.inner.lock();
         let h = g.by_fh.get_mut(&fh)?;
         let newly = paged && !h.paged;

@@ -63,7 +63,7 @@ impl LeaseFs {
         match self.views.join(view, who.uid) {
             Ok(Some(have)) => Some(self.joined(view, who, have)),
             Ok(None) => None,
-            Err(()) => Some(Err(busy())),
+            Err(_) => Some(Err(busy())),
         }
     }
 
@@ -219,7 +219,7 @@ impl LeaseFs {
                 self.leases.closed(&lease);
                 return self.joined(view, who, have);
             }
-            Err(()) => {
+            Err(_) => {
                 self.leases.closed(&lease);
                 return Err(busy());
             }

@@ -48,6 +48,10 @@ struct View {
     used: bool,
 }
 
+/// A view is open for another user: an open of the same node by this one is refused.
+#[derive(Debug)]
+pub struct OtherUser;
+
 /// What binding a view to a new open's contents gave.
 pub enum Bind {
     /// Bound to them; `rebound`: an earlier binding's pages must go before the open is answered.
@@ -157,11 +161,11 @@ impl Views {
     /// Records an open handle on the view with contents `b`. If the view is open already (a
     /// concurrent first open), the open joins that binding when it is the same user's; another
     /// user's gets `Err` (and no handle is recorded).
-    pub fn bind(&self, view: u64, b: &Bound) -> Result<Bind, ()> {
+    pub fn bind(&self, view: u64, b: &Bound) -> Result<Bind, OtherUser> {
         let mut g = self.inner.lock();
         let Some(v) = g.map.get_mut(&view) else { return Ok(Bind::Fresh { rebound: false }) };
         match &v.bound {
-            Some(have) if have.uid != b.uid => Err(()),
+            Some(have) if have.uid != b.uid => Err(OtherUser),
             Some(have) => {
                 v.open += 1;
                 Ok(Bind::Joined(have.clone()))
@@ -184,11 +188,11 @@ impl Views {
 
     /// Records one more handle on the binding the view has while it is open, if it is the same
     /// user's (`Err` for another user's; `None` when it is not open).
-    pub fn join(&self, view: u64, uid: u32) -> Result<Option<Bound>, ()> {
+    pub fn join(&self, view: u64, uid: u32) -> Result<Option<Bound>, OtherUser> {
         let mut g = self.inner.lock();
         let Some(v) = g.map.get_mut(&view) else { return Ok(None) };
         match &v.bound {
-            Some(have) if have.uid != uid => Err(()),
+            Some(have) if have.uid != uid => Err(OtherUser),
             Some(have) => {
                 v.open += 1;
                 Ok(Some(have.clone()))

@@ -51,8 +51,10 @@ pub struct LeaseManager {
     /// Issuances under way and per minute, by entry.
     pressure: pressure::Pressure,
     /// Told the id of each lease that ends (pages of its bytes must leave the page cache).
-    ended_hook: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
+    ended_hook: std::sync::OnceLock<EndedHook>,
 }
+
+type EndedHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A fresh lease id: 128 random bits, hex.
 pub fn new_lease_id() -> String {
