@@ -504,7 +504,7 @@ pub fn requests_of(env: &Env, f: impl FnOnce()) -> Vec<(String, i64)> {
 pub fn fuse_connection(mnt: &Path) -> Option<u32> {
     let want = mnt.to_string_lossy().replace(' ', "\\040");
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let line = info.lines().filter(|l| l.split(' ').nth(4) == Some(want.as_str())).last()?;
+    let line = info.lines().rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))?;
     line.split(' ').nth(2)?.split_once(':')?.1.parse().ok()
 }
 
