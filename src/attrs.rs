@@ -251,6 +251,24 @@ pub fn locate(text: &str, path: &[Step<'_>]) -> Option<usize> {
     None
 }
 
+/// Where an entry's attribute `key` is written, as `file:line:column` (the document's start if
+/// the key is not written in it); None for an entry that has no document file. Reads the file
+/// again: for `check`, never on a request path.
+pub fn place_of(meta: &SecretMeta, key: &str) -> Option<String> {
+    let crate::secret::Locator::File { file, offset, len, .. } = &meta.locator else { return None };
+    let text = std::fs::read_to_string(&file.path).ok();
+    let (start, end) = (*offset as usize, *offset as usize + *len as usize);
+    let at = text.as_deref().and_then(|t| {
+        let doc = t.get(start..end)?;
+        let inner = locate(doc, &[Step::Key("attributes"), Step::Key(key)]).unwrap_or(0);
+        Some(line_col(t, start + inner))
+    });
+    Some(match at {
+        Some((line, col)) => format!("{}:{line}:{col}", file.path.display()),
+        None => file.path.display().to_string(),
+    })
+}
+
 /// Line and column (both from 1, the column in characters) of byte `offset` in `text`.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut end = offset.min(text.len());

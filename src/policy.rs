@@ -266,6 +266,29 @@ impl Policy {
         Ok(())
     }
 
+    /// Why no lease of this entry could ever be reused under `d`: its `min_remaining` (its own or
+    /// the default) is not shorter than its `ttl` (its own or the default, capped at `max_ttl`).
+    /// Only where it matters: the entry shares leases (`reuse`) or sets `min_remaining` itself.
+    /// Returns the key the problem is best named by.
+    pub fn reuse_conflict(&self, d: &Defaults) -> Option<(&'static str, &'static str)> {
+        let e = self.effective(d);
+        let applies = self.min_remaining.is_some() || e.reuse != Reuse::None;
+        if e.min_remaining_capped || !applies || e.min_remaining < e.ttl {
+            return None;
+        }
+        let key = if self.min_remaining.is_some() {
+            "min_remaining"
+        } else if self.ttl.is_some() {
+            "ttl"
+        } else {
+            "reuse"
+        };
+        Some((
+            key,
+            "min_remaining (the entry's or the default) is not shorter than the ttl (the entry's or the default, capped at max_ttl): no lease of it would ever be reused",
+        ))
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
     }
@@ -357,6 +380,23 @@ mod tests {
             let e = Policy::parse(&attrs(v)).unwrap_err();
             assert!(e.message.contains(key) && e.key == key, "{e}");
         }
+    }
+
+    #[test]
+    fn an_entry_whose_leases_could_never_be_reused_is_named_with_the_defaults() {
+        let d = Defaults::default();
+        let p = |v| Policy::parse(&attrs(v)).unwrap();
+        // ttl 20s under the default min_remaining of 30s: matters only where leases are shared.
+        assert_eq!(p(serde_json::json!({"ttl": "20s"})).reuse_conflict(&d), None);
+        assert_eq!(p(serde_json::json!({"ttl": "20s", "reuse": "uid"})).reuse_conflict(&d).map(|c| c.0), Some("ttl"));
+        assert_eq!(
+            p(serde_json::json!({"min_remaining": "20m"})).reuse_conflict(&d).map(|c| c.0),
+            Some("min_remaining")
+        );
+        // A bundle's default min_remaining is capped at half of each lease.
+        let bundle = p(serde_json::json!({"ttl": "20s", "files": {"a": "json"}}));
+        assert_eq!(bundle.reuse_conflict(&d), None);
+        assert_eq!(p(serde_json::json!({"ttl": "1m", "reuse": "uid"})).reuse_conflict(&d), None);
     }
 
     #[test]

@@ -168,3 +168,20 @@ fn a_mount_serves_the_good_documents_and_names_the_bad_one() {
     let place = format!("typo.json:{}", pos_of(bad, "\"rotate_signl\""));
     assert!(log.contains(&place) && log.contains("did you mean `rotate_signal`"), "log does not name {place}:\n{log}");
 }
+
+#[test]
+fn an_entry_whose_ttl_meets_the_default_min_remaining_is_named_by_check() {
+    // reuse uid with a ttl of 30s: the default min_remaining (30s) is never left, so no lease of it
+    // would ever be shared. Only `check` sees the entry and the configuration together.
+    let doc = jwt_entry("  \"reuse\": \"uid\",\n  \"ttl\": \"30s\"");
+    let env = Env::new();
+    env.doc("short.json", &doc);
+    env.config(json!({}));
+    let err = String::from_utf8_lossy(&check(&env).stderr).into_owned();
+    let place = format!("short.json:{}:", pos_of(&doc, "\"ttl\""));
+    assert!(err.contains(&place) && err.contains("would ever be reused"), "{err}");
+    // With a shorter default min_remaining it passes.
+    env.config(json!({"defaults": {"min_remaining": "10s"}}));
+    let o = check(&env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
