@@ -18,39 +18,50 @@ impl Dur {
     }
 }
 
-/// Parses `"90s"`, `"15m"`, `"1h30m"`, `"250ms"`, `"2d"`; a bare number means seconds.
+/// The longest duration leasefs takes anywhere (100 years): past it, adding it to a clock
+/// reading could overflow. A lease is bounded tighter (`policy::MAX_LEASE`).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86400);
+
+/// Parses `"90s"`, `"15m"`, `"1h30m"`, `"250ms"`, `"2d"`; a bare number means seconds. A duration
+/// longer than `MAX_DURATION` (or one that overflows) is refused, never wrapped or clamped.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return Err("invalid duration: expected a number before the unit".into());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| "invalid duration: number too large".to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86400)),
-            "" => {
-                return Err("invalid duration: missing unit (ms, s, m, h, d)".into());
+    let too_long = || format!("duration too long (at most {} days)", MAX_DURATION.as_secs() / 86400);
+    let total = if t.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(t.parse::<u64>().map_err(|_| too_long())?)
+    } else {
+        let mut total = Duration::ZERO;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            if digits == 0 {
+                return Err("invalid duration: expected a number before the unit".into());
             }
-            _ => return Err("invalid duration: unknown unit (ms, s, m, h, d)".into()),
-        };
-        total = total.saturating_add(part);
+            let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
+            rest = &rest[digits..];
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let part = match unit {
+                "ms" => Some(Duration::from_millis(n)),
+                "s" => Some(Duration::from_secs(n)),
+                "m" => n.checked_mul(60).map(Duration::from_secs),
+                "h" => n.checked_mul(3600).map(Duration::from_secs),
+                "d" => n.checked_mul(86400).map(Duration::from_secs),
+                "" => {
+                    return Err("invalid duration: missing unit (ms, s, m, h, d)".into());
+                }
+                _ => return Err("invalid duration: unknown unit (ms, s, m, h, d)".into()),
+            };
+            total = part.and_then(|p| total.checked_add(p)).ok_or_else(too_long)?;
+        }
+        total
+    };
+    if total > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(total)
 }
@@ -73,10 +84,10 @@ impl<'de> Deserialize<'de> for Dur {
         impl serde::de::Visitor<'_> for V {
             type Value = Dur;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"90s\", \"15m\" or \"1h\"")
+                f.write_str("a duration such as \"90s\", \"15m\" or \"1h\", or a number of seconds")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur(Duration::from_secs(v)))
+                parse_duration(&v.to_string()).map(Dur).map_err(E::custom)
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
                 parse_duration(v).map(Dur).map_err(E::custom)
@@ -293,7 +304,7 @@ fn default_state_dir() -> PathBuf {
 impl Config {
     pub fn parse(file: &Path, text: &str) -> Result<Config, FileError> {
         let cfg: Config = serde_json::from_str(text).map_err(|e| FileError::from_json(file, &e))?;
-        cfg.validate(file)?;
+        cfg.validate(file, text)?;
         Ok(cfg)
     }
 
@@ -302,31 +313,55 @@ impl Config {
         Config::parse(file, &text)
     }
 
-    fn validate(&self, file: &Path) -> Result<(), FileError> {
+    fn validate(&self, file: &Path, text: &str) -> Result<(), FileError> {
+        use crate::attrs::Step::{Index, Key};
+        // An error at the key `path` names (the whole file if it is not written there).
+        let at = |path: &[crate::attrs::Step<'_>], msg: String| match crate::attrs::locate(text, path) {
+            Some(offset) => {
+                let (line, column) = crate::attrs::line_col(text, offset);
+                FileError { file: file.to_path_buf(), line, column, message: msg }
+            }
+            None => FileError::whole(file, msg),
+        };
         if self.sources.is_empty() {
-            return Err(FileError::whole(file, "\"sources\" must list at least one source"));
+            return Err(at(&[Key("sources")], "\"sources\" must list at least one source".into()));
         }
         let d = &self.defaults;
+        for (key, v) in [("ttl", d.ttl), ("max_ttl", d.max_ttl)] {
+            crate::policy::lease_length(&format!("defaults.{key}"), v.0)
+                .map_err(|m| at(&[Key("defaults"), Key(key)], m))?;
+        }
         if d.ttl > d.max_ttl {
-            return Err(FileError::whole(file, "defaults.ttl is longer than defaults.max_ttl"));
+            return Err(at(&[Key("defaults"), Key("ttl")], "defaults.ttl is longer than defaults.max_ttl".into()));
+        }
+        // A min_remaining as long as the lease means no lease is ever reused: refused where it is
+        // written, or where the defaults share leases (`reuse`) and so rely on it.
+        let written = crate::attrs::locate(text, &[Key("defaults"), Key("min_remaining")]).is_some();
+        if d.min_remaining >= d.ttl && (written || d.reuse != Reuse::None) {
+            let msg = "defaults.min_remaining must be shorter than defaults.ttl: no lease would ever be reused";
+            let key = if written { "min_remaining" } else { "ttl" };
+            return Err(at(&[Key("defaults"), Key(key)], msg.into()));
         }
         if d.issue_timeout.0.is_zero() {
-            return Err(FileError::whole(file, "defaults.issue_timeout must be above zero"));
+            let msg = "defaults.issue_timeout must be above zero".into();
+            return Err(at(&[Key("defaults"), Key("issue_timeout")], msg));
         }
         for (i, s) in self.sources.iter().enumerate() {
+            let here = |key: &'static str, msg: String| at(&[Key("sources"), Index(i), Key(key)], msg);
             let need = |ok: bool, key: &str| {
                 if ok {
                     Ok(())
                 } else {
-                    Err(FileError::whole(file, format!("sources[{i}] ({:?}) needs \"{key}\"", s.kind)))
+                    let msg = format!("sources[{i}] ({:?}) needs \"{key}\"", s.kind);
+                    Err(at(&[Key("sources"), Index(i)], msg))
                 }
             };
             match s.kind {
                 SourceKind::Local => need(s.path.is_some(), "path")?,
                 SourceKind::Openbao => {
                     if s.static_page_cache == Some(true) {
-                        return Err(FileError::whole(
-                            file,
+                        return Err(here(
+                            "static_page_cache",
                             format!(
                                 "sources[{i}]: static_page_cache needs exact sizes at listing, which only a local source has"
                             ),
@@ -338,12 +373,12 @@ impl Config {
             }
             let p = s.prefix();
             if !p.starts_with('/') {
-                return Err(FileError::whole(file, format!("source prefix {p:?} must start with '/'")));
+                return Err(here("prefix", format!("source prefix {p:?} must start with '/'")));
             }
             crate::paths::split_path(p.trim_start_matches('/'), true)
-                .map_err(|e| FileError::whole(file, format!("source prefix {p:?}: {e}")))?;
+                .map_err(|e| here("prefix", format!("source prefix {p:?}: {e}")))?;
             if let Some(m) = s.ownership().mode {
-                crate::paths::parse_mode(&m).map_err(|e| FileError::whole(file, format!("source mode {m:?}: {e}")))?;
+                crate::paths::parse_mode(&m).map_err(|e| here("mode", format!("source mode {m:?}: {e}")))?;
             }
         }
         Ok(())
@@ -365,6 +400,35 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("10x").is_err());
+        // Too long or overflowing: refused, never wrapped or clamped.
+        for t in ["999999999999d", "18446744073709551615", "99999999999999999999s", "213503982334601h"] {
+            assert!(parse_duration(t).unwrap_err().contains("too long"), "{t}");
+        }
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn lease_lengths_and_min_remaining_are_checked_where_written() {
+        let cfg = |defaults: &str| {
+            let text =
+                format!("{{\"sources\": [{{\"type\": \"local\", \"path\": \"/x\"}}],\n \"defaults\": {defaults}}}");
+            Config::parse(Path::new("c.json"), &text)
+        };
+        for (d, needle) in [
+            (r#"{"ttl": "0s"}"#, "defaults.ttl must be above zero"),
+            (r#"{"ttl": 0}"#, "defaults.ttl must be above zero"),
+            (r#"{"max_ttl": "400d", "ttl": "1h"}"#, "defaults.max_ttl is longer than leasefs can honour"),
+            (r#"{"ttl": "999999999999d"}"#, "too long"),
+            (r#"{"ttl": "5m", "min_remaining": "5m"}"#, "defaults.min_remaining must be shorter"),
+            (r#"{"ttl": "20s", "reuse": "uid"}"#, "defaults.min_remaining must be shorter"),
+        ] {
+            let e = cfg(d).unwrap_err();
+            assert!(e.message.contains(needle) && e.line == 2, "{d}: {e}");
+        }
+        // Numbers are seconds; a default min_remaining no lease shares is not in the way.
+        let c = cfg(r#"{"ttl": 90, "max_ttl": 3600, "cache_ttl": 5}"#).unwrap();
+        assert_eq!(c.defaults.ttl, Dur::secs(90));
+        assert!(cfg(r#"{"ttl": "20s", "max_ttl": "30s"}"#).is_ok());
     }
 
     #[test]
@@ -379,7 +443,8 @@ mod tests {
     fn unknown_keys_are_refused() {
         let text = r#"{"sources": [{"type": "local", "path": "/x"}], "defualts": {}}"#;
         let e = Config::parse(Path::new("c.json"), text).unwrap_err();
-        assert!(e.message.contains("defualts"), "{e}");
+        assert!(e.message.contains("defualts") && e.message.contains("did you mean `defaults`"), "{e}");
+        assert!(e.line == 1 && e.column > 0, "{e}");
         let text = r#"{"sources": [{"type": "local", "path": "/x", "pth": 1}]}"#;
         assert!(Config::parse(Path::new("c.json"), text).is_err());
     }

@@ -1,5 +1,6 @@
 //! leasefs: a FUSE filesystem that exposes secrets as files and issues short-lived credentials on open.
 
+pub mod attrs;
 pub mod audit;
 pub mod clock;
 pub mod config;

@@ -312,6 +312,19 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
         eprintln!("{d}");
         bad += 1;
     }
+    // Lease settings that only meet the configuration's defaults here: an entry whose leases could
+    // never be reused (the mount serves it; every open then issues).
+    for (prefix, meta) in fs.catalog().listed() {
+        if !matches!(meta.kind, leasefs::secret::SecretKind::Dynamic { .. }) {
+            continue;
+        }
+        if let Some((key, why)) = meta.policy().reuse_conflict(&cfg.defaults) {
+            let path = format!("{}/{}", prefix.trim_end_matches('/'), meta.path());
+            let place = leasefs::attrs::place_of(&meta, key).unwrap_or(path);
+            eprintln!("{place}: attributes.{key}: {why}");
+            bad += 1;
+        }
+    }
     // The programs exec bases would run, checked as the daemon would before running them.
     let trust = leasefs::trust::Trust::new(!insecure_perms);
     for (base, source) in fs.catalog().bases_of(leasefs::policy::IssuerKind::Exec) {

@@ -90,6 +90,10 @@ pub fn signal_named(name: &str) -> Option<i32> {
     })
 }
 
+/// The longest `ttl` or `max_ttl` leasefs takes: one year. Issuers turn the lease into an expiry
+/// (a JWT's `exp`, a role's `VALID UNTIL`); beyond this a mistake is likelier than intent.
+pub const MAX_LEASE: Duration = Duration::from_secs(365 * 86400);
+
 /// The attribute keys a policy reads.
 pub const KEYS: [&str; 13] = [
     "rotate_signal",
@@ -107,41 +111,85 @@ pub const KEYS: [&str; 13] = [
     "max_issues_per_minute",
 ];
 
+/// Why an entry's attributes were refused: the key (for its position in the document) and what is
+/// wrong, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for AttrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl AttrError {
+    pub fn new(key: &str, message: impl Into<String>) -> AttrError {
+        AttrError { key: key.to_string(), message: message.into() }
+    }
+}
+
+/// A duration attribute: a string (`"90s"`, `"15m"`) or a whole number of seconds.
+pub fn duration_value(key: &str, v: &serde_json::Value) -> Result<Duration, AttrError> {
+    let d = match v {
+        serde_json::Value::String(s) => parse_duration(s),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| "not a whole number of seconds".to_string())
+            .and_then(|n| parse_duration(&n.to_string())),
+        _ => Err("must be a duration string (\"90s\", \"15m\") or a number of seconds".into()),
+    };
+    d.map_err(|e| AttrError::new(key, format!("attributes.{key}: {e}")))
+}
+
+/// Checks a lease length (`ttl`, `max_ttl`): above zero and at most `MAX_LEASE`.
+pub fn lease_length(what: &str, d: Duration) -> Result<(), String> {
+    if d.is_zero() {
+        return Err(format!("{what} must be above zero (a lease of 0 s expires before it is read)"));
+    }
+    if d > MAX_LEASE {
+        return Err(format!("{what} is longer than leasefs can honour (at most {} days)", MAX_LEASE.as_secs() / 86400));
+    }
+    Ok(())
+}
+
 impl Policy {
     /// Parses the policy keys of a document's `attributes`; an error names the key, never a value.
-    pub fn parse(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Policy, String> {
+    pub fn parse(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Policy, AttrError> {
         let mut p = Policy::default();
-        let dur = |key: &str| -> Result<Option<Duration>, String> {
-            match attrs.get(key) {
-                None => Ok(None),
-                Some(v) => {
-                    let s = v.as_str().ok_or_else(|| format!("attributes.{key} must be a duration string"))?;
-                    parse_duration(s).map(Some).map_err(|e| format!("attributes.{key}: {e}"))
-                }
-            }
+        let dur = |key: &str| -> Result<Option<Duration>, AttrError> {
+            attrs.get(key).map(|v| duration_value(key, v)).transpose()
         };
+        let err = |key: &str, m: &str| AttrError::new(key, m);
         p.ttl = dur("ttl")?;
         p.max_ttl = dur("max_ttl")?;
         p.min_remaining = dur("min_remaining")?;
         if let Some(v) = attrs.get("reuse") {
             let r = v.as_str().and_then(Reuse::parse);
-            p.reuse = Some(r.ok_or("attributes.reuse must be \"none\", \"uid\", \"pid\" or \"session\"")?);
+            p.reuse =
+                Some(r.ok_or_else(|| {
+                    err("reuse", "attributes.reuse must be \"none\", \"uid\", \"pid\" or \"session\"")
+                })?);
         }
         if let Some(v) = attrs.get("files") {
-            let map = v.as_object().ok_or("attributes.files must map file names to formats")?;
+            let map = v.as_object().ok_or_else(|| err("files", "attributes.files must map file names to formats"))?;
             if map.is_empty() || map.len() > 64 {
-                return Err("attributes.files must name 1 to 64 files".into());
+                return Err(err("files", "attributes.files must name 1 to 64 files"));
             }
             let mut files = Vec::new();
             for (name, f) in map {
                 let ok = crate::paths::split_path(name, false).is_ok_and(|s| s.len() == 1) && !name.contains(':');
                 if !ok {
-                    return Err(format!("attributes.files: {name:?} is not a file name"));
+                    return Err(err("files", &format!("attributes.files: {name:?} is not a file name")));
                 }
-                let f = f.as_str().ok_or_else(|| format!("attributes.files.{name} must be a format string"))?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| err("files", &format!("attributes.files.{name} must be a format string")))?;
                 files.push((
                     name.as_str().into(),
-                    Format::parse(f).map_err(|e| format!("attributes.files.{name}: {e}"))?,
+                    Format::parse(f).map_err(|e| err("files", &format!("attributes.files.{name}: {e}")))?,
                 ));
             }
             p.files = Some(files);
@@ -151,44 +199,94 @@ impl Policy {
                 Some(v) => v
                     .as_str()
                     .and_then(Reuse::parse)
-                    .ok_or("attributes.bind must be \"session\", \"pid\", \"uid\" or \"none\"")?,
+                    .ok_or_else(|| err("bind", "attributes.bind must be \"session\", \"pid\", \"uid\" or \"none\""))?,
             };
             p.reuse = Some(bind);
         }
         if let Some(v) = attrs.get("format") {
-            let s = v.as_str().ok_or("attributes.format must be a string")?;
-            p.format = Some(Format::parse(s).map_err(|e| format!("attributes.format: {e}"))?);
+            let s = v.as_str().ok_or_else(|| err("format", "attributes.format must be a string"))?;
+            p.format = Some(Format::parse(s).map_err(|e| err("format", &format!("attributes.format: {e}")))?);
         }
-        let flag = |key: &str| -> Result<Option<bool>, String> {
+        let flag = |key: &str| -> Result<Option<bool>, AttrError> {
             attrs
                 .get(key)
-                .map(|v| v.as_bool().ok_or_else(|| format!("attributes.{key} must be true or false")))
+                .map(|v| v.as_bool().ok_or_else(|| err(key, &format!("attributes.{key} must be true or false"))))
                 .transpose()
         };
         p.revoke_on_close = flag("revoke_on_close")?;
         p.renew_while_open = flag("renew_while_open")?;
-        let count = |key: &str| -> Result<Option<u32>, String> {
+        let count = |key: &str| -> Result<Option<u32>, AttrError> {
             attrs
                 .get(key)
                 .map(|v| {
                     v.as_u64()
                         .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| format!("attributes.{key} must be a whole number (0: no bound)"))
+                        .ok_or_else(|| err(key, &format!("attributes.{key} must be a whole number (0: no bound)")))
                 })
                 .transpose()
         };
         if let Some(v) = attrs.get("rotate_signal") {
             let sig = v.as_str().and_then(signal_named);
-            p.rotate_signal = Some(sig.ok_or("attributes.rotate_signal must name a signal: SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGQUIT, SIGWINCH")?);
+            p.rotate_signal = Some(sig.ok_or_else(|| err("rotate_signal", "attributes.rotate_signal must name a signal: SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGQUIT, SIGWINCH"))?);
         }
         if let Some(v) = attrs.get("rotate_at") {
             let f = v.as_f64().filter(|f| *f > 0.0 && *f < 1.0);
-            let f = f.ok_or("attributes.rotate_at must be a fraction of the lease between 0 and 1 (e.g. 0.66)")?;
+            let f = f.ok_or_else(|| {
+                err("rotate_at", "attributes.rotate_at must be a fraction of the lease between 0 and 1 (e.g. 0.66)")
+            })?;
             p.rotate_at = Some((f * 1000.0).round() as u32);
         }
         p.max_concurrent_issuances = count("max_concurrent_issuances")?;
         p.max_issues_per_minute = count("max_issues_per_minute")?;
+        p.check_lengths()?;
         Ok(p)
+    }
+
+    /// The lease lengths the entry sets, each on its own and against each other: `ttl` and
+    /// `max_ttl` above zero and at most `MAX_LEASE`; an entry's own `min_remaining` shorter than
+    /// its own `ttl` and `max_ttl` (otherwise no lease of it is ever reused).
+    fn check_lengths(&self) -> Result<(), AttrError> {
+        for (key, d) in [("ttl", self.ttl), ("max_ttl", self.max_ttl)] {
+            if let Some(d) = d {
+                lease_length(&format!("attributes.{key}"), d).map_err(|m| AttrError::new(key, m))?;
+            }
+        }
+        if let Some(min) = self.min_remaining {
+            for (key, d) in [("ttl", self.ttl), ("max_ttl", self.max_ttl)] {
+                if d.is_some_and(|d| min >= d) {
+                    return Err(AttrError::new(
+                        "min_remaining",
+                        format!(
+                            "attributes.min_remaining must be shorter than attributes.{key}: no lease would ever be reused"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why no lease of this entry could ever be reused under `d`: its `min_remaining` (its own or
+    /// the default) is not shorter than its `ttl` (its own or the default, capped at `max_ttl`).
+    /// Only where it matters: the entry shares leases (`reuse`) or sets `min_remaining` itself.
+    /// Returns the key the problem is best named by.
+    pub fn reuse_conflict(&self, d: &Defaults) -> Option<(&'static str, &'static str)> {
+        let e = self.effective(d);
+        let applies = self.min_remaining.is_some() || e.reuse != Reuse::None;
+        if e.min_remaining_capped || !applies || e.min_remaining < e.ttl {
+            return None;
+        }
+        let key = if self.min_remaining.is_some() {
+            "min_remaining"
+        } else if self.ttl.is_some() {
+            "ttl"
+        } else {
+            "reuse"
+        };
+        Some((
+            key,
+            "min_remaining (the entry's or the default) is not shorter than the ttl (the entry's or the default, capped at max_ttl): no lease of it would ever be reused",
+        ))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -267,14 +365,46 @@ mod tests {
     #[test]
     fn bad_keys_are_named() {
         for (v, key) in [
-            (serde_json::json!({"ttl": 5}), "ttl"),
+            (serde_json::json!({"ttl": true}), "ttl"),
+            (serde_json::json!({"ttl": -5}), "ttl"),
+            (serde_json::json!({"ttl": "0s"}), "ttl"),
+            (serde_json::json!({"ttl": 0}), "ttl"),
+            (serde_json::json!({"ttl": "999999999999d"}), "ttl"),
+            (serde_json::json!({"max_ttl": "366d"}), "max_ttl"),
+            (serde_json::json!({"ttl": "5m", "min_remaining": "5m"}), "min_remaining"),
+            (serde_json::json!({"max_ttl": "1m", "min_remaining": 90}), "min_remaining"),
             (serde_json::json!({"reuse": "always"}), "reuse"),
             (serde_json::json!({"format": "yaml"}), "format"),
             (serde_json::json!({"renew_while_open": "yes"}), "renew_while_open"),
         ] {
             let e = Policy::parse(&attrs(v)).unwrap_err();
-            assert!(e.contains(key), "{e}");
+            assert!(e.message.contains(key) && e.key == key, "{e}");
         }
+    }
+
+    #[test]
+    fn an_entry_whose_leases_could_never_be_reused_is_named_with_the_defaults() {
+        let d = Defaults::default();
+        let p = |v| Policy::parse(&attrs(v)).unwrap();
+        // ttl 20s under the default min_remaining of 30s: matters only where leases are shared.
+        assert_eq!(p(serde_json::json!({"ttl": "20s"})).reuse_conflict(&d), None);
+        assert_eq!(p(serde_json::json!({"ttl": "20s", "reuse": "uid"})).reuse_conflict(&d).map(|c| c.0), Some("ttl"));
+        assert_eq!(
+            p(serde_json::json!({"min_remaining": "20m"})).reuse_conflict(&d).map(|c| c.0),
+            Some("min_remaining")
+        );
+        // A bundle's default min_remaining is capped at half of each lease.
+        let bundle = p(serde_json::json!({"ttl": "20s", "files": {"a": "json"}}));
+        assert_eq!(bundle.reuse_conflict(&d), None);
+        assert_eq!(p(serde_json::json!({"ttl": "1m", "reuse": "uid"})).reuse_conflict(&d), None);
+    }
+
+    #[test]
+    fn durations_are_strings_or_seconds() {
+        let p = Policy::parse(&attrs(serde_json::json!({"ttl": 90, "min_remaining": "30s"}))).unwrap();
+        assert_eq!(p.ttl, Some(Duration::from_secs(90)));
+        let p = Policy::parse(&attrs(serde_json::json!({"ttl": "365d"}))).unwrap();
+        assert_eq!(p.ttl, Some(MAX_LEASE));
     }
 
     #[test]

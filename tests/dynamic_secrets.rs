@@ -82,8 +82,10 @@ fn reuse_uid_shares_a_live_lease_and_reuse_pid_only_within_a_process() {
 
 #[test]
 fn reuse_needs_min_remaining_left() {
-    let env = setup(&[("dyn:short", "royal", json!({"reuse": "uid", "ttl": "3s", "min_remaining": "10s"}))], json!({}));
+    // min_remaining must be shorter than ttl (check refuses the rest): after 1.5 s, under 3 s is left.
+    let env = setup(&[("dyn:short", "royal", json!({"reuse": "uid", "ttl": "4s", "min_remaining": "3s"}))], json!({}));
     let a = cat(&env.m("dyn/short"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let b = cat(&env.m("dyn/short"));
     assert_ne!(a, b, "a lease with less than min_remaining left must not be reused");
 }

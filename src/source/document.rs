@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::attrs::Step;
 use crate::diag::FileError;
 use crate::diag::json_cause;
 use crate::paths::{parse_mode, resolve_group, resolve_user, split_path};
@@ -76,6 +77,8 @@ struct RoyalObject {
 pub struct ParsedFile {
     pub secrets: Vec<SecretMeta>,
     pub problems: Vec<FileError>,
+    /// Dynamic entries with attributes only their issuer can judge (`attrs::check_for_issuer`).
+    pub pending: Vec<crate::attrs::Pending>,
 }
 
 enum Layout<'a> {
@@ -246,16 +249,21 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                         continue;
                     }
                 };
-                let built = (|| -> Result<SecretMeta, String> {
-                    let segments = split_path(&doc.path, false).map_err(|e| format!("path {:?}: {e}", doc.path))?;
-                    let kind = kind_of(&doc.attributes)?;
-                    let policy = Policy::parse(&doc.attributes)?;
+                let mut keys: Vec<String> = Vec::new();
+                let built = (|| -> Result<SecretMeta, (Option<String>, String)> {
+                    let plain = |m: String| (None, m);
+                    let segments =
+                        split_path(&doc.path, false).map_err(|e| plain(format!("path {:?}: {e}", doc.path)))?;
+                    let kind = kind_of(&doc.attributes).map_err(plain)?;
+                    let known =
+                        crate::attrs::check_keys(&kind, &doc.attributes).map_err(|p| (Some(p.key), p.message))?;
+                    keys = known.into_iter().map(str::to_string).collect();
+                    let policy = Policy::parse(&doc.attributes).map_err(|e| (Some(e.key), e.message))?;
                     if policy.files.is_some() && !matches!(kind, SecretKind::Dynamic { .. }) {
-                        return Err(
-                            "attributes.files makes a bundle of a dynamic secret; this one is not dynamic".into()
-                        );
+                        let msg = "attributes.files makes a bundle of a dynamic secret; this one is not dynamic";
+                        return Err((Some("files".into()), msg.into()));
                     }
-                    let own = ownership(&doc.attributes)?;
+                    let own = ownership(&doc.attributes).map_err(plain)?;
                     let (offset, len) = span(slice);
                     let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
                     let id = doc.id.as_deref().unwrap_or(&doc.path);
@@ -266,9 +274,27 @@ pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
                     }
                     Ok(m)
                 })();
+                // An attribute's problem is placed at its key (named in the message, or the first
+                // `attributes.<key>` the message names); any other at the document.
+                let at_key = |key: &str, msg: String| {
+                    let path = [Step::Key("attributes"), Step::Key(key)];
+                    let slice_at = crate::attrs::locate(slice, &path).map_or(slice, |o| &slice[o..]);
+                    problem_at(file, text, slice_at, None, msg)
+                };
+                let built = built.map_err(|(key, msg)| match key.or_else(|| crate::attrs::attribute_named(&msg)) {
+                    Some(k) => at_key(&k, msg),
+                    None => problem_at(file, text, slice, None, msg),
+                });
+                if let Ok(SecretMeta { kind: SecretKind::Dynamic { link }, .. }) = &built {
+                    if !keys.is_empty() {
+                        let (secret, link) = (out.secrets.len(), link.clone());
+                        let keys = keys.into_iter().map(|k| (k.clone(), at_key(&k, String::new()))).collect();
+                        out.pending.push(crate::attrs::Pending { secret, link, keys });
+                    }
+                }
                 match built {
                     Ok(m) => out.secrets.push(m),
-                    Err(msg) => out.problems.push(problem_at(file, text, slice, None, msg)),
+                    Err(e) => out.problems.push(e),
                 }
             }
         }

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
+use crate::attrs::Pending;
 use crate::diag::FileError;
 use crate::render::render_static;
 use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
@@ -133,20 +134,34 @@ fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceEr
     // Documents are parsed on every core, in contiguous runs, and joined in file order.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
     let per = files.len().div_ceil(threads).max(1);
-    let parts: Vec<Listing> = std::thread::scope(|s| {
+    let parts: Vec<(Listing, Vec<Pending>)> = std::thread::scope(|s| {
         let runs: Vec<_> = files.chunks(per).map(|run| s.spawn(move || read_docs(run, trust, sizes))).collect();
         runs.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     });
-    for part in parts {
+    let mut pending = Vec::new();
+    for (part, waiting) in parts {
+        let shift = listing.secrets.len();
+        pending.extend(waiting.into_iter().map(|p| Pending { secret: p.secret + shift, ..p }));
         listing.secrets.extend(part.secrets);
         listing.problems.extend(part.problems);
     }
+    // Attributes only an entry's issuer can judge, now that every base of the source is known.
+    let (refused, problems) = crate::attrs::settle(&listing.secrets, pending);
+    if !refused.is_empty() {
+        let mut n = 0;
+        listing.secrets.retain(|_| {
+            n += 1;
+            refused.binary_search(&(n - 1)).is_err()
+        });
+    }
+    listing.problems.extend(problems);
     Ok(listing)
 }
 
-/// Reads and parses a run of document files.
-fn read_docs(files: &[PathBuf], trust: &Trust, sizes: bool) -> Listing {
+/// Reads and parses a run of document files; returns the entries whose keys wait for their issuer.
+fn read_docs(files: &[PathBuf], trust: &Trust, sizes: bool) -> (Listing, Vec<Pending>) {
     let mut listing = Listing::default();
+    let mut pending = Vec::new();
     for f in files {
         match read_text(f, trust) {
             Ok((text, meta)) => {
@@ -155,13 +170,15 @@ fn read_docs(files: &[PathBuf], trust: &Trust, sizes: bool) -> Listing {
                 if sizes {
                     size_statics(&text, &mut parsed.secrets);
                 }
+                let shift = listing.secrets.len();
+                pending.extend(parsed.pending.into_iter().map(|p| Pending { secret: p.secret + shift, ..p }));
                 listing.secrets.extend(parsed.secrets.into_iter().map(Arc::new));
                 listing.problems.extend(parsed.problems);
             }
             Err(msg) => listing.problems.push(FileError::whole(f, msg)),
         }
     }
-    listing
+    (listing, pending)
 }
 
 #[async_trait]
