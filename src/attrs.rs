@@ -8,10 +8,6 @@ use crate::secret::{SecretKind, SecretMeta};
 /// Keys leasefs itself reads on any document, besides the policy's (`policy::KEYS`).
 const OWN_KEYS: [&str; 6] = ["owner", "group", "mode", "type", "expose", "linkConfig"];
 
-/// Per-entry keys that SPEC §10.9–10.11 gives every dynamic entry (read by the lease and rotation
-/// code as those sections land): accepted so that a document written for them is never refused.
-const LATER_KEYS: [&str; 5] = ["allow", "rotate_pid_file", "rotate_command", "allow_overhang", "max_overhang"];
-
 /// The per-entry keys each issuer reads from a dynamic entry's `attributes` (`src/issuer/*.rs`).
 /// `exec` passes every attribute to its script, so it has no fixed list.
 pub fn issuer_keys(kind: IssuerKind) -> &'static [&'static str] {
@@ -26,7 +22,7 @@ pub fn issuer_keys(kind: IssuerKind) -> &'static [&'static str] {
 
 /// Every key leasefs reads whatever the issuer.
 fn leasefs_keys() -> impl Iterator<Item = &'static str> + Clone {
-    POLICY_KEYS.into_iter().chain(OWN_KEYS).chain(LATER_KEYS)
+    POLICY_KEYS.into_iter().chain(OWN_KEYS)
 }
 
 fn is_leasefs_key(key: &str) -> bool {

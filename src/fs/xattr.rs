@@ -39,7 +39,8 @@ pub fn of(tree: &Tree, n: &Node, default_ttl: Duration) -> Vec<(&'static str, St
         SecretKind::Dynamic { link } => {
             v.insert(0, ("user.leasefs.kind", "dynamic".into()));
             v.push(("user.leasefs.link", link.replace('/', ":")));
-            let ttl = meta.attr_str("ttl").map(str::to_string).unwrap_or_else(|| format_duration(default_ttl));
+            // The policy's typed ttl: written as a string or as a number of seconds.
+            let ttl = format_duration(meta.policy().ttl.unwrap_or(default_ttl));
             v.push(("user.leasefs.ttl", ttl));
             let issuer = tree.base(*source, link).and_then(|b| match &b.kind {
                 SecretKind::Base { issuer, .. } => Some(issuer.as_str()),
