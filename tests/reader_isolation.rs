@@ -676,6 +676,18 @@ fn program_loop(env: &Env, wd: &Watchdog, name: &str, user: &str, threads: usize
     )
 }
 
+/// Fails the test (aborting the connection) if a probe missed its deadline during the loops, or
+/// if `stat` and `ls` do not answer within 1 s after them.
+fn fail_if_frozen(env: &mut Env, wd: &Watchdog, report: &str) {
+    if let Some(why) = wd.fired() {
+        froze(env, &why, report);
+    }
+    match wd.answers_after() {
+        Ok((s, l)) => eprintln!("after the loops: stat {s:?}, ls {l:?}"),
+        Err(e) => froze(env, &format!("{} after the loops stopped: {e}", wd.fired().unwrap_or_default()), report),
+    }
+}
+
 fn loop_runs(env: &Env, name: &str) -> Runs {
     runs(&std::fs::read_to_string(env.path(&format!("{name}.out"))).unwrap_or_default())
 }
@@ -699,13 +711,7 @@ fn busybox_cat_of_one_user_beside_cat_of_another_on_a_jwt_file_never_freezes_the
         lat_summary(&lat)
     );
     eprintln!("{report}");
-    if let Some(why) = wd.fired() {
-        froze(&mut env, &why, &report);
-    }
-    match wd.answers_after() {
-        Ok((s, l)) => eprintln!("after the loops: stat {s:?}, ls {l:?}"),
-        Err(e) => froze(&mut env, &format!("{} after the loops stopped: {e}", wd.fired().unwrap_or_default()), &report),
-    }
+    fail_if_frozen(&mut env, &wd, &report);
     assert!(
         bb.runs - bb.failed >= MIN_RUNS && cat.runs - cat.failed >= MIN_RUNS,
         "too few runs to prove anything\n{report}"
@@ -726,13 +732,7 @@ fn thirty_two_busybox_cat_loops_of_one_uid_on_a_jwt_file_get_whole_tokens_and_ne
     let report =
         format!("32 busybox cat loops (nobody): {bb}\nexit {statuses:?}\nstat/ls beside them: {}", lat_summary(&lat));
     eprintln!("{report}");
-    if let Some(why) = wd.fired() {
-        froze(&mut env, &why, &report);
-    }
-    match wd.answers_after() {
-        Ok((s, l)) => eprintln!("after the loops: stat {s:?}, ls {l:?}"),
-        Err(e) => froze(&mut env, &format!("{} after the loops stopped: {e}", wd.fired().unwrap_or_default()), &report),
-    }
+    fail_if_frozen(&mut env, &wd, &report);
     assert!(bb.runs >= MIN_RUNS, "too few runs to prove anything\n{report}");
     assert_eq!(bb.whole, bb.runs, "every busybox cat must print one whole JWT\n{report}");
 }
