@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
@@ -332,4 +333,34 @@ fn sighup_reopens_a_rotated_audit_log() {
     cat(&env.m("app/config"));
     assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 1);
     assert_eq!(std::fs::read_to_string(&audit).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn a_bind_mounted_file_held_open_is_shared_with_its_user_and_busy_for_another() {
+    require_root("unshare -m and runuser need root");
+    // One file bind-mounted into a container is one kernel node for every process in it: while
+    // one process holds it open, another open shares that lease (same uid) — never a second lease
+    // on the same pages — and another uid's open is refused.
+    let mut env = dynamic_env(&[("dynamic:db:app", "royal", json!({"ttl": "5m", "mode": "0444"}))]);
+    env.config(json!({"allow_other": true}));
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    env.start();
+    let target = env.path("container-target");
+    std::fs::write(&target, "").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = format!(
+        "mount --bind -o ro '{src}' '{t}' && exec 3< '{t}' && echo \"A=$(cat '{t}' | tr -d '\\n')\" && \
+         echo \"B=$(runuser -u nobody -- cat '{t}' 2>&1 | tr -d '\\n')\" && echo \"C=$(cat <&3 | tr -d '\\n')\" && \
+         exec 3<&- && echo \"D=$(cat '{t}' | tr -d '\\n')\"",
+        src = env.m("dynamic/db/app").display(),
+        t = target.display()
+    );
+    let out = ok("unshare", &["-m", "--propagation", "private", "sh", "-c", &script]);
+    let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().to_string();
+    let (a, b, c, d) = (field("A="), field("B="), field("C="), field("D="));
+    assert!(a.contains("Password"), "{out}");
+    assert_eq!(a, c, "a second open of the held node shares its lease\n{out}");
+    assert!(b.contains("busy"), "another user is refused while it is held: {b}\n{out}");
+    assert!(d.contains("Password") && d != a, "once closed, the next open issues afresh\n{out}");
+    assert!(env.audit().iter().any(|l| l["event"] == "reuse" && l["detail"] == "the same node, open already"));
 }

@@ -8,7 +8,7 @@ use super::handles::Handle;
 use super::tree::{Control, Node, NodeKind, Tree};
 use super::views::{Bind, Bound, is_view};
 use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
-use crate::audit::EventKind;
+use crate::audit::{Event, EventKind};
 use crate::lease::{Lease, OpenRequest};
 use crate::memlock::SharedBytes;
 use crate::render::render_static;
@@ -75,6 +75,15 @@ impl LeaseFs {
                 return Err(FsError::expired());
             }
             self.leases.hold(lease);
+            let event = Event {
+                event: EventKind::Reuse,
+                path: lease.path(),
+                lease_id: Some(&lease.id),
+                issuer: Some(lease.issuer().as_str()),
+                outcome: "ok",
+                detail: Some("the same node, open already"),
+            };
+            self.audit.record(&event, Some(who));
         }
         let size = have.bytes.len().unwrap_or(0) as u64;
         let pid = who.pid;
