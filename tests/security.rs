@@ -123,6 +123,17 @@ fn the_daemon_is_not_dumpable_has_no_core_and_locks_secret_pages() {
     let _ = holder.kill();
     let out = holder.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "locked-in-memory");
+    // The control directory belongs to the daemon's user: `leasefs leases` works for it.
+    let leases = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid", &nobody.1.to_string(), "--clear-groups", "--", BIN, "leases"])
+        .arg(env.mnt())
+        .output()
+        .unwrap();
+    assert!(
+        leases.status.success(),
+        "leasefs leases as the daemon's user: {}",
+        String::from_utf8_lossy(&leases.stderr)
+    );
     assert!(d.stop().success(), "{}", std::fs::read_to_string(&log).unwrap());
     assert!(!is_mounted(&env.mnt()));
 }

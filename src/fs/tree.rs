@@ -218,11 +218,13 @@ impl Tree {
         b.dirs.insert(ROOT, Vec::new());
 
         if control {
-            let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o500 };
+            // The daemon's own user (root, or whoever runs it with fusermount3) owns it.
+            let (uid, gid) = (root_owner.uid, root_owner.gid);
+            let owner = Owner { uid, gid, file_mode: 0o400, dir_mode: 0o500 };
             let dino = b.ensure_dir(ROOT, Control::DIR, owner).expect("the root is empty");
             for (c, name) in Control::ALL {
                 let mode = if c == Control::Revoke { 0o200 } else { 0o400 };
-                b.add(dino, name, Node { parent: dino, uid: 0, gid: 0, mode, kind: NodeKind::Control(c) });
+                b.add(dino, name, Node { parent: dino, uid, gid, mode, kind: NodeKind::Control(c) });
             }
         }
 
