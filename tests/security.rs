@@ -378,8 +378,12 @@ fn soak_8_readers_5000_opens_each() {
                             k if k % 2 == 1 => mnt.join("dyn/jwt"),
                             k => mnt.join(format!("static/s{}", k % 20)),
                         };
-                        if read(&f).map(|s| s.is_empty()).unwrap_or(true) {
-                            errors += 1;
+                        match read(&f) {
+                            Ok(s) if !s.is_empty() => {}
+                            other => {
+                                eprintln!("soak: {} read {other:?}", f.display());
+                                errors += 1;
+                            }
                         }
                     }
                     errors
