@@ -66,9 +66,10 @@ impl StateTrust {
     }
 
     /// Makes sure `dir` exists (created `mode` from its nearest existing, trusted ancestor) and is
-    /// trusted: a directory owned by root or the daemon's user, not writable by group or others,
-    /// below trusted directories. Returns its resolved path, which is what is used from then on.
-    pub fn dir(&self, dir: &Path, mode: u32) -> Result<PathBuf, String> {
+    /// trusted: a directory owned by root or the daemon's user, not writable by group or others
+    /// (`own`; otherwise a root-owned sticky directory such as `/tmp` will do, as for every
+    /// parent), below trusted directories. Returns its resolved path, used from then on.
+    pub fn dir(&self, dir: &Path, mode: u32, own: bool) -> Result<PathBuf, String> {
         let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         self.verdict(&abs, self.links_trusted(&abs))?;
         if std::fs::symlink_metadata(&abs).is_err() {
@@ -85,7 +86,9 @@ impl StateTrust {
         if !m.is_dir() {
             return Err(format!("{}: not a directory", abs.display()));
         }
-        self.verdict(&abs, self.strict().check_owned(&m))?;
+        if own {
+            self.verdict(&abs, self.strict().check_owned(&m))?;
+        }
         self.verdict(&abs, self.strict().check_dirs(&real))?;
         Ok(real)
     }
@@ -125,7 +128,7 @@ impl StateTrust {
             return Err(format!("{}: not a file path", path.display()));
         };
         self.verdict(&abs, self.links_trusted(&abs))?;
-        let real = self.dir(parent, 0o750)?.join(name);
+        let real = self.dir(parent, 0o750, false)?.join(name);
         let f = self.open(&real, Access::Append)?.ok_or_else(|| format!("{}: cannot open it", real.display()))?;
         Ok((real, f))
     }
@@ -182,7 +185,7 @@ mod tests {
     fn links_fifos_and_writable_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let st = StateTrust::new(true);
-        let d = st.dir(&dir.path().join("state"), 0o700).unwrap();
+        let d = st.dir(&dir.path().join("state"), 0o700, true).unwrap();
         let fifo = d.join("journal.jsonl");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo with a valid path.

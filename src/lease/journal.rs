@@ -124,7 +124,7 @@ impl Journal {
 
     fn open_with(dir: &Path, compact_at: usize, strict: bool) -> std::io::Result<(Arc<Journal>, Replay)> {
         let st = StateTrust::new(strict);
-        let dir = st.dir(dir, 0o700).map_err(std::io::Error::other)?;
+        let dir = st.dir(dir, 0o700, true).map_err(std::io::Error::other)?;
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let path = dir.join(Self::FILE);
         let (replay, open) = match st.open(&path, Access::Read).map_err(std::io::Error::other)? {
