@@ -235,7 +235,7 @@ fn journal_records_naming_no_configured_base_are_listed_and_never_run() {
     env.start();
     eventually(Duration::from_secs(5), "the real orphan revoked", || env.revoked().contains(&real));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(env.revoked(), [real.clone()], "only the lease of a configured base is revoked");
+    assert_eq!(env.revoked(), [real], "only the lease of a configured base is revoked");
     let status: serde_json::Value = serde_json::from_str(&cat(&env.m(".leasefs/status.json"))).unwrap();
     let listed: Vec<&str> =
         status["unresolved_orphans"].as_array().unwrap().iter().map(|u| u["lease_id"].as_str().unwrap()).collect();
