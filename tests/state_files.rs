@@ -89,7 +89,7 @@ fn another_users_link_at_the_audit_path_is_refused_and_the_target_is_untouched()
 }
 
 #[test]
-fn a_world_writable_audit_file_of_another_user_is_refused() {
+fn a_world_writable_audit_file_of_another_user_is_refused_unless_insecure_perms() {
     require_root("the file must belong to another user (nobody)");
     let env = Env::new();
     static_catalog(&env);
@@ -101,6 +101,12 @@ fn a_world_writable_audit_file_of_another_user_is_refused() {
     assert!(out.contains(&audit.display().to_string()), "{out}");
     assert!(out.contains("not by root or the daemon's user"), "{out}");
     assert_eq!(std::fs::metadata(&audit).unwrap().len(), 0, "another user's file received audit lines");
+    // --insecure-perms relaxes it, loudly.
+    let mut env = env;
+    env.start_with(&["--insecure-perms"]);
+    let log = env.log();
+    assert!(log.contains("--insecure-perms: would be refused"), "{log}");
+    assert!(log.contains(&audit.display().to_string()), "{log}");
 }
 
 #[test]
