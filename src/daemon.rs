@@ -78,12 +78,12 @@ pub fn build_fs(cfg: &Config, opts: &RunOptions, mounting: bool) -> anyhow::Resu
     let (uid, gid) = effective_ids();
     let audit = Arc::new(match &cfg.audit_log {
         Some(p) if mounting => Audit::open_trusted(p, !opts.insecure_perms)
-            .with_context(|| format!("refusing the audit log {}", p.display()))?,
+            .with_context(|| format!("cannot use the audit log {}", p.display()))?,
         _ => Audit::disabled(),
     });
     let (journal, pending) = if mounting {
         let (j, replay) = Journal::open_trusted(&cfg.state_dir, !opts.insecure_perms)
-            .with_context(|| format!("refusing the state_dir {} (the lease journal)", cfg.state_dir.display()))?;
+            .with_context(|| format!("cannot use the state_dir {} (the lease journal)", cfg.state_dir.display()))?;
         for p in &replay.problems {
             tracing::warn!("{}: {p}", j.path().display());
         }
