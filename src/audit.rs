@@ -1,15 +1,15 @@
 //! The audit log: one JSON line per event (open, issue, reuse, renew, revoke, expire, deny, error,
 //! irrevocable) — who, what, outcome, never a value.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::secret::Requester;
+use crate::statefile::StateTrust;
 
 /// What happened.
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Event<'a> {
 pub struct Audit {
     file: Option<Mutex<File>>,
     path: Option<std::path::PathBuf>,
+    /// Whether the file's ownership and mode are enforced (not `--insecure-perms`).
+    strict: bool,
 }
 
 #[derive(Serialize)]
@@ -64,25 +66,27 @@ impl Audit {
     }
 
     pub fn disabled() -> Self {
-        Audit { file: None, path: None }
+        Audit { file: None, path: None, strict: true }
     }
 
-    fn open_file(path: &Path) -> std::io::Result<File> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        OpenOptions::new().create(true).append(true).mode(0o600).open(path)
-    }
-
+    /// Opens the audit log for appending: its directory made and trusted, the file never opened
+    /// through a link, refused unless a regular file owned and writable only by root or the
+    /// daemon's user (SPEC §10.5).
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        Ok(Audit { file: Some(Mutex::new(Self::open_file(path)?)), path: Some(path.to_path_buf()) })
+        Self::open_trusted(path, true)
+    }
+
+    /// As [`Audit::open`]; `strict` false (`--insecure-perms`) only warns about ownership and modes.
+    pub fn open_trusted(path: &Path, strict: bool) -> std::io::Result<Self> {
+        let (real, f) = StateTrust::new(strict).audit_log(path).map_err(std::io::Error::other)?;
+        Ok(Audit { file: Some(Mutex::new(f)), path: Some(real), strict })
     }
 
     /// Opens the file again by name (after logrotate moved it away); on SIGHUP.
     pub fn reopen(&self) {
         let (Some(f), Some(p)) = (&self.file, &self.path) else { return };
-        match Self::open_file(p) {
-            Ok(new) => *f.lock() = new,
+        match StateTrust::new(self.strict).audit_log(p) {
+            Ok((_, new)) => *f.lock() = new,
             Err(e) => {
                 tracing::warn!(error = %e, path = %p.display(), "cannot reopen the audit log; still writing to the old one")
             }
@@ -106,7 +110,12 @@ impl Audit {
         };
         text.push(b'\n');
         let mut g = f.lock();
+        // A write cut short (a full disk) is cut back, so that the next line starts on a line.
+        let before = g.metadata().map(|m| m.len());
         if let Err(e) = g.write_all(&text) {
+            if let Ok(len) = before {
+                let _ = g.set_len(len);
+            }
             tracing::warn!(error = %e, "cannot write the audit log");
         }
     }

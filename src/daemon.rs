@@ -77,12 +77,13 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
 pub fn build_fs(cfg: &Config, opts: &RunOptions, mounting: bool) -> anyhow::Result<(LeaseFs, Vec<Record>)> {
     let (uid, gid) = effective_ids();
     let audit = Arc::new(match &cfg.audit_log {
-        Some(p) if mounting => Audit::open(p).with_context(|| format!("cannot open the audit log {}", p.display()))?,
+        Some(p) if mounting => Audit::open_trusted(p, !opts.insecure_perms)
+            .with_context(|| format!("cannot use the audit log {}", p.display()))?,
         _ => Audit::disabled(),
     });
     let (journal, pending) = if mounting {
-        let (j, replay) = Journal::open(&cfg.state_dir)
-            .with_context(|| format!("cannot open the lease journal in {}", cfg.state_dir.display()))?;
+        let (j, replay) = Journal::open_trusted(&cfg.state_dir, !opts.insecure_perms)
+            .with_context(|| format!("cannot use the state_dir {} (the lease journal)", cfg.state_dir.display()))?;
         for p in &replay.problems {
             tracing::warn!("{}: {p}", j.path().display());
         }
@@ -186,7 +187,7 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
     crate::memlock::harden_process();
     if opts.insecure_perms {
         tracing::warn!(
-            "--insecure-perms: ownership and mode checks of the config, documents, their directories and exec programs are OFF; anyone who can write them can read every secret and run programs as this daemon"
+            "--insecure-perms: ownership and mode checks of the config, documents, their directories, exec programs, state_dir, the journal and the audit log are OFF; anyone who can write them can read every secret and run programs as this daemon"
         );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("leasefs-rt").build()?;

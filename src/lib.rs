@@ -23,5 +23,6 @@ pub mod policy;
 pub mod render;
 pub mod secret;
 pub mod source;
+pub mod statefile;
 pub mod tls;
 pub mod trust;

@@ -50,6 +50,7 @@ pub fn contents(c: Control, v: &View<'_>) -> Bytes {
                 "live_leases": v.leases.live(),
                 "pending_revocations": v.leases.pending_revocations(),
                 "irrevocable_leases": irrevocable,
+                "unresolved_orphans": v.leases.unresolved_orphans(),
             });
             serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
         }

@@ -2,9 +2,8 @@
 //! are returned (several appends share one fsync); compacted while running; read back at start to
 //! revoke what a run that died left behind.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::table::Origin;
+use crate::statefile::{Access, StateTrust};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -94,9 +94,14 @@ pub struct Journal {
 
 /// The writer thread's state: the file, the records still open, and how many lines it holds.
 struct Writer {
+    st: StateTrust,
     dir: PathBuf,
     path: PathBuf,
     file: File,
+    /// The length of the file up to its last whole record.
+    len: u64,
+    /// An append failed and cutting the file back failed too.
+    torn: bool,
     open: IndexMap<String, Record>,
     lines: usize,
     compact_at: usize,
@@ -106,21 +111,32 @@ impl Journal {
     pub const FILE: &'static str = "journal.jsonl";
 
     /// Opens (creating) `dir/journal.jsonl`, replays it, and compacts it to what is still open.
+    /// The directory and the file must be trusted (SPEC §10.5; see `statefile.rs`).
     pub fn open(dir: &Path) -> std::io::Result<(Arc<Journal>, Replay)> {
-        Self::open_with(dir, COMPACT_AT)
+        Self::open_with(dir, COMPACT_AT, true)
     }
 
-    fn open_with(dir: &Path, compact_at: usize) -> std::io::Result<(Arc<Journal>, Replay)> {
-        std::fs::create_dir_all(dir)?;
-        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    /// As [`Journal::open`]; `strict` false (`--insecure-perms`) only warns about ownership and
+    /// modes (links and files that are not regular are refused still).
+    pub fn open_trusted(dir: &Path, strict: bool) -> std::io::Result<(Arc<Journal>, Replay)> {
+        Self::open_with(dir, COMPACT_AT, strict)
+    }
+
+    fn open_with(dir: &Path, compact_at: usize, strict: bool) -> std::io::Result<(Arc<Journal>, Replay)> {
+        let st = StateTrust::new(strict);
+        let dir = st.dir(dir, 0o700, true).map_err(std::io::Error::other)?;
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let path = dir.join(Self::FILE);
-        let (replay, open) = match std::fs::read(&path) {
-            Ok(bytes) => replay(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Replay::default(), IndexMap::new()),
-            Err(e) => return Err(e),
+        let (replay, open) = match st.open(&path, Access::Read).map_err(std::io::Error::other)? {
+            Some(mut f) => {
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                replay(&bytes)
+            }
+            None => (Replay::default(), IndexMap::new()),
         };
-        let file = rewrite(dir, &path, open.values())?;
-        let mut w = Writer { dir: dir.to_path_buf(), path: path.clone(), file, lines: open.len(), open, compact_at };
+        let (file, len) = rewrite(&st, &dir, &path, open.values())?;
+        let mut w = Writer { st, dir, path: path.clone(), file, len, torn: false, lines: open.len(), open, compact_at };
         let (tx, rx) = std::sync::mpsc::channel::<(Record, Reply)>();
         std::thread::Builder::new().name("leasefs-journal".into()).spawn(move || w.serve(rx))?;
         Ok((Arc::new(Journal { path, writer: tx }), replay))
@@ -148,22 +164,32 @@ impl Journal {
     }
 }
 
-/// Writes `records` to a new file, syncs it and moves it over `path`; returns the file for appending.
-fn rewrite<'a>(dir: &Path, path: &Path, records: impl Iterator<Item = &'a Record>) -> std::io::Result<File> {
+/// Writes `records` to a new file, syncs it and moves it over `path`; returns the file (open for
+/// appending: the same inode, never opened again by name) and its length.
+fn rewrite<'a>(
+    st: &StateTrust,
+    dir: &Path,
+    path: &Path,
+    records: impl Iterator<Item = &'a Record>,
+) -> std::io::Result<(File, u64)> {
     let tmp = dir.join(format!("{}.tmp", Journal::FILE));
-    {
-        let mut f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-        let mut buf = Vec::new();
-        for r in records {
-            serde_json::to_writer(&mut buf, r)?;
-            buf.push(b'\n');
-        }
-        f.write_all(&buf)?;
-        f.sync_all()?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = st
+        .open(&tmp, Access::Replace)
+        .map_err(std::io::Error::other)?
+        .ok_or_else(|| std::io::Error::other("cannot create the journal's new copy"))?;
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r)?;
+        buf.push(b'\n');
     }
-    std::fs::rename(&tmp, path)?;
+    let written = f.write_all(&buf).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     File::open(dir)?.sync_all()?;
-    OpenOptions::new().append(true).mode(0o600).open(path)
+    Ok((f, buf.len() as u64))
 }
 
 impl Writer {
@@ -179,9 +205,11 @@ impl Writer {
                     reply.send(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
             }
             if result.is_ok() && self.lines >= self.compact_at && self.lines >= 4 * self.open.len() {
-                match rewrite(&self.dir, &self.path, self.open.values()) {
-                    Ok(f) => {
+                match rewrite(&self.st, &self.dir, &self.path, self.open.values()) {
+                    Ok((f, len)) => {
                         self.file = f;
+                        self.len = len;
+                        self.torn = false;
                         self.lines = self.open.len();
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot compact the lease journal; it keeps growing"),
@@ -190,11 +218,33 @@ impl Writer {
         }
     }
 
-    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Record>) -> std::io::Result<()> {
+    /// Appends and syncs a batch. On failure (ENOSPC, EIO) the file is cut back to its last whole
+    /// record, so that no later record is glued onto a torn one; if even that fails, nothing more
+    /// is appended until it succeeds.
+    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Record> + Clone) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
         let mut buf = Vec::new();
-        for r in records {
+        for r in records.clone() {
             serde_json::to_writer(&mut buf, r)?;
             buf.push(b'\n');
+        }
+        if let Err(e) = self.file.write_all(&buf).and_then(|_| self.file.sync_data()) {
+            match self.file.set_len(self.len).and_then(|_| self.file.sync_data()) {
+                Ok(()) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot append to the lease journal; cut back to its last whole record")
+                }
+                Err(t) => {
+                    self.torn = true;
+                    tracing::error!(path = %self.path.display(), error = %e, truncate_error = %t, "cannot append to the lease journal, nor cut it back; nothing more is appended until it can be");
+                }
+            }
+            return Err(e);
+        }
+        self.len += buf.len() as u64;
+        for r in records {
             self.lines += 1;
             match r.op {
                 Op::Intent | Op::Issued => {
@@ -205,8 +255,7 @@ impl Writer {
                 }
             }
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()
+        Ok(())
     }
 }
 
@@ -309,7 +358,7 @@ mod tests {
     #[test]
     fn the_journal_is_compacted_while_running_and_keeps_what_is_open() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open_with(dir.path(), 64).unwrap();
+        let (j, _) = Journal::open_with(dir.path(), 64, true).unwrap();
         j.append_blocking(rec(Op::Issued, "keep")).unwrap();
         for i in 0..200 {
             let id = format!("l{i}");

@@ -147,6 +147,11 @@ impl LeaseManager {
         self.engine.irrevocable()
     }
 
+    /// Journal records of a previous run that name no configured base: reported, never run.
+    pub fn unresolved_orphans(&self) -> Vec<revoke::Unresolved> {
+        self.engine.unresolved()
+    }
+
     /// The gauges `/.leasefs/metrics` shows.
     pub fn gauges(&self, open_handles: usize) -> Gauges {
         Gauges {
@@ -454,15 +459,14 @@ impl LeaseManager {
         }
     }
 
-    /// At start: revokes what a previous run left in the journal. `resolve` finds a base secret
-    /// (by source prefix and path) in the current catalog. Waits for the first attempt of each;
-    /// failures keep retrying in the background.
+    /// At start: revokes what a previous run left in the journal (see `Engine::recover`). Waits
+    /// for the first attempt of each; failures keep retrying in the background.
     pub async fn recover(
         self: &Arc<Self>,
         pending: Vec<Record>,
         resolve: impl Fn(&str, &str) -> Option<(Arc<SecretMeta>, Arc<dyn Source>)>,
     ) {
-        let mut handles = self.engine.recover(pending, resolve);
+        let mut handles = self.engine.recover(pending, &resolve);
         let limit = self.defaults.issue_timeout.0 + Duration::from_secs(2);
         let _ = tokio::time::timeout(limit, async {
             for h in handles.iter_mut() {

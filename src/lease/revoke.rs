@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::bases::Bases;
@@ -21,6 +22,8 @@ use crate::error::LeaseError;
 use crate::issuer::{Issuers, RevokeRequest};
 use crate::metrics::Metrics;
 use crate::policy::IssuerKind;
+use crate::secret::{SecretKind, SecretMeta};
+use crate::source::Source;
 
 /// One credential to revoke.
 pub struct Job {
@@ -51,6 +54,8 @@ pub struct Engine {
     pending: Mutex<HashMap<String, Pending>>,
     /// Revocations of issuances that did not finish: shutdown waits for them.
     undone: Mutex<Vec<JoinHandle<()>>>,
+    /// Journal records recovery could not act on (reported, never executed).
+    unresolved: Mutex<Vec<Unresolved>>,
 }
 
 /// Backoff before attempt `attempt + 1`: 1 s, 2 s, 4 s … at most 60 s, each ±25 % so that a fleet
@@ -61,6 +66,40 @@ pub fn backoff(attempt: u32) -> Duration {
     getrandom::fill(&mut r).expect("the OS random source");
     let unit = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX); // 0..=1
     base.mul_f64(0.75 + unit / 2.0)
+}
+
+/// Finds a base secret (by source prefix and path) in the current catalog.
+pub type Resolve<'a> = dyn Fn(&str, &str) -> Option<(Arc<SecretMeta>, Arc<dyn Source>)> + 'a;
+
+/// A journal record left by a previous run that names no base of the current configuration.
+#[derive(Serialize, Clone, Debug)]
+pub struct Unresolved {
+    pub lease_id: String,
+    pub path: String,
+    pub source: String,
+    pub base: String,
+    pub reason: String,
+}
+
+/// Where an orphan's revocation runs: the base the record names, as the current configuration
+/// has it, with the issuer that base says — never the issuer the record says.
+fn origin_of(r: &Record, resolve: &Resolve<'_>) -> Result<Origin, String> {
+    let (base, source) =
+        resolve(&r.source, &r.base).ok_or_else(|| "its base is not in the current configuration".to_string())?;
+    let SecretKind::Base { issuer, .. } = base.kind else {
+        return Err("what it names is not a base secret".into());
+    };
+    if IssuerKind::parse(&r.issuer) != Some(issuer) {
+        return Err(format!("the journal says issuer {:?}, the configured base is {}", r.issuer, issuer.as_str()));
+    }
+    Ok(Origin {
+        path: r.path.clone(),
+        secret_id: r.secret_id.clone(),
+        issuer,
+        source_key: r.source.clone(),
+        base,
+        source,
+    })
 }
 
 /// How often an irrevocable lease is tried again.
@@ -92,6 +131,7 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             undone: Mutex::new(Vec::new()),
+            unresolved: Mutex::new(Vec::new()),
         }
     }
 
@@ -232,37 +272,49 @@ impl Engine {
     }
 
     /// Starts revoking what a previous run left in the journal; `resolve` finds a base secret
-    /// (by source prefix and path) in the current catalog.
-    pub fn recover(
-        self: &Arc<Self>,
-        pending: Vec<Record>,
-        resolve: impl Fn(&str, &str) -> Option<(Arc<crate::secret::SecretMeta>, Arc<dyn crate::source::Source>)>,
-    ) -> Vec<JoinHandle<()>> {
+    /// (by source prefix and path) in the current catalog. The journal is data (SPEC §10.5): the
+    /// lease id and revocation handle come from it, but the issuer, the base and the command that
+    /// runs come from the current configuration only. A record naming a base the configuration
+    /// does not have (or one whose issuer is not the base's) is reported, listed in `status.json`,
+    /// kept in the journal, and never executed.
+    pub fn recover(self: &Arc<Self>, pending: Vec<Record>, resolve: &Resolve<'_>) -> Vec<JoinHandle<()>> {
         if pending.is_empty() {
             return Vec::new();
         }
         tracing::warn!(count = pending.len(), "revoking leases left by a previous run");
         let mut handles = Vec::new();
         for r in pending {
-            let (Some(issuer), Some((base, source))) = (IssuerKind::parse(&r.issuer), resolve(&r.source, &r.base))
-            else {
-                tracing::error!(lease = %r.lease_id, path = %r.path, base = %r.base, issuer = %r.issuer, "cannot revoke an orphaned lease: its base secret or issuer is gone; it stays in the journal");
-                continue;
+            let origin = match origin_of(&r, resolve) {
+                Ok(o) => Arc::new(o),
+                Err(why) => {
+                    tracing::error!(lease = %r.lease_id, path = %r.path, source = %r.source, base = %r.base, issuer = %r.issuer, "cannot revoke an orphaned lease: {why}; nothing is run for it, and it stays in the journal");
+                    self.audit.record(
+                        &Event {
+                            event: EventKind::Error,
+                            path: &r.path,
+                            lease_id: Some(&r.lease_id),
+                            issuer: None,
+                            outcome: "orphan not revoked",
+                            detail: Some(&why),
+                        },
+                        None,
+                    );
+                    self.unresolved.lock().push(Unresolved {
+                        lease_id: r.lease_id.clone(),
+                        path: r.path.clone(),
+                        source: r.source.clone(),
+                        base: r.base.clone(),
+                        reason: why,
+                    });
+                    continue;
+                }
             };
-            let origin = Arc::new(Origin {
-                path: r.path.clone(),
-                secret_id: r.secret_id.clone(),
-                issuer,
-                source_key: r.source.clone(),
-                base,
-                source,
-            });
             self.audit.record(
                 &Event {
                     event: EventKind::Revoke,
                     path: &r.path,
                     lease_id: Some(&r.lease_id),
-                    issuer: Some(&r.issuer),
+                    issuer: Some(origin.issuer.as_str()),
                     outcome: "orphan",
                     detail: None,
                 },
@@ -278,6 +330,11 @@ impl Engine {
             }));
         }
         handles
+    }
+
+    /// Journal records recovery could not act on: their base is not in the configuration.
+    pub fn unresolved(&self) -> Vec<Unresolved> {
+        self.unresolved.lock().clone()
     }
 
     async fn revoke_once(&self, job: &Job) -> Result<(), LeaseError> {
