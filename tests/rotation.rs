@@ -188,11 +188,11 @@ fn rotate_script(env: &Env) -> PathBuf {
     p
 }
 
-/// A pid that no process holds: a child's, once reaped.
+/// A pid that no process can hold: `pid_max` itself (pids are below it). A reaped child's pid
+/// would do only until another process — nginx in a test running alongside — is given it.
 fn dead_pid() -> u32 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    c.wait().unwrap();
-    c.id()
+    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+    max.trim().parse().unwrap()
 }
 
 fn write_pid_file(p: &Path, pid: u32, mode: u32) {
@@ -297,4 +297,42 @@ fn a_rotate_command_runs_at_rotate_at_and_one_that_fails_is_unheard() {
     let detail = failed.iter().find(|e| e["outcome"] == "rotate_unheard").unwrap()["detail"].clone();
     assert!(detail.as_str().unwrap_or_default().contains("rotate_command"), "{detail}");
     assert!(unheard_metric(&env) >= 1);
+}
+
+#[test]
+fn check_accepts_the_rotation_keys_and_refuses_near_misses_mixtures_and_an_untrusted_command() {
+    require_root("the ownership checks are of root-owned files");
+    let env = Env::new();
+    let script = env.script();
+    let check = |env: &Env| {
+        let o = run(BIN, &["check", "--config", env.path("config.json").to_str().unwrap()]);
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let good = [
+        ("dyn:pid", "royal", json!({"rotate_signal": "SIGHUP", "rotate_pid_file": "/run/nginx.pid"})),
+        ("dyn:cmd", "royal", json!({"rotate_command": ["systemctl", "reload", "nginx"]})),
+    ];
+    env.doc("exec.json", &exec_catalog(&script, &good));
+    env.config(json!({}));
+    let (ok_, err) = check(&env);
+    assert!(ok_, "both keys are accepted: {err}");
+    // A program anyone could have replaced, in a directory writable by others.
+    let open = env.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let reload = open.join("reload");
+    std::fs::write(&reload, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&reload, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (attrs, want) in [
+        (json!({"rotate_signal": "SIGHUP", "rotate_pid_fle": "/run/nginx.pid"}), "did you mean `rotate_pid_file`"),
+        (json!({"rotate_pid_file": "/run/nginx.pid"}), "needs attributes.rotate_signal"),
+        (json!({"rotate_signal": "SIGHUP", "rotate_command": ["true"]}), "instead of signalling"),
+        (json!({"rotate_command": "systemctl reload nginx"}), "array of strings"),
+        (json!({"rotate_command": [reload]}), "is not trusted"),
+    ] {
+        env.doc("exec.json", &exec_catalog(&script, &[("dyn:bad", "royal", attrs.clone())]));
+        let (ok_, err) = check(&env);
+        assert!(!ok_ && err.contains(want), "{attrs}: expected {want:?} in:\n{err}");
+        assert!(err.contains("exec.json:"), "named at its file: {err}");
+    }
 }
