@@ -302,6 +302,13 @@ mod tests {
         assert!(e.message.contains("`colour`") && !e.message.contains("red"), "{e:?}");
         let e = check_keys(&dynamic, &attrs(serde_json::json!({"rotate_signl": "SIGHUP"}))).unwrap_err();
         assert!(e.message.contains("did you mean `rotate_signal`"), "{e:?}");
+        let e = check_keys(&dynamic, &attrs(serde_json::json!({"rotate_pid_fle": "/run/x.pid"}))).unwrap_err();
+        assert!(e.message.contains("did you mean `rotate_pid_file`"), "{e:?}");
+        let e = check_keys(&SecretKind::Static, &attrs(serde_json::json!({"rotate_comand": ["true"]}))).unwrap_err();
+        assert!(e.message.contains("did you mean `rotate_command`"), "{e:?}");
+        let ok = attrs(serde_json::json!({"rotate_signal": "SIGHUP", "rotate_pid_file": "/run/x.pid"}));
+        assert_eq!(check_keys(&dynamic, &ok).unwrap(), Vec::<&str>::new());
+        assert!(check_keys(&dynamic, &attrs(serde_json::json!({"rotate_command": ["true"]}))).unwrap().is_empty());
         let a = attrs(serde_json::json!({"colour": "red", "audience": "x", "ttl": "1m"}));
         let mut pending = check_keys(&dynamic, &a).unwrap();
         pending.sort();

@@ -21,6 +21,7 @@ pub mod openbao_auth;
 pub mod paths;
 pub mod policy;
 pub mod render;
+pub mod rotation;
 pub mod secret;
 pub mod source;
 pub mod statefile;

@@ -324,6 +324,16 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
             eprintln!("{place}: attributes.{key}: {why}");
             bad += 1;
         }
+        // A rotate_command's program, checked as it would be before it runs.
+        if let Some(argv) = &meta.policy().rotate_command {
+            let trust = leasefs::trust::Trust::new(!insecure_perms);
+            if let Err(why) = trust.check_program(&argv[0], leasefs::issuer::exec::PATH) {
+                let path = format!("{}/{}", prefix.trim_end_matches('/'), meta.path());
+                let place = leasefs::attrs::place_of(&meta, "rotate_command").unwrap_or(path);
+                eprintln!("{place}: attributes.rotate_command {:?} is not trusted: {why}", argv[0]);
+                bad += 1;
+            }
+        }
     }
     // The programs exec bases would run, checked as the daemon would before running them.
     let trust = leasefs::trust::Trust::new(!insecure_perms);

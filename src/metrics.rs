@@ -26,6 +26,7 @@ struct Inner {
     revoke_failed: BTreeMap<String, u64>,
     irrevocable: BTreeMap<String, u64>,
     expired: u64,
+    rotate_unheard: u64,
     latency: BTreeMap<String, Histogram>,
 }
 
@@ -172,6 +173,10 @@ impl Metrics {
     pub fn expired(&self) {
         self.with(|i| i.expired += 1)
     }
+    /// A rotation that reached nobody (no live opener, no pid file, the command failed).
+    pub fn rotate_unheard(&self) {
+        self.with(|i| i.rotate_unheard += 1)
+    }
 
     /// The Prometheus text exposition.
     pub fn render(&self, g: Gauges) -> String {
@@ -217,6 +222,13 @@ impl Metrics {
         );
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);
+        family(
+            &mut o,
+            "leasefs_rotate_unheard_total",
+            "counter",
+            "Rotations that reached nobody: no live opener, no pid file, or the command failed.",
+        );
+        let _ = writeln!(o, "leasefs_rotate_unheard_total {}", i.rotate_unheard);
         family(&mut o, "leasefs_leases_live", "gauge", "Live leases.");
         let _ = writeln!(o, "leasefs_leases_live {}", g.live_leases);
         family(&mut o, "leasefs_revocations_pending", "gauge", "Leases whose revocation has not succeeded yet.");

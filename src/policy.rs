@@ -1,6 +1,10 @@
 //! An entry's policy, typed once when its document is parsed: issuer kinds, format, ttl, reuse and
 //! the other lease settings. Nothing on the open path parses settings again.
 
+use std::path::Path;
+use std::sync::Arc;
+
+pub use crate::rotation::{RotateBy, Rotation};
 use std::time::Duration;
 
 use crate::config::{Defaults, Reuse, parse_duration};
@@ -72,6 +76,10 @@ pub struct Policy {
     pub rotate_signal: Option<i32>,
     /// When, in thousandths of the lease (`rotate_at` 0.66 → 660; default 2/3).
     pub rotate_at: Option<u32>,
+    /// A daemon's pid file: its pid gets `rotate_signal` too (read at rotation time).
+    pub rotate_pid_file: Option<Arc<Path>>,
+    /// Run at rotation instead of signalling (argv, no shell), like an exec script.
+    pub rotate_command: Option<Arc<[String]>>,
 }
 
 /// A signal by name (`"SIGHUP"`, `"HUP"`, `"USR1"`, …) for `rotate_signal`.
@@ -95,9 +103,11 @@ pub fn signal_named(name: &str) -> Option<i32> {
 pub const MAX_LEASE: Duration = Duration::from_secs(365 * 86400);
 
 /// The attribute keys a policy reads.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 15] = [
     "rotate_signal",
     "rotate_at",
+    "rotate_pid_file",
+    "rotate_command",
     "files",
     "bind",
     "format",
@@ -236,6 +246,7 @@ impl Policy {
             })?;
             p.rotate_at = Some((f * 1000.0).round() as u32);
         }
+        (p.rotate_pid_file, p.rotate_command) = crate::rotation::parse(attrs, p.rotate_signal.is_some())?;
         p.max_concurrent_issuances = count("max_concurrent_issuances")?;
         p.max_issues_per_minute = count("max_issues_per_minute")?;
         p.check_lengths()?;
@@ -313,8 +324,18 @@ impl Policy {
             max_concurrent_issuances: self.max_concurrent_issuances.unwrap_or(d.max_concurrent_issuances),
             max_issues_per_minute: self.max_issues_per_minute.unwrap_or(d.max_issues_per_minute),
             files: self.files.clone(),
-            rotate: self.rotate_signal.map(|sig| (sig, self.rotate_at.unwrap_or(667))),
+            rotate: self.rotation(),
         }
+    }
+
+    /// How and when a lease of this entry is rotated, if it is.
+    pub fn rotation(&self) -> Option<Rotation> {
+        let by = match (&self.rotate_command, self.rotate_signal) {
+            (Some(argv), _) => RotateBy::Command(argv.clone()),
+            (None, Some(signal)) => RotateBy::Signal { signal, pid_file: self.rotate_pid_file.clone() },
+            (None, None) => return None,
+        };
+        Some(Rotation { at: self.rotate_at.unwrap_or(667), by })
     }
 }
 
@@ -338,8 +359,8 @@ pub struct Effective {
     pub max_issues_per_minute: u32,
     /// A bundle's files and their formats.
     pub files: Option<Vec<(Box<str>, Format)>>,
-    /// The signal for long-running readers, and when (thousandths of the lease).
-    pub rotate: Option<(i32, u32)>,
+    /// How long-running readers are told to re-read, and when.
+    pub rotate: Option<Rotation>,
 }
 
 #[cfg(test)]
@@ -376,6 +397,12 @@ mod tests {
             (serde_json::json!({"reuse": "always"}), "reuse"),
             (serde_json::json!({"format": "yaml"}), "format"),
             (serde_json::json!({"renew_while_open": "yes"}), "renew_while_open"),
+            (serde_json::json!({"rotate_pid_file": "/run/nginx.pid"}), "rotate_pid_file"),
+            (serde_json::json!({"rotate_signal": "HUP", "rotate_pid_file": "nginx.pid"}), "rotate_pid_file"),
+            (serde_json::json!({"rotate_command": "systemctl reload nginx"}), "rotate_command"),
+            (serde_json::json!({"rotate_command": []}), "rotate_command"),
+            (serde_json::json!({"rotate_command": ["systemctl", 1]}), "rotate_command"),
+            (serde_json::json!({"rotate_signal": "HUP", "rotate_command": ["true"]}), "rotate_command"),
         ] {
             let e = Policy::parse(&attrs(v)).unwrap_err();
             assert!(e.message.contains(key) && e.key == key, "{e}");

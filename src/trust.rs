@@ -17,6 +17,13 @@ pub struct Trust {
     pub uid: u32,
 }
 
+/// Strict, for the daemon's own uid.
+impl Default for Trust {
+    fn default() -> Trust {
+        Trust::new(true)
+    }
+}
+
 impl Trust {
     pub fn new(strict: bool) -> Trust {
         // SAFETY: geteuid cannot fail.

@@ -168,6 +168,26 @@ async fn run(trust: &Trust, argv: &[String], env: &[(&str, String)], stdin: &[u8
     Ok(Ran { status, stdout, stderr: sanitize(&err) })
 }
 
+/// Runs a `rotate_command` as a script is run (trusted program, cleared environment with the
+/// lease's id and path, the guard, its process group killed after), bounded by `timeout`.
+pub async fn run_rotate_command(
+    trust: &Trust,
+    argv: &[String],
+    lease_id: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<(), LeaseError> {
+    let env = [("LEASEFS_LEASE_ID", lease_id.to_string()), ("LEASEFS_SECRET_PATH", path.to_string())];
+    let ran = tokio::time::timeout(timeout, run(trust, argv, &env, b""))
+        .await
+        .unwrap_or_else(|_| Err(LeaseError::timeout(timeout)))?;
+    if !ran.status.success() {
+        return Err(LeaseError::failed(format!("rotate_command {:?} failed ({})", argv[0], ran.status))
+            .with_log_detail(format!("stderr: {}", ran.stderr)));
+    }
+    Ok(())
+}
+
 fn tokens(lease_id: &str, id: &str, name: &str, path: &str, who: &Requester) -> Vec<(&'static str, String)> {
     vec![
         ("LEASEFS_SECRET_ID", id.to_string()),

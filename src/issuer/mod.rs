@@ -84,16 +84,19 @@ pub trait Issuer: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Issuers {
     by_kind: HashMap<IssuerKind, Arc<dyn Issuer>>,
+    /// Who may own the programs that are run (exec scripts, `rotate_command`).
+    pub trust: crate::trust::Trust,
 }
 
 impl Issuers {
     /// The issuers built into this binary, one per [`IssuerKind`]; `timeout` bounds their network
     /// calls; `strict_perms` refuses programs others could have changed.
     pub fn builtin(timeout: Duration, strict_perms: bool) -> Self {
-        let mut i = Issuers::default();
+        let trust = crate::trust::Trust::new(strict_perms);
+        let mut i = Issuers { trust, ..Issuers::default() };
         for kind in IssuerKind::ALL {
             let issuer: Arc<dyn Issuer> = match kind {
-                IssuerKind::Exec => Arc::new(exec::ExecIssuer { trust: crate::trust::Trust::new(strict_perms) }),
+                IssuerKind::Exec => Arc::new(exec::ExecIssuer { trust }),
                 IssuerKind::Jwt => Arc::new(jwt::JwtIssuer),
                 IssuerKind::Postgres => Arc::new(postgres::PostgresIssuer::new(timeout)),
                 IssuerKind::Aws => Arc::new(aws::AwsIssuer::new(timeout)),

@@ -131,7 +131,7 @@ impl Engine {
             renew_while_open: policy.renew_while_open,
             reusable: policy.reuse != crate::config::Reuse::None,
             inos: issue.inos.to_vec(),
-            rotate: policy.rotate,
+            rotate: policy.rotate.clone(),
         }))
     }
 

@@ -309,22 +309,13 @@ impl LeaseManager {
                 self.deadlines.push(now + (exp - now) * 2 / 3, lease, Action::Renew);
             }
         }
-        if let Some((_, at)) = lease.rotate {
+        if let Some(at) = lease.rotate.as_ref().map(|r| r.at) {
             let when = lease.issued_at + (exp - lease.issued_at) * at as i32 / 1000;
             self.deadlines.push(when, lease, Action::Rotate);
         }
         if !self.serving.swap(true, Ordering::SeqCst) {
             let me: Weak<dyn deadline::OnDeadline> = Arc::downgrade(self) as Weak<dyn deadline::OnDeadline>;
             tokio::spawn(deadline::serve(me, self.deadlines.clone(), self.clock.clone()));
-        }
-    }
-
-    /// Before the lease expires: each live process of the lease's uid that opened it gets the
-    /// rotation signal, and no new open shares the lease, so a re-read gets a fresh one.
-    fn rotate(&self, lease: &Arc<Lease>) {
-        for (pid, sent) in rotate::signal_openers(lease) {
-            let who = Requester { pid, ..lease.requester.clone() };
-            self.audit(EventKind::Rotate, lease, if sent { "signalled" } else { "failed" }, Some(&who));
         }
     }
 
@@ -491,7 +482,7 @@ impl deadline::OnDeadline for LeaseManager {
             Action::Expire => {}
             Action::Renew if lease.open_handles() > 0 => self.spawn_renewal(lease),
             Action::Renew => {}
-            Action::Rotate => self.rotate(&lease),
+            Action::Rotate => rotate::rotate(&self, &lease),
         }
     }
 }

@@ -90,8 +90,8 @@ pub struct Lease {
     pub inos: Vec<u64>,
     /// Whether its bytes count against its uid's bound.
     charged: AtomicBool,
-    /// `rotate_signal` and when (thousandths of the lease), for long-running readers.
-    pub rotate: Option<(i32, u32)>,
+    /// How and when long-running readers are told to re-read (`rotate_*`).
+    pub rotate: Option<crate::policy::Rotation>,
     /// Processes that opened it, as (pid, start time): they get the rotation signal.
     openers: Mutex<Vec<(u32, u64)>>,
     /// Set at rotation: no new open shares it, so a reader that re-reads gets a fresh lease.
@@ -116,7 +116,7 @@ pub struct NewLease {
     pub renew_while_open: bool,
     pub reusable: bool,
     pub inos: Vec<u64>,
-    pub rotate: Option<(i32, u32)>,
+    pub rotate: Option<crate::policy::Rotation>,
 }
 
 impl Lease {
