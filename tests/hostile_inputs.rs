@@ -109,11 +109,6 @@ fn a_shorter_credential_after_a_longer_one_is_exact_for_sendfile_readers() {
 }
 
 /// The kernel's page cache in kB (`Cached:` in /proc/meminfo).
-fn cached_kb() -> i64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    m.lines().find(|l| l.starts_with("Cached:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn what_a_sendfile_reader_pulled_into_the_page_cache_is_gone_after_close() {
     const MB12: usize = 12 * 1024 * 1024;
