@@ -10,9 +10,12 @@ use crate::secret::SecretFields;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BaoError {
-    /// Connection refused, timeout, 5xx: the server is down or unreachable.
+    /// Connection refused, 5xx, a TLS failure: the server is down, unreachable or not trusted.
     #[error("OpenBao unreachable: {0}")]
     Unreachable(String),
+    /// No answer within the timeout (a server that accepts and stays silent).
+    #[error("OpenBao did not answer in time: {0}")]
+    Timeout(String),
     /// The server answered with an error (4xx) or something unusable.
     #[error("OpenBao: {0}")]
     Refused(String),
@@ -77,6 +80,8 @@ impl Endpoints {
 struct Node {
     base: String,
     http: reqwest::Client,
+    /// What its certificate is checked against (named in a TLS error).
+    trust: String,
 }
 
 /// The node of each cluster that answered last: tried first next time.
@@ -99,7 +104,12 @@ impl BaoClient {
             let identity = endpoints.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
             let (ca, name) = (endpoints.ca_file.as_deref(), endpoints.tls_server_name.as_deref());
             let (base, http) = crate::tls::node_client(a, ca, name, identity, timeout).map_err(BaoError::Refused)?;
-            nodes.push(Node { base, http });
+            let trust = format!(
+                "trusted: the system's CAs{}; name checked: {}",
+                ca.map(|c| format!(" and ca_file {}", c.display())).unwrap_or_default(),
+                name.map(str::to_string).unwrap_or_else(|| "the address's host".into())
+            );
+            nodes.push(Node { base, http, trust });
         }
         if nodes.is_empty() {
             return Err(BaoError::Refused("no address".into()));
@@ -123,7 +133,7 @@ impl BaoClient {
                 loop {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() {
-                        return Err(BaoError::Unreachable(format!("no node answered in time ({last})")));
+                        return Err(BaoError::Timeout(format!("no node answered in time ({last})")));
                     }
                     let url = format!("{}/v1/{}", node.base, path.trim_start_matches('/'));
                     let mut req = node
@@ -136,11 +146,14 @@ impl BaoClient {
                     }
                     let resp = match req.send().await {
                         Ok(r) => r,
+                        Err(e) if e.is_timeout() => {
+                            return Err(BaoError::Timeout(format!("{}: {}", node.base, describe(&e, node))));
+                        }
                         Err(e) if e.is_connect() => {
-                            last = format!("{}: {}", node.base, describe(&e));
+                            last = format!("{}: {}", node.base, describe(&e, node));
                             break; // next node
                         }
-                        Err(e) => return Err(BaoError::Unreachable(describe(&e))),
+                        Err(e) => return Err(BaoError::Unreachable(describe(&e, node))),
                     };
                     let status = resp.status();
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -209,7 +222,7 @@ async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> 
     if status == reqwest::StatusCode::NO_CONTENT {
         return Ok(Value::Null);
     }
-    let text = zeroize::Zeroizing::new(resp.text().await.map_err(|e| BaoError::Unreachable(describe(&e)))?);
+    let text = zeroize::Zeroizing::new(resp.text().await.map_err(|e| body_error(&e, path))?);
     if status.is_server_error() {
         return Err(BaoError::Unreachable(format!("{status} on {path}")));
     }
@@ -228,15 +241,43 @@ async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> 
     serde_json::from_str(&text).map_err(|_| BaoError::Refused(format!("{path}: the answer is not JSON")))
 }
 
-fn describe(e: &reqwest::Error) -> String {
+fn describe(e: &reqwest::Error, node: &Node) -> String {
     if e.is_timeout() {
-        "timed out".into()
+        "no answer within the timeout (the server accepted the connection and stayed silent)".into()
+    } else if let Some(tls) = tls_cause(e) {
+        format!("TLS certificate problem: {tls} ({})", node.trust)
     } else if e.is_connect() {
         "connection refused or unreachable".into()
     } else {
         // reqwest's Display names the URL (no token, no body).
         e.to_string()
     }
+}
+
+/// A body that could not be read: a timeout (the server went silent mid-answer) or a broken link.
+fn body_error(e: &reqwest::Error, path: &str) -> BaoError {
+    if e.is_timeout() {
+        BaoError::Timeout(format!("{path}: the answer stopped arriving within the timeout"))
+    } else {
+        BaoError::Unreachable(format!("{path}: the answer broke off: {e}"))
+    }
+}
+
+/// The TLS failure behind an error, if one is in its chain (an untrusted or misnamed certificate).
+fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        // An io::Error's `source` skips the error it wraps: follow that one instead.
+        let wrapped = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        cur = match wrapped {
+            Some(w) => Some(w as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// Moves a JSON object's fields into secret fields, consuming the value.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
+use crate::error::ErrorKind;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
 use crate::secret::SecretFields;
 
@@ -80,6 +81,8 @@ impl Issuer for OpenBaoIssuer {
         let client = self.client(req.base).await?;
         let not_found = |e| match e {
             BaoError::NotFound => fail(format!("{path}: not found")),
+            // A silent server is a timeout (ETIMEDOUT), not a failure (EIO).
+            BaoError::Timeout(m) => LeaseError::new(ErrorKind::Timeout, format!("{path}: {m}")),
             other => fail(other),
         };
         let mut answer = if post || key.is_some() {

@@ -129,7 +129,7 @@ fn meta(
 
 fn map_err(e: BaoError) -> SourceError {
     match e {
-        BaoError::Unreachable(m) => SourceError::Unavailable(m),
+        BaoError::Unreachable(m) | BaoError::Timeout(m) => SourceError::Unavailable(m),
         // A refused token or a sealed server: keep serving the last listing.
         BaoError::Refused(m) => SourceError::Unavailable(m),
         BaoError::NotFound => SourceError::Invalid("not found".into()),
