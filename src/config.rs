@@ -146,6 +146,8 @@ pub struct Defaults {
     pub max_concurrent_issuances: u32,
     /// Issuances of one entry per minute; past it opens fail with EAGAIN (0: no bound).
     pub max_issues_per_minute: u32,
+    /// One uid's share of an entry's bounds while another uid uses it (0 < share ≤ 1).
+    pub per_uid_share: f64,
 }
 
 impl Default for Defaults {
@@ -167,6 +169,7 @@ impl Default for Defaults {
             max_lease_bytes_per_uid: 64 * 1024 * 1024,
             max_concurrent_issuances: 64,
             max_issues_per_minute: 0,
+            per_uid_share: 0.5,
         }
     }
 }
@@ -345,6 +348,10 @@ impl Config {
         if d.issue_timeout.0.is_zero() {
             let msg = "defaults.issue_timeout must be above zero".into();
             return Err(at(&[Key("defaults"), Key("issue_timeout")], msg));
+        }
+        if crate::policy::share_milli(d.per_uid_share).is_none() {
+            let msg = "defaults.per_uid_share must be a fraction above 0 and at most 1 (e.g. 0.5)".into();
+            return Err(at(&[Key("defaults"), Key("per_uid_share")], msg));
         }
         for (i, s) in self.sources.iter().enumerate() {
             let here = |key: &'static str, msg: String| at(&[Key("sources"), Index(i), Key(key)], msg);
