@@ -213,3 +213,64 @@ pub fn within_quota(usage: Usage, uid: u32, d: &Defaults) -> Result<(), LeaseErr
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Bounds = Bounds { max_concurrent: 8, per_minute: 0, share_milli: 500 };
+
+    #[test]
+    fn a_share_is_rounded_up_and_at_least_one() {
+        assert_eq!(share_of(8, 500), 4);
+        assert_eq!(share_of(9, 500), 5);
+        assert_eq!(share_of(1, 500), 1);
+        assert_eq!(share_of(10, 1), 1);
+        assert_eq!(share_of(0, 500), 0, "no bound stays no bound");
+        assert_eq!(share_of(10, 1000), 10);
+    }
+
+    #[test]
+    fn a_uid_alone_uses_the_whole_budget_and_a_newcomer_still_gets_its_share() {
+        let p = Pressure::default();
+        let a: Vec<_> = (0..8).map(|_| p.admit("e", 1, B).unwrap()).collect();
+        assert!(p.admit("e", 1, B).is_err(), "the entry's bound");
+        // uid 2 arrives while uid 1 holds the whole budget: admitted within its share.
+        let b: Vec<_> = (0..4).map(|_| p.admit("e", 2, B).unwrap()).collect();
+        let e = p.admit("e", 2, B).err().unwrap();
+        assert!(e.contains("per_uid_share"), "{e}");
+        // uid 1 is now held to its share: it gets nothing until it is back under 4.
+        drop(a.into_iter().take(5).collect::<Vec<_>>());
+        assert!(p.admit("e", 1, B).is_ok(), "3 held, its share is 4");
+        drop(b);
+    }
+
+    #[test]
+    fn the_per_minute_budget_is_shared_too() {
+        let p = Pressure::default();
+        let b = Bounds { max_concurrent: 0, per_minute: 10, share_milli: 500 };
+        for _ in 0..10 {
+            drop(p.admit("e", 1, b).unwrap());
+        }
+        assert!(p.admit("e", 1, b).is_err());
+        for _ in 0..5 {
+            drop(p.admit("e", 2, b).unwrap());
+        }
+        let e = p.admit("e", 2, b).err().unwrap();
+        assert!(e.contains("max_issues_per_minute") && e.contains("per_uid_share"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn denials_are_folded_per_uid_entry_and_reason_per_ten_seconds() {
+        let f = DenyFolds::default();
+        assert_eq!(f.deny(1, "e", "busy"), Some(1));
+        for _ in 0..99 {
+            assert_eq!(f.deny(1, "e", "busy"), None);
+        }
+        assert_eq!(f.deny(2, "e", "busy"), Some(1), "another uid has its own line");
+        assert_eq!(f.deny(1, "e", "quota"), Some(1), "another reason has its own line");
+        tokio::time::advance(DENY_FOLD).await;
+        assert_eq!(f.deny(1, "e", "busy"), Some(100), "this one and the 99 folded");
+        assert_eq!(f.deny(1, "e", "busy"), None);
+    }
+}
