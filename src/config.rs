@@ -428,6 +428,7 @@ mod tests {
             (r#"{"ttl": "999999999999d"}"#, "too long"),
             (r#"{"ttl": "5m", "min_remaining": "5m"}"#, "defaults.min_remaining must be shorter"),
             (r#"{"ttl": "20s", "reuse": "uid"}"#, "defaults.min_remaining must be shorter"),
+            (r#"{"per_uid_share": 0}"#, "defaults.per_uid_share must be a fraction"),
         ] {
             let e = cfg(d).unwrap_err();
             assert!(e.message.contains(needle) && e.line == 2, "{d}: {e}");

@@ -396,6 +396,9 @@ mod tests {
         assert_eq!(e.reuse, Reuse::Uid);
         assert_eq!(e.format, Format::Env);
         assert!(!e.revoke_on_close);
+        assert_eq!(e.per_uid_share, 500, "per_uid_share defaults to 0.5");
+        let share = Policy::parse(&attrs(serde_json::json!({"per_uid_share": 0.25}))).unwrap();
+        assert_eq!(share.effective(&d).per_uid_share, 250);
         assert!(Policy::parse(&attrs(serde_json::json!({}))).unwrap().is_empty());
     }
 
@@ -419,6 +422,9 @@ mod tests {
             (serde_json::json!({"rotate_command": []}), "rotate_command"),
             (serde_json::json!({"rotate_command": ["systemctl", 1]}), "rotate_command"),
             (serde_json::json!({"rotate_signal": "HUP", "rotate_command": ["true"]}), "rotate_command"),
+            (serde_json::json!({"per_uid_share": 0}), "per_uid_share"),
+            (serde_json::json!({"per_uid_share": 1.5}), "per_uid_share"),
+            (serde_json::json!({"per_uid_share": "half"}), "per_uid_share"),
         ] {
             let e = Policy::parse(&attrs(v)).unwrap_err();
             assert!(e.message.contains(key) && e.key == key, "{e}");
