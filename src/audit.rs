@@ -40,6 +40,9 @@ pub struct Event<'a> {
     pub outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'a str>,
+    /// How many events this line stands for (repeated denials folded into one line per 10 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 pub struct Audit {

@@ -146,6 +146,8 @@ pub struct Defaults {
     pub max_concurrent_issuances: u32,
     /// Issuances of one entry per minute; past it opens fail with EAGAIN (0: no bound).
     pub max_issues_per_minute: u32,
+    /// One uid's share of an entry's bounds while another uid uses it (0 < share ≤ 1).
+    pub per_uid_share: f64,
 }
 
 impl Default for Defaults {
@@ -167,6 +169,7 @@ impl Default for Defaults {
             max_lease_bytes_per_uid: 64 * 1024 * 1024,
             max_concurrent_issuances: 64,
             max_issues_per_minute: 0,
+            per_uid_share: 0.5,
         }
     }
 }
@@ -346,6 +349,10 @@ impl Config {
             let msg = "defaults.issue_timeout must be above zero".into();
             return Err(at(&[Key("defaults"), Key("issue_timeout")], msg));
         }
+        if crate::policy::share_milli(d.per_uid_share).is_none() {
+            let msg = "defaults.per_uid_share must be a fraction above 0 and at most 1 (e.g. 0.5)".into();
+            return Err(at(&[Key("defaults"), Key("per_uid_share")], msg));
+        }
         for (i, s) in self.sources.iter().enumerate() {
             let here = |key: &'static str, msg: String| at(&[Key("sources"), Index(i), Key(key)], msg);
             let need = |ok: bool, key: &str| {
@@ -421,6 +428,7 @@ mod tests {
             (r#"{"ttl": "999999999999d"}"#, "too long"),
             (r#"{"ttl": "5m", "min_remaining": "5m"}"#, "defaults.min_remaining must be shorter"),
             (r#"{"ttl": "20s", "reuse": "uid"}"#, "defaults.min_remaining must be shorter"),
+            (r#"{"per_uid_share": 0}"#, "defaults.per_uid_share must be a fraction"),
         ] {
             let e = cfg(d).unwrap_err();
             assert!(e.message.contains(needle) && e.line == 2, "{d}: {e}");

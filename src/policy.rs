@@ -70,6 +70,8 @@ pub struct Policy {
     pub renew_while_open: Option<bool>,
     pub max_concurrent_issuances: Option<u32>,
     pub max_issues_per_minute: Option<u32>,
+    /// The share of those bounds one uid may hold while others use the entry, in thousandths.
+    pub per_uid_share: Option<u32>,
     /// A bundle (`attributes.files`): file name → format, in name order. One lease per binding.
     pub files: Option<Vec<(Box<str>, Format)>>,
     /// Sent to the processes that opened a lease before it expires (`rotate_signal`).
@@ -98,12 +100,17 @@ pub fn signal_named(name: &str) -> Option<i32> {
     })
 }
 
+/// A `per_uid_share` (above 0, at most 1) in thousandths, at least 1.
+pub fn share_milli(f: f64) -> Option<u32> {
+    (f > 0.0 && f <= 1.0).then(|| ((f * 1000.0).round() as u32).max(1))
+}
+
 /// The longest `ttl` or `max_ttl` leasefs takes: one year. Issuers turn the lease into an expiry
 /// (a JWT's `exp`, a role's `VALID UNTIL`); beyond this a mistake is likelier than intent.
 pub const MAX_LEASE: Duration = Duration::from_secs(365 * 86400);
 
 /// The attribute keys a policy reads.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "rotate_signal",
     "rotate_at",
     "rotate_pid_file",
@@ -119,6 +126,7 @@ pub const KEYS: [&str; 15] = [
     "renew_while_open",
     "max_concurrent_issuances",
     "max_issues_per_minute",
+    "per_uid_share",
 ];
 
 /// Why an entry's attributes were refused: the key (for its position in the document) and what is
@@ -249,6 +257,11 @@ impl Policy {
         (p.rotate_pid_file, p.rotate_command) = crate::rotation::parse(attrs, p.rotate_signal.is_some())?;
         p.max_concurrent_issuances = count("max_concurrent_issuances")?;
         p.max_issues_per_minute = count("max_issues_per_minute")?;
+        if let Some(v) = attrs.get("per_uid_share") {
+            let f = v.as_f64().and_then(share_milli);
+            let msg = "attributes.per_uid_share must be a fraction above 0 and at most 1 (e.g. 0.5)";
+            p.per_uid_share = Some(f.ok_or_else(|| err("per_uid_share", msg))?);
+        }
         p.check_lengths()?;
         Ok(p)
     }
@@ -323,6 +336,7 @@ impl Policy {
             renew_while_open: self.renew_while_open.unwrap_or(false),
             max_concurrent_issuances: self.max_concurrent_issuances.unwrap_or(d.max_concurrent_issuances),
             max_issues_per_minute: self.max_issues_per_minute.unwrap_or(d.max_issues_per_minute),
+            per_uid_share: self.per_uid_share.or_else(|| share_milli(d.per_uid_share)).unwrap_or(500),
             files: self.files.clone(),
             rotate: self.rotation(),
         }
@@ -357,6 +371,8 @@ pub struct Effective {
     pub max_concurrent_issuances: u32,
     /// Issuances of this entry per minute (0: no bound).
     pub max_issues_per_minute: u32,
+    /// One uid's share of those bounds while another uid uses the entry, in thousandths.
+    pub per_uid_share: u32,
     /// A bundle's files and their formats.
     pub files: Option<Vec<(Box<str>, Format)>>,
     /// How long-running readers are told to re-read, and when.
@@ -380,6 +396,9 @@ mod tests {
         assert_eq!(e.reuse, Reuse::Uid);
         assert_eq!(e.format, Format::Env);
         assert!(!e.revoke_on_close);
+        assert_eq!(e.per_uid_share, 500, "per_uid_share defaults to 0.5");
+        let share = Policy::parse(&attrs(serde_json::json!({"per_uid_share": 0.25}))).unwrap();
+        assert_eq!(share.effective(&d).per_uid_share, 250);
         assert!(Policy::parse(&attrs(serde_json::json!({}))).unwrap().is_empty());
     }
 
@@ -403,6 +422,9 @@ mod tests {
             (serde_json::json!({"rotate_command": []}), "rotate_command"),
             (serde_json::json!({"rotate_command": ["systemctl", 1]}), "rotate_command"),
             (serde_json::json!({"rotate_signal": "HUP", "rotate_command": ["true"]}), "rotate_command"),
+            (serde_json::json!({"per_uid_share": 0}), "per_uid_share"),
+            (serde_json::json!({"per_uid_share": 1.5}), "per_uid_share"),
+            (serde_json::json!({"per_uid_share": "half"}), "per_uid_share"),
         ] {
             let e = Policy::parse(&attrs(v)).unwrap_err();
             assert!(e.message.contains(key) && e.key == key, "{e}");

@@ -311,7 +311,8 @@ impl LeaseFs {
     }
 
     fn record(&self, event: EventKind, path: &str, outcome: &str, detail: Option<&str>, who: &Requester) {
-        self.audit.record(&Event { event, path, lease_id: None, issuer: None, outcome, detail }, Some(who));
+        self.audit
+            .record(&Event { event, path, lease_id: None, issuer: None, outcome, detail, count: None }, Some(who));
     }
 
     pub fn open_handles(&self) -> usize {

@@ -82,6 +82,7 @@ impl LeaseFs {
                 issuer: Some(lease.issuer().as_str()),
                 outcome: "ok",
                 detail: Some("the same node, open already"),
+                count: None,
             };
             self.audit.record(&event, Some(who));
         }

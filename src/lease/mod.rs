@@ -171,6 +171,7 @@ impl LeaseManager {
                 issuer: Some(lease.issuer().as_str()),
                 outcome,
                 detail: None,
+                count: None,
             },
             who,
         );
@@ -217,15 +218,14 @@ impl LeaseManager {
             self.refuse(&req, kind, &e);
             return Err(e);
         }
-        let _admitted =
-            match self.pressure.admit(&req.path, policy.max_concurrent_issuances, policy.max_issues_per_minute) {
-                Ok(a) => a,
-                Err(why) => {
-                    let e = LeaseError::new(ErrorKind::Busy, why);
-                    self.refuse(&req, kind, &e);
-                    return Err(e);
-                }
-            };
+        let _admitted = match self.pressure.admit(&req.path, req.requester.uid, pressure::bounds(policy)) {
+            Ok(a) => a,
+            Err(why) => {
+                let e = LeaseError::new(ErrorKind::Busy, why);
+                self.refuse(&req, kind, &e);
+                return Err(e);
+            }
+        };
 
         let _in_flight = self.in_flight.token();
         if self.engine.shutting_down.load(Ordering::SeqCst) {
@@ -274,6 +274,7 @@ impl LeaseManager {
                         issuer: Some(kind.as_str()),
                         outcome: e.reason(),
                         detail: Some(&detail),
+                        count: None,
                     },
                     Some(&req.requester),
                 );
@@ -283,9 +284,10 @@ impl LeaseManager {
         }
     }
 
-    /// Counts and audits an open refused by a bound (quota, pressure).
+    /// Counts and audits an open refused by a bound (quota, pressure); repeats folded per 10 s.
     fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) {
         self.metrics.failed(kind.as_str(), e.reason());
+        let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return };
         self.audit.record(
             &Event {
                 event: EventKind::Deny,
@@ -294,6 +296,7 @@ impl LeaseManager {
                 issuer: Some(kind.as_str()),
                 outcome: e.reason(),
                 detail: Some(&e.to_string()),
+                count: Some(count),
             },
             Some(&req.requester),
         );

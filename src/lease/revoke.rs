@@ -188,6 +188,7 @@ impl Engine {
                 issuer: Some(job.origin.issuer.as_str()),
                 outcome,
                 detail,
+                count: None,
             },
             None,
         );
@@ -296,6 +297,7 @@ impl Engine {
                             issuer: None,
                             outcome: "orphan not revoked",
                             detail: Some(&why),
+                            count: None,
                         },
                         None,
                     );
@@ -317,6 +319,7 @@ impl Engine {
                     issuer: Some(origin.issuer.as_str()),
                     outcome: "orphan",
                     detail: None,
+                    count: None,
                 },
                 None,
             );

@@ -184,6 +184,7 @@ fn unheard(m: &LeaseManager, lease: &Lease, why: &str) {
         issuer: Some(lease.issuer().as_str()),
         outcome: "rotate_unheard",
         detail: Some(why),
+        count: None,
     };
     m.audit.record(&ev, None);
     tracing::warn!(lease = %lease.id, path = %lease.path(), why, "rotation reached nobody: whoever holds this lease was not told to re-read and may use it past its expiry");

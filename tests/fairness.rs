@@ -1,0 +1,142 @@
+//! SPEC §10.7: one user cannot starve another. A real mount, two real users: `nobody` floods a
+//! slow entry while `daemon` opens it one open at a time; and the flood's denials are folded in
+//! the audit log (`count`) so that it cannot fill the disk.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An issuer that takes a second per credential.
+const SLOW_ISSUER: &str = r#"#!/bin/sh
+if [ "$1" = revoke ]; then cat > /dev/null; exit 0; fi
+cat > /dev/null
+sleep 1
+printf '{"Password": "pw-%s"}\n' "$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+"#;
+
+/// `threads` threads, each opening and reading the file over and over until `seconds` passed;
+/// prints "<successes> <failures>".
+const FLOOD: &str = r#"
+import sys, threading, time
+path, threads, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+ok = [0]; bad = [0]; lock = threading.Lock()
+def run():
+    while time.monotonic() < end:
+        try:
+            with open(path) as f:
+                f.read()
+            with lock: ok[0] += 1
+        except OSError:
+            with lock: bad[0] += 1
+ts = [threading.Thread(target=run) for _ in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(ok[0], bad[0])
+"#;
+
+/// `n` opens one after another (none after `seconds`); prints "<successes> <errnos…>".
+const SEQUENTIAL: &str = r#"
+import sys, time
+path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+ok = 0; errs = []
+for _ in range(n):
+    if time.monotonic() > end: break
+    try:
+        with open(path) as f:
+            f.read()
+        ok += 1
+    except OSError as e:
+        errs.append(e.errno)
+print(ok, *errs)
+"#;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+fn setup() -> Env {
+    require_root("opens as the users nobody and daemon");
+    assert!(std::path::Path::new(PYTHON).exists(), "{PYTHON} is needed to drive the users' opens");
+    let mut env = Env::new();
+    let script = env.path("slow.sh");
+    std::fs::write(&script, SLOW_ISSUER).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let attrs = json!({"max_concurrent_issuances": 8, "mode": "0444"});
+    env.doc("dynamic.json", &exec_catalog(&script.to_string_lossy(), &[("dyn:slow", "slow", attrs)]));
+    env.config(json!({"allow_other": true}));
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    env.start();
+    env
+}
+
+fn audit_len(env: &Env) -> u64 {
+    std::fs::metadata(env.path("audit.jsonl")).map(|m| m.len()).unwrap_or(0)
+}
+
+fn busy_metric(env: &Env) -> u64 {
+    let metrics = read(&env.m(".leasefs/metrics")).unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("leasefs_issuance_failures_total") && l.contains("reason=\"busy\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_user_flooding_an_entry_leaves_another_user_its_share_and_the_audit_log_stays_small() {
+    let env = setup();
+    let file = env.m("dyn/slow");
+    let path = file.to_string_lossy().into_owned();
+    let before = audit_len(&env);
+
+    // nobody: 200 concurrent opens, kept up for 40 s.
+    let started = Instant::now();
+    let mut flood = Command::new("runuser")
+        .args(["-u", "nobody", "--", PYTHON, "-c", FLOOD, &path, "200", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runuser");
+    // The flood holds the entry before daemon comes: nobody has been refused at least once.
+    eventually(Duration::from_secs(10), "nobody's flood to reach the bound", || {
+        env.audit().iter().any(|v| v["event"] == "deny" && v["uid"] == 65534)
+    });
+
+    // daemon: 20 opens one after another, while the flood goes on.
+    let b = as_user("daemon", &[PYTHON, "-c", SEQUENTIAL, &path, "20", "38"]);
+    let b_out = String::from_utf8_lossy(&b.stdout).into_owned();
+    assert!(b.status.success(), "daemon's opens: {b_out} {}", String::from_utf8_lossy(&b.stderr));
+    assert!(started.elapsed() < Duration::from_secs(40), "daemon's opens ended after the flood: {b_out}");
+
+    let deadline = started + Duration::from_secs(55);
+    while flood.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = flood.kill();
+            panic!("the flood did not end within its 40 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = flood.wait_with_output().unwrap();
+    let a_out = String::from_utf8_lossy(&a.stdout).into_owned();
+    let mut a_counts = a_out.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    let (a_ok, a_bad) = (a_counts.next().unwrap(), a_counts.next().unwrap());
+    assert!(a_bad >= 1000, "a real flood: nobody was refused {a_bad} times (opened {a_ok})");
+
+    let b_ok: u64 = b_out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(b_ok >= 18, "daemon opened {b_ok} of 20 while nobody flooded (errnos after the count): {b_out}");
+
+    // Every denial is counted; the audit log folds them and stays small.
+    assert!(busy_metric(&env) >= a_bad, "the metric counts every denial ({a_bad}): {}", busy_metric(&env));
+    let grown = audit_len(&env) - before;
+    assert!(grown < 1_000_000, "the audit log grew by {grown} bytes during a 40 s flood");
+    let audit = env.audit();
+    let folded: Vec<_> = audit.iter().filter(|v| v["event"] == "deny" && v["count"].as_u64() > Some(1)).collect();
+    assert!(!folded.is_empty(), "no deny line folds repeated denials (count > 1)");
+    assert!(folded.iter().all(|v| v["uid"] == 65534 && v["path"] == "/dyn/slow"), "{folded:?}");
+    let lines = audit.iter().filter(|v| v["event"] == "deny" && v["uid"] == 65534).count();
+    assert!(lines <= 10, "nobody's denials take {lines} lines; one per reason per 10 s is expected");
+}
