@@ -146,6 +146,8 @@ pub struct Defaults {
     pub max_concurrent_issuances: u32,
     /// Issuances of one entry per minute; past it opens fail with EAGAIN (0: no bound).
     pub max_issues_per_minute: u32,
+    /// The most bytes of one server answer that is read (OpenBao, STS, Graph); a longer one is refused.
+    pub max_response_bytes: u64,
 }
 
 impl Default for Defaults {
@@ -167,6 +169,7 @@ impl Default for Defaults {
             max_lease_bytes_per_uid: 64 * 1024 * 1024,
             max_concurrent_issuances: 64,
             max_issues_per_minute: 0,
+            max_response_bytes: crate::tls::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }

@@ -41,6 +41,7 @@ fn effective_ids() -> (u32, u32) {
 /// Builds the configured sources, in order, with their prefixes and default ownership.
 pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<SourceSpec>> {
     let (uid, gid) = effective_ids();
+    crate::tls::set_max_response_bytes(cfg.defaults.max_response_bytes);
     let mut out = Vec::new();
     for sc in &cfg.sources {
         let own = sc.ownership();
