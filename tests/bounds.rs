@@ -53,6 +53,11 @@ fn longest_line(env: &Env) -> usize {
     text.split(|b| *b == b'\n').map(<[u8]>::len).max().unwrap_or(0)
 }
 
+/// `cat` under `timeout`: a stuck daemon fails the test instead of hanging it.
+fn cat_bounded(p: &std::path::Path, limit_s: u32) -> std::process::Output {
+    run("timeout", &[&limit_s.to_string(), "cat", p.to_str().unwrap()])
+}
+
 struct Killed(std::process::Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -75,7 +80,8 @@ fn a_50_mb_listing_is_refused_and_the_daemon_keeps_serving() {
     // and the log stays under 1 MB.
     while started.elapsed() < Duration::from_secs(30) {
         let t = Instant::now();
-        assert_eq!(read(&env.m("app/token")).expect("the local source is served"), "local-ok");
+        let out = cat_bounded(&env.m("app/token"), 5);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "local-ok", "the local source is served: {out:?}");
         assert!(t.elapsed() < Duration::from_secs(2), "a read of a local secret took {:?}", t.elapsed());
         assert!(env.daemon().child.as_mut().unwrap().try_wait().unwrap().is_none(), "leasefs exited");
         let size = log_size(&env);
@@ -110,9 +116,10 @@ fn a_2_mib_openbao_credential_is_refused_with_eio_naming_its_size() {
     let file = env.m("bao/database/creds/big");
     eventually(Duration::from_secs(10), "the role to be listed", || file.exists());
     let t = Instant::now();
-    let r = read(&file);
-    assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(errno_of(r), libc::EIO, "a 2 MiB credential is refused");
+    let out = cat_bounded(&file, 15);
+    assert!(t.elapsed() < Duration::from_secs(10), "the open took {:?}", t.elapsed());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.stdout.is_empty() && err.contains("Input/output error"), "a 2 MiB credential is refused (EIO): {err}");
     // username "u" + password: 8 + 1 + 8 + 2 MiB bytes of names and values.
     let size = 2 * 1024 * 1024 + "username".len() + 1 + "password".len();
     eventually(Duration::from_secs(5), "the refusal in the log", || {
@@ -121,7 +128,7 @@ fn a_2_mib_openbao_credential_is_refused_with_eio_naming_its_size() {
     let log = env.log();
     assert!(!log.contains("HUGECREDHUGECRED"), "the credential never reaches the log");
     assert!(longest_line(&env) <= 4096);
-    assert_eq!(read(&env.m("app/token")).unwrap(), "local-ok");
+    assert_eq!(String::from_utf8_lossy(&cat_bounded(&env.m("app/token"), 5).stdout), "local-ok");
     let st = env.daemon().stop();
     assert!(st.success(), "{st}");
 }
