@@ -349,6 +349,10 @@ impl Config {
             let msg = "defaults.issue_timeout must be above zero".into();
             return Err(at(&[Key("defaults"), Key("issue_timeout")], msg));
         }
+        if d.max_response_bytes == 0 {
+            let msg = "defaults.max_response_bytes must be above zero".into();
+            return Err(at(&[Key("defaults"), Key("max_response_bytes")], msg));
+        }
         for (i, s) in self.sources.iter().enumerate() {
             let here = |key: &'static str, msg: String| at(&[Key("sources"), Index(i), Key(key)], msg);
             let need = |ok: bool, key: &str| {

@@ -9,7 +9,7 @@ use common::*;
 use serde_json::json;
 
 /// Writes config.json: a local source at `/` and the fake OpenBao at `/bao`.
-fn config(env: &Env, port: u16, kv: bool) {
+fn config(env: &Env, port: u16, kv: bool, defaults: serde_json::Value) {
     let token = env.path("bao-token");
     std::fs::write(&token, "fake-token").unwrap();
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -26,6 +26,10 @@ fn config(env: &Env, port: u16, kv: bool) {
         "audit_log": env.path("audit.jsonl"),
         "defaults": {"refresh": "1s", "issue_timeout": "5s"}
     });
+    let mut cfg = cfg;
+    for (k, v) in defaults.as_object().unwrap() {
+        cfg["defaults"][k] = v.clone();
+    }
     std::fs::write(env.path("config.json"), cfg.to_string()).unwrap();
     std::fs::set_permissions(env.path("config.json"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
@@ -73,7 +77,7 @@ fn a_50_mb_listing_is_refused_and_the_daemon_keeps_serving() {
     let _bao = Killed(fixture_server("huge_bao.py", &["--port", &port.to_string(), "--listing-mb", "50"]));
     let mut env = Env::new();
     env.doc("app.json", r#"{"path": "app:token", "data": {"value": "local-ok"}}"#);
-    config(&env, port, true);
+    config(&env, port, true, json!({}));
     let started = Instant::now();
     start_debug(&mut env);
     // 30 s of refreshes every second, each answered 50 MB: the local source is served all along,
@@ -111,7 +115,7 @@ fn a_2_mib_openbao_credential_is_refused_with_eio_naming_its_size() {
     let _bao = Killed(fixture_server("huge_bao.py", &["--port", &port.to_string(), "--cred-bytes", "2097152"]));
     let mut env = Env::new();
     env.doc("app.json", r#"{"path": "app:token", "data": {"value": "local-ok"}}"#);
-    config(&env, port, false);
+    config(&env, port, false, json!({}));
     start_debug(&mut env);
     let file = env.m("bao/database/creds/big");
     eventually(Duration::from_secs(10), "the role to be listed", || file.exists());
@@ -129,6 +133,25 @@ fn a_2_mib_openbao_credential_is_refused_with_eio_naming_its_size() {
     assert!(!log.contains("HUGECREDHUGECRED"), "the credential never reaches the log");
     assert!(longest_line(&env) <= 4096);
     assert_eq!(String::from_utf8_lossy(&cat_bounded(&env.m("app/token"), 5).stdout), "local-ok");
+    let st = env.daemon().stop();
+    assert!(st.success(), "{st}");
+}
+
+#[test]
+fn max_response_bytes_refuses_by_content_length_before_reading() {
+    require_root("it mounts FUSE");
+    let port = free_tcp_port();
+    let args = ["--port", &port.to_string(), "--listing-mb", "2", "--with-length"].map(String::from);
+    let _bao = Killed(fixture_server("huge_bao.py", &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut env = Env::new();
+    env.doc("app.json", r#"{"path": "app:token", "data": {"value": "local-ok"}}"#);
+    config(&env, port, true, json!({"max_response_bytes": 1048576}));
+    start_debug(&mut env);
+    let n = r#"{"data":{"keys":[""#.len() + 2 * 1024 * 1024 + r#""]}}"#.len();
+    let said = format!("secret/metadata/: the answer is {n} bytes, over max_response_bytes (1048576)");
+    eventually(Duration::from_secs(10), "the refusal by Content-Length", || env.log().contains(&said));
+    assert_eq!(String::from_utf8_lossy(&cat_bounded(&env.m("app/token"), 5).stdout), "local-ok");
+    assert!(longest_line(&env) <= 4096);
     let st = env.daemon().stop();
     assert!(st.success(), "{st}");
 }
