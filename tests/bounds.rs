@@ -155,3 +155,23 @@ fn max_response_bytes_refuses_by_content_length_before_reading() {
     let st = env.daemon().stop();
     assert!(st.success(), "{st}");
 }
+
+#[test]
+fn sigterm_during_a_refresh_that_a_server_dribbles_exits_in_under_5_s() {
+    require_root("it mounts FUSE");
+    let port = free_tcp_port();
+    let args = ["--port", &port.to_string(), "--dribble-after", "1"].map(String::from);
+    let _bao = Killed(fixture_server("huge_bao.py", &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut env = Env::new();
+    env.doc("app.json", r#"{"path": "app:token", "data": {"value": "local-ok"}}"#);
+    // The refresh may run 60 s; SIGTERM must not wait for it.
+    config(&env, port, true, json!({"issue_timeout": "60s"}));
+    start_debug(&mut env);
+    std::thread::sleep(Duration::from_secs(3)); // the refresh at 1 s is being dribbled
+    assert_eq!(String::from_utf8_lossy(&cat_bounded(&env.m("app/token"), 5).stdout), "local-ok");
+    let t = Instant::now();
+    env.daemon().signal(libc::SIGTERM);
+    let st = env.daemon().wait(Duration::from_secs(5));
+    assert!(st.is_some(), "leasefs was still running 5 s after SIGTERM (waiting for its refresh)");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
