@@ -148,6 +148,8 @@ pub struct Defaults {
     pub max_issues_per_minute: u32,
     /// One uid's share of an entry's bounds while another uid uses it (0 < share ≤ 1).
     pub per_uid_share: f64,
+    /// The most bytes of one server answer that is read (OpenBao, STS, Graph); a longer one is refused.
+    pub max_response_bytes: u64,
 }
 
 impl Default for Defaults {
@@ -170,6 +172,7 @@ impl Default for Defaults {
             max_concurrent_issuances: 64,
             max_issues_per_minute: 0,
             per_uid_share: 0.5,
+            max_response_bytes: crate::tls::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -352,6 +355,10 @@ impl Config {
         if crate::policy::share_milli(d.per_uid_share).is_none() {
             let msg = "defaults.per_uid_share must be a fraction above 0 and at most 1 (e.g. 0.5)".into();
             return Err(at(&[Key("defaults"), Key("per_uid_share")], msg));
+        }
+        if d.max_response_bytes == 0 {
+            let msg = "defaults.max_response_bytes must be above zero".into();
+            return Err(at(&[Key("defaults"), Key("max_response_bytes")], msg));
         }
         for (i, s) in self.sources.iter().enumerate() {
             let here = |key: &'static str, msg: String| at(&[Key("sources"), Index(i), Key(key)], msg);

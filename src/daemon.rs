@@ -41,6 +41,7 @@ fn effective_ids() -> (u32, u32) {
 /// Builds the configured sources, in order, with their prefixes and default ownership.
 pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<SourceSpec>> {
     let (uid, gid) = effective_ids();
+    crate::tls::set_max_response_bytes(cfg.defaults.max_response_bytes);
     let mut out = Vec::new();
     for sc in &cfg.sources {
         let own = sc.ownership();
@@ -269,7 +270,13 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
                     notify("READY=1");
                 }
                 _ = tick.tick() => {
-                    for p in fs.refresh().await { tracing::debug!("skipped: {p}"); }
+                    // A refresh a slow server holds up to issue_timeout never delays a shutdown:
+                    // dropped unfinished, it has swapped nothing in.
+                    tokio::select! {
+                        problems = fs.refresh() => for p in problems { tracing::debug!("skipped: {p}"); },
+                        _ = term.recv() => { tracing::info!("SIGTERM during a refresh: shutting down"); break; }
+                        _ = int.recv() => { tracing::info!("SIGINT during a refresh: shutting down"); break; }
+                    }
                 }
                 _ = &mut done_rx => { tracing::warn!("the mount went away (unmounted from outside); exiting"); break; }
             }

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod fuse;
 pub mod issuer;
 pub mod lease;
+pub mod logcap;
 pub mod memlock;
 pub mod metrics;
 pub mod notifier;

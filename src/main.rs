@@ -134,7 +134,9 @@ fn init_logs(level: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info{caps}")));
     // Colour only on a terminal: a log file or journald gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
+    let json = matches!(format, LogFormat::Json);
+    let writer = leasefs::logcap::CappedStderr { json };
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colour);
     let _ = match format {
         LogFormat::Text => tracing::subscriber::set_global_default(b.finish()),
         LogFormat::Json => tracing::subscriber::set_global_default(b.json().finish()),

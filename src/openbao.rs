@@ -222,16 +222,19 @@ async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> 
     if status == reqwest::StatusCode::NO_CONTENT {
         return Ok(Value::Null);
     }
-    let text = zeroize::Zeroizing::new(resp.text().await.map_err(|e| body_error(&e, path))?);
+    let text = crate::tls::read_capped(resp, path).await.map_err(|e| match e {
+        crate::tls::BodyError::TooLarge(m) => BaoError::Refused(m),
+        crate::tls::BodyError::Read(e) => body_error(&e, path),
+    })?;
     if status.is_server_error() {
         return Err(BaoError::Unreachable(format!("{status} on {path}")));
     }
     if !status.is_success() {
-        // Error bodies are {"errors": [...]}: messages, never secret data.
+        // Error bodies are {"errors": [...]}: messages, never secret data; at most a short excerpt.
         let errors = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("errors").cloned())
-            .map(|e| e.to_string())
+            .map(|e| excerpt(&e.to_string(), 512))
             .unwrap_or_default();
         return Err(BaoError::Refused(format!("{status} on {path} {errors}")));
     }
@@ -239,6 +242,20 @@ async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> 
         return Ok(Value::Null);
     }
     serde_json::from_str(&text).map_err(|_| BaoError::Refused(format!("{path}: the answer is not JSON")))
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary), control characters dropped, and
+/// how much was left out.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end].chars().filter(|c| !c.is_control()).collect();
+    if end < text.len() {
+        out.push_str(&format!("… ({} more bytes)", text.len() - end));
+    }
+    out
 }
 
 fn describe(e: &reqwest::Error, node: &Node) -> String {

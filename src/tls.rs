@@ -130,3 +130,55 @@ pub fn node_client(
     CLIENTS.lock().insert(key, c.clone());
     Ok((base, c))
 }
+
+/// The default of `max_response_bytes`: the most of one server answer that is read.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+static MAX_RESPONSE_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(DEFAULT_MAX_RESPONSE_BYTES);
+
+/// Sets `max_response_bytes` for every client of this process (the daemon does, from its config).
+pub fn set_max_response_bytes(n: u64) {
+    MAX_RESPONSE_BYTES.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn max_response_bytes() -> u64 {
+    MAX_RESPONSE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Why an answer's body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Longer than `max_response_bytes`: the message names where and the size, never the body.
+    TooLarge(String),
+    /// The connection failed or timed out while reading.
+    Read(reqwest::Error),
+}
+
+/// Reads an answer's body (as text) in chunks, refusing it past `max_response_bytes`: at once when
+/// `Content-Length` says so, else as soon as the bytes read pass the cap (the rest is never read).
+/// `what` names the request (a path or an endpoint) in the error.
+pub async fn read_capped(mut resp: reqwest::Response, what: &str) -> Result<zeroize::Zeroizing<String>, BodyError> {
+    let cap = max_response_bytes();
+    let said = resp.content_length();
+    if let Some(n) = said.filter(|n| *n > cap) {
+        return Err(BodyError::TooLarge(format!(
+            "{what}: the answer is {n} bytes, over max_response_bytes ({cap}); refused"
+        )));
+    }
+    // Sized once when the length is known: a grown buffer would leave copies behind unzeroized.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(said.unwrap_or(0) as usize));
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if buf.len() as u64 + chunk.len() as u64 > cap {
+            return Err(BodyError::TooLarge(format!(
+                "{what}: the answer is more than {cap} bytes (max_response_bytes); refused after reading {} bytes",
+                buf.len() as u64 + chunk.len() as u64
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let text = match std::str::from_utf8(&buf) {
+        Ok(s) => s.to_string(),
+        Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+    };
+    Ok(zeroize::Zeroizing::new(text))
+}

@@ -122,11 +122,13 @@ impl Issuer for AwsIssuer {
                 fail(if e.is_timeout() { "STS timed out".into() } else { format!("STS unreachable: {e}") })
             })?;
         let status = resp.status();
-        let text =
-            zeroize::Zeroizing::new(resp.text().await.map_err(|e| fail(format!("reading the STS answer: {e}")))?);
+        let text = crate::tls::read_capped(resp, &format!("STS {endpoint}")).await.map_err(|e| match e {
+            crate::tls::BodyError::TooLarge(m) => fail(m),
+            crate::tls::BodyError::Read(e) => fail(format!("reading the STS answer: {e}")),
+        })?;
         if !status.is_success() {
-            let code = tag(&text, "Code").unwrap_or("unknown");
-            let message = tag(&text, "Message").unwrap_or("");
+            let code = crate::openbao::excerpt(tag(&text, "Code").unwrap_or("unknown"), 128);
+            let message = crate::openbao::excerpt(tag(&text, "Message").unwrap_or(""), 512);
             return Err(fail(format!("STS refused ({status}): {code}: {message}")));
         }
         let get = |t: &str| tag(&text, t).ok_or_else(|| fail(format!("the STS answer lacks {t}")));

@@ -70,7 +70,12 @@ fn error_text(status: reqwest::StatusCode, body: &str) -> String {
         (Value::String(c), d) => (Some(c.as_str()), d.as_str()),
         _ => (None, None),
     };
-    format!("{status}: {}: {}", code.unwrap_or("unknown"), msg.unwrap_or("").lines().next().unwrap_or(""))
+    let msg = msg.unwrap_or("").lines().next().unwrap_or("");
+    format!(
+        "{status}: {}: {}",
+        crate::openbao::excerpt(code.unwrap_or("unknown"), 128),
+        crate::openbao::excerpt(msg, 512)
+    )
 }
 
 impl App<'_> {
@@ -100,8 +105,11 @@ impl App<'_> {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let body =
-                zeroize::Zeroizing::new(resp.text().await.map_err(|e| fail(format!("reading the answer: {e}")))?);
+            let what = resp.url().path().to_string();
+            let body = crate::tls::read_capped(resp, &what).await.map_err(|e| match e {
+                crate::tls::BodyError::TooLarge(m) => fail(m),
+                crate::tls::BodyError::Read(e) => fail(format!("reading the answer: {e}")),
+            })?;
             return Ok((status, body));
         }
     }

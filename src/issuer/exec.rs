@@ -11,8 +11,8 @@ use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expir
 use crate::secret::{Requester, SecretFields};
 use crate::trust::Trust;
 
-/// Output larger than this is refused (`EIO`).
-pub const MAX_OUTPUT: usize = 1024 * 1024;
+/// Output larger than this is refused (`EIO`): the bound of every issuer's credential.
+pub const MAX_OUTPUT: usize = super::MAX_CREDENTIAL_BYTES;
 /// How much of a failing script's stderr reaches the log.
 pub const STDERR_LOGGED: usize = 512;
 /// The only variable the cleared environment gets besides the `LEASEFS_*` tokens.

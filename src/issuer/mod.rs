@@ -118,6 +118,22 @@ impl Issuers {
     }
 }
 
+/// The most bytes of credential (field names and values together) any issuer may hand back; a
+/// larger one is refused (`EIO`) and revoked. `exec` stops reading its script's output here too.
+pub const MAX_CREDENTIAL_BYTES: usize = 1024 * 1024;
+
+/// Refuses a credential over [`MAX_CREDENTIAL_BYTES`], naming its size (never a value).
+pub fn check_credential_size(kind: IssuerKind, fields: &SecretFields) -> Result<(), LeaseError> {
+    use secrecy::ExposeSecret;
+    let size: usize = fields.fields.iter().map(|(k, v)| k.len() + v.text.expose_secret().len()).sum();
+    if size > MAX_CREDENTIAL_BYTES {
+        return Err(LeaseError::failed(format!(
+            "{kind}: the credential is {size} bytes, over the {MAX_CREDENTIAL_BYTES}-byte limit (refused; revoking it)"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses an expiry written by an issuer: RFC 3339, or seconds since the epoch.
 pub fn parse_expiry(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {

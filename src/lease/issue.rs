@@ -95,6 +95,8 @@ impl Engine {
         // From here on, a failure or a dropped future revokes the intent (then the credential).
         let mut issued: Issued = issuer.issue(&req).await?;
         undo.armed = Some((issued.revocation.clone(), None));
+        // One bound for every issuer, as exec's output has (SPEC §10.6); revoked by `undo`.
+        crate::issuer::check_credential_size(origin.issuer, &issued.fields)?;
         let now = self.clock.now();
         let cap = now + chrono::Duration::from_std(policy.max_ttl).unwrap_or(chrono::Duration::hours(1));
         let expires_at = match issued.expires_at {
