@@ -257,24 +257,12 @@ pub fn place_of(meta: &SecretMeta, key: &str) -> Option<String> {
     let at = text.as_deref().and_then(|t| {
         let doc = t.get(start..end)?;
         let inner = locate(doc, &[Step::Key("attributes"), Step::Key(key)]).unwrap_or(0);
-        Some(line_col(t, start + inner))
+        Some(crate::diag::line_col(t, start + inner))
     });
     Some(match at {
         Some((line, col)) => format!("{}:{line}:{col}", file.path.display()),
         None => file.path.display().to_string(),
     })
-}
-
-/// Line and column (both from 1, the column in characters) of byte `offset` in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
-    let line = before.matches('\n').count() + 1;
-    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
-    (line, col)
 }
 
 #[cfg(test)]
@@ -289,7 +277,7 @@ mod tests {
     fn keys_are_located() {
         let text = "{\"a\": [1, {\"x\": \"}\"}],\n \"attributes\": {\"ttl\": \"0s\",\n   \"colour\": 1}}";
         let at = locate(text, &[Step::Key("attributes"), Step::Key("colour")]).unwrap();
-        assert_eq!(line_col(text, at), (3, 4));
+        assert_eq!(crate::diag::line_col(text, at), (3, 4));
         let at = locate(text, &[Step::Key("a"), Step::Index(1), Step::Key("x")]).unwrap();
         assert_eq!(&text[at..at + 3], "\"x\"");
         assert_eq!(locate(text, &[Step::Key("nope")]), None);

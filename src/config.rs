@@ -324,7 +324,7 @@ impl Config {
         // An error at the key `path` names (the whole file if it is not written there).
         let at = |path: &[crate::attrs::Step<'_>], msg: String| match crate::attrs::locate(text, path) {
             Some(offset) => {
-                let (line, column) = crate::attrs::line_col(text, offset);
+                let (line, column) = crate::diag::line_col(text, offset);
                 FileError { file: file.to_path_buf(), line, column, message: msg }
             }
             None => FileError::whole(file, msg),

@@ -36,6 +36,32 @@ impl FileError {
     }
 }
 
+/// At most `max` bytes of `text` (cut at a character boundary), control characters dropped, and
+/// how much was left out.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end].chars().filter(|c| !c.is_control()).collect();
+    if end < text.len() {
+        out.push_str(&format!("… ({} more bytes)", text.len() - end));
+    }
+    out
+}
+
+/// Line and column (both from 1, the column in characters) of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    (line, col)
+}
+
 /// Edit distance (insertions, deletions, substitutions, and swaps of two neighbours) between two
 /// keys, counted in characters.
 pub fn edit_distance(a: &str, b: &str) -> usize {

@@ -234,7 +234,7 @@ async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> 
         let errors = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("errors").cloned())
-            .map(|e| excerpt(&e.to_string(), 512))
+            .map(|e| crate::diag::excerpt(&e.to_string(), 512))
             .unwrap_or_default();
         return Err(BaoError::Refused(format!("{status} on {path} {errors}")));
     }
@@ -242,20 +242,6 @@ async fn answer(resp: reqwest::Response, path: &str) -> Result<Value, BaoError> 
         return Ok(Value::Null);
     }
     serde_json::from_str(&text).map_err(|_| BaoError::Refused(format!("{path}: the answer is not JSON")))
-}
-
-/// At most `max` bytes of `text` (cut at a character boundary), control characters dropped, and
-/// how much was left out.
-pub fn excerpt(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out: String = text[..end].chars().filter(|c| !c.is_control()).collect();
-    if end < text.len() {
-        out.push_str(&format!("… ({} more bytes)", text.len() - end));
-    }
-    out
 }
 
 fn describe(e: &reqwest::Error, node: &Node) -> String {

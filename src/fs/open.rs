@@ -39,7 +39,7 @@ impl LeaseFs {
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
         self.count(&self.leases.metrics.ops.open);
         let who = if self.audit.is_enabled() { who.with_comm() } else { who };
-        let joined = if self.views.bound(ino).is_some() { self.join(ino, flags, &who) } else { None };
+        let joined = if is_view(ino) { self.join(ino, flags, &who) } else { None };
         let r = match joined {
             Some(r) => r,
             None => match self.views.entry(ino) {
@@ -202,7 +202,6 @@ impl LeaseFs {
             source: slot.source.clone(),
             source_key: self.catalog.source_key(*source),
             requester: who.clone().with_comm(),
-            inos: Vec::new(),
         };
         let lease = self.leases.open(req).await.map_err(|e| FsError::from(e).at(path))?;
         let Some(bytes) = lease.file(file).cloned() else {

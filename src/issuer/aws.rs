@@ -127,8 +127,8 @@ impl Issuer for AwsIssuer {
             crate::tls::BodyError::Read(e) => fail(format!("reading the STS answer: {e}")),
         })?;
         if !status.is_success() {
-            let code = crate::openbao::excerpt(tag(&text, "Code").unwrap_or("unknown"), 128);
-            let message = crate::openbao::excerpt(tag(&text, "Message").unwrap_or(""), 512);
+            let code = crate::diag::excerpt(tag(&text, "Code").unwrap_or("unknown"), 128);
+            let message = crate::diag::excerpt(tag(&text, "Message").unwrap_or(""), 512);
             return Err(fail(format!("STS refused ({status}): {code}: {message}")));
         }
         let get = |t: &str| tag(&text, t).ok_or_else(|| fail(format!("the STS answer lacks {t}")));

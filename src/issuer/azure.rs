@@ -71,11 +71,7 @@ fn error_text(status: reqwest::StatusCode, body: &str) -> String {
         _ => (None, None),
     };
     let msg = msg.unwrap_or("").lines().next().unwrap_or("");
-    format!(
-        "{status}: {}: {}",
-        crate::openbao::excerpt(code.unwrap_or("unknown"), 128),
-        crate::openbao::excerpt(msg, 512)
-    )
+    format!("{status}: {}: {}", crate::diag::excerpt(code.unwrap_or("unknown"), 128), crate::diag::excerpt(msg, 512))
 }
 
 impl App<'_> {

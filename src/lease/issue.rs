@@ -23,8 +23,6 @@ pub struct Issue<'a> {
     pub secret: &'a SecretMeta,
     pub requester: &'a Requester,
     pub policy: &'a Effective,
-    /// The inodes of the entry's files.
-    pub inos: &'a [u64],
 }
 
 /// Revokes what an issuance created if it stops before its lease exists (SPEC §10.4): a failure,
@@ -132,7 +130,6 @@ impl Engine {
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,
             reusable: policy.reuse != crate::config::Reuse::None,
-            inos: issue.inos.to_vec(),
             rotate: policy.rotate.clone(),
         }))
     }

@@ -241,14 +241,8 @@ impl LeaseManager {
         });
         let lease_id = new_lease_id();
         let started = Instant::now();
-        let issue = Issue {
-            lease_id: &lease_id,
-            origin: &origin,
-            secret: &req.secret,
-            requester: &req.requester,
-            policy,
-            inos: &req.inos,
-        };
+        let issue =
+            Issue { lease_id: &lease_id, origin: &origin, secret: &req.secret, requester: &req.requester, policy };
         let timeout = self.defaults.issue_timeout.0;
         let result = tokio::time::timeout(timeout, self.engine.issue(&issue))
             .await

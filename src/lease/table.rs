@@ -26,8 +26,6 @@ pub struct OpenRequest {
     /// The prefix of that source (how the journal finds the base again after a restart).
     pub source_key: String,
     pub requester: Requester,
-    /// The inodes of the entry's files (one, or a bundle's), whose pages go when the lease ends.
-    pub inos: Vec<u64>,
 }
 
 /// Why a lease ended before (or at) its expiry.
@@ -86,8 +84,6 @@ pub struct Lease {
     /// Whether another open may share it (`reuse` uid or pid): its bytes are kept while no
     /// handle is open.
     pub reusable: bool,
-    /// The inodes of its files (their pages are dropped from the page cache when it ends).
-    pub inos: Vec<u64>,
     /// Whether its bytes count against its uid's bound.
     charged: AtomicBool,
     /// How and when long-running readers are told to re-read (`rotate_*`).
@@ -115,7 +111,6 @@ pub struct NewLease {
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
     pub reusable: bool,
-    pub inos: Vec<u64>,
     pub rotate: Option<crate::policy::Rotation>,
 }
 
@@ -136,7 +131,6 @@ impl Lease {
             revoke_on_close: n.revoke_on_close,
             renew_while_open: n.renew_while_open,
             reusable: n.reusable,
-            inos: n.inos,
             charged: AtomicBool::new(false),
             rotate: n.rotate,
             openers: Mutex::new(vec![opener]),

@@ -117,7 +117,6 @@ fn request_at(path: &str, attrs: serde_json::Value, uid: u32, pid: u32, start: u
         source: Arc::new(NoSource),
         source_key: "/".into(),
         requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0, start },
-        inos: vec![7],
     }
 }
 

@@ -88,10 +88,7 @@ enum Layout<'a> {
 
 fn position(text: &str, slice: &str) -> (usize, usize) {
     let offset = (slice.as_ptr() as usize).saturating_sub(text.as_ptr() as usize).min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, col)
+    crate::diag::line_col(text, offset)
 }
 
 /// An error at `slice` (a part of `text`), or inside it at the serde error's position.

@@ -81,7 +81,7 @@ impl OpenBaoSource {
                     Ok(s) => segments.extend(s),
                     Err(e) => {
                         // A key can be megabytes long: the problem names its start only.
-                        let shown = crate::openbao::excerpt(&rel, 200);
+                        let shown = crate::diag::excerpt(&rel, 200);
                         listing.problems.push(FileError::whole(
                             std::path::Path::new(&format!("{}/v1/{mount}/metadata/{shown}", self.address())),
                             e,
@@ -106,12 +106,12 @@ impl OpenBaoSource {
 /// KV keys are `/`-separated; each segment must be a safe file name.
 fn segments_of(rel: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
-    let shown = crate::openbao::excerpt(rel, 200);
+    let shown = crate::diag::excerpt(rel, 200);
     for seg in rel.split('/') {
         // Reuse the document path rules on one segment at a time (a ':' in a key is not a separator here).
         let checked = split_path(&seg.replace(':', "/"), false).map_err(|e| format!("key {shown:?}: {e}"))?;
         if checked.len() != 1 {
-            return Err(format!("key {shown:?}: segment {:?} holds a ':' or '/'", crate::openbao::excerpt(seg, 200)));
+            return Err(format!("key {shown:?}: segment {:?} holds a ':' or '/'", crate::diag::excerpt(seg, 200)));
         }
         out.push(seg.to_string());
     }
