@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Quota,
     /// The entry is issuing as much as it may, at once or per minute (`EAGAIN`).
     Busy,
+    /// No memory could be mapped for the secret's bytes (`ENOMEM`).
+    NoMemory,
 }
 
 /// Why an issuance, renewal or revocation failed.
@@ -85,6 +87,7 @@ impl LeaseError {
             ErrorKind::ShuttingDown => "shutdown",
             ErrorKind::Quota => "quota",
             ErrorKind::Busy => "busy",
+            ErrorKind::NoMemory => "memory",
             ErrorKind::Failed | ErrorKind::Unavailable => "error",
         }
     }
@@ -96,6 +99,7 @@ impl ToErrno for LeaseError {
             ErrorKind::Timeout => libc::ETIMEDOUT,
             ErrorKind::Quota => libc::EDQUOT,
             ErrorKind::Busy => libc::EAGAIN,
+            ErrorKind::NoMemory => libc::ENOMEM,
             ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown => libc::EIO,
         }
     }

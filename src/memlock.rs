@@ -36,7 +36,42 @@ pub struct LockedBuf {
 unsafe impl Send for LockedBuf {}
 unsafe impl Sync for LockedBuf {}
 
-fn map(size: usize) -> Option<NonNull<u8>> {
+/// No memory for a secret's bytes: the mapping that would hold them was refused (`ENOMEM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no memory for a secret's bytes ({bytes} bytes could not be mapped)")]
+pub struct OutOfMemory {
+    pub bytes: usize,
+}
+
+impl From<OutOfMemory> for std::io::Error {
+    fn from(e: OutOfMemory) -> Self {
+        std::io::Error::new(std::io::ErrorKind::OutOfMemory, e)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests: mappings larger than this fail on this thread as an exhausted system's would.
+    static MAP_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Unit tests: makes this thread's mappings over `limit` bytes fail until the guard drops.
+#[cfg(test)]
+pub fn limit_maps(limit: usize) -> impl Drop {
+    struct Reset(usize);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MAP_LIMIT.with(|l| l.set(self.0));
+        }
+    }
+    Reset(MAP_LIMIT.with(|l| l.replace(limit)))
+}
+
+fn map(size: usize) -> Result<NonNull<u8>, OutOfMemory> {
+    #[cfg(test)]
+    if size > MAP_LIMIT.with(|l| l.get()) {
+        return Err(OutOfMemory { bytes: size });
+    }
     // SAFETY: an anonymous private mapping; the result is checked before use.
     let p = unsafe {
         libc::mmap(
@@ -49,7 +84,7 @@ fn map(size: usize) -> Option<NonNull<u8>> {
         )
     };
     if p == libc::MAP_FAILED {
-        return None;
+        return Err(OutOfMemory { bytes: size });
     }
     // SAFETY: the range was just mapped by us.
     let rc = unsafe {
@@ -59,38 +94,34 @@ fn map(size: usize) -> Option<NonNull<u8>> {
     if rc != 0 && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::info!(error = %std::io::Error::last_os_error(), "cannot mlock secret buffers; they may be swapped (grant CAP_IPC_LOCK or raise LimitMEMLOCK)");
     }
-    NonNull::new(p.cast())
+    NonNull::new(p.cast()).ok_or(OutOfMemory { bytes: size })
 }
 
 impl LockedBuf {
-    /// Copies `src` into locked memory.
-    pub fn copy_from(src: &[u8]) -> LockedBuf {
+    /// Copies `src` into locked memory; fails when no mapping can be made for it.
+    pub fn copy_from(src: &[u8]) -> Result<LockedBuf, OutOfMemory> {
         if src.is_empty() {
-            return LockedBuf { ptr: NonNull::dangling(), len: 0, shift: 0 };
+            return Ok(LockedBuf { ptr: NonNull::dangling(), len: 0, shift: 0 });
         }
         let shift = src.len().next_power_of_two().trailing_zeros().max(MIN_SHIFT);
-        let (ptr, shift) = if shift <= MAX_SHIFT {
-            (Self::take(shift), shift)
-        } else {
-            let size = src.len().next_multiple_of(4096);
-            (map(size).expect("out of memory for a secret buffer"), 0)
-        };
+        let (ptr, shift) =
+            if shift <= MAX_SHIFT { (Self::take(shift)?, shift) } else { (map(src.len().next_multiple_of(4096))?, 0) };
         // SAFETY: ptr points to at least src.len() writable bytes that nothing else uses.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ptr.as_ptr(), src.len()) };
-        LockedBuf { ptr, len: src.len(), shift }
+        Ok(LockedBuf { ptr, len: src.len(), shift })
     }
 
-    fn take(shift: u32) -> NonNull<u8> {
+    /// A free slot of size class `shift`, from a new slab when none is free.
+    fn take(shift: u32) -> Result<NonNull<u8>, OutOfMemory> {
         let class = (shift - MIN_SHIFT) as usize;
         let mut free = FREE.lock();
         if free[class].is_empty() {
             let size = 1usize << shift;
-            let slab = map(SLAB).expect("out of memory for a secret buffer");
-            let base = slab.as_ptr() as usize;
+            let base = map(SLAB)?.as_ptr() as usize;
             free[class].extend((0..SLAB / size).rev().map(|i| base + i * size));
         }
-        let addr = free[class].pop().expect("a slab was just added");
-        NonNull::new(addr as *mut u8).expect("slab addresses are not null")
+        // Slab addresses are never null; an empty list here would be a slab of no slots.
+        free[class].pop().and_then(|addr| NonNull::new(addr as *mut u8)).ok_or(OutOfMemory { bytes: SLAB })
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -137,9 +168,10 @@ impl fmt::Debug for SharedBytes {
 }
 
 impl SharedBytes {
-    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
-        // Copied into locked memory; the rendering buffer is zeroized as it drops here.
-        SharedBytes { inner: parking_lot::RwLock::new(Some(LockedBuf::copy_from(&bytes))) }
+    /// Copies the bytes into locked memory (the rendering buffer is zeroized as it drops here);
+    /// fails with `ENOMEM` when no memory can be mapped for them.
+    pub fn new(bytes: zeroize::Zeroizing<Vec<u8>>) -> Result<Self, OutOfMemory> {
+        Ok(SharedBytes { inner: parking_lot::RwLock::new(Some(LockedBuf::copy_from(&bytes)?)) })
     }
 
     /// The length, or `None` once expired.
@@ -193,20 +225,32 @@ mod tests {
     fn buffers_hold_their_bytes_and_reuse_freed_slots() {
         for len in [0usize, 1, 63, 64, 65, 4096, 65536, 65537, 300_000] {
             let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let b = LockedBuf::copy_from(&src);
+            let b = LockedBuf::copy_from(&src).unwrap();
             assert_eq!(b.as_slice(), &src[..], "len {len}");
         }
         // The 16 KiB class: no other unit test allocates there, so last-in-first-out is certain.
         let first = vec![0xa5u8; 9000];
-        let a = LockedBuf::copy_from(&first);
+        let a = LockedBuf::copy_from(&first).unwrap();
         let addr = a.as_slice().as_ptr() as usize;
         drop(a);
-        let b = LockedBuf::copy_from(&[7u8; 8200]);
+        let b = LockedBuf::copy_from(&[7u8; 8200]).unwrap();
         assert_eq!(b.as_slice().as_ptr() as usize, addr, "a freed slot is reused");
         assert_eq!(b.as_slice(), &[7u8; 8200][..]);
         // The bytes past the new contents were zeroized when the first buffer was freed.
         // SAFETY: the slot is 16 KiB long and owned by `b`; reading its tail only.
         let tail = unsafe { std::slice::from_raw_parts((addr + 8200) as *const u8, 800) };
         assert!(tail.iter().all(|x| *x == 0), "freed bytes were not zeroized");
+    }
+
+    #[test]
+    fn a_mapping_the_system_refuses_is_an_error_not_a_panic() {
+        let _limit = super::limit_maps(64 * 1024);
+        let e = LockedBuf::copy_from(&[1u8; 100_000]).err().expect("a 100 kB buffer needs its own mapping");
+        assert_eq!(e.bytes, 100_000usize.next_multiple_of(4096));
+        assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::OutOfMemory);
+        let big = zeroize::Zeroizing::new(vec![2u8; 70_000]);
+        assert!(super::SharedBytes::new(big).is_err());
+        // Slabs (64 KiB) are still allowed: small secrets keep working.
+        assert_eq!(LockedBuf::copy_from(b"small").unwrap().as_slice(), b"small");
     }
 }

@@ -4,10 +4,14 @@
 //! answered from here, after the store, so no reader sees the file before its size.
 
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, OnceLock};
 
 use fuser::{FileHandle, FopenFlags, INodeNo, Notifier, ReplyOpen};
+
+/// Set once a notification found the thread gone (reported once).
+static GONE: AtomicBool = AtomicBool::new(false);
 
 /// What the notifier thread is asked to do.
 pub enum Note {
@@ -43,7 +47,9 @@ impl Notes {
     }
 
     pub fn inval(&self, ino: u64, offset: i64) {
-        let _ = self.send(Note::Inval { ino, offset });
+        if self.send(Note::Inval { ino, offset }).is_err() && !GONE.swap(true, Ordering::Relaxed) {
+            tracing::error!("the notifier thread has ended: the kernel's caches are no longer invalidated");
+        }
     }
 }
 

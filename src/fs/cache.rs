@@ -22,7 +22,7 @@ pub struct PayloadCache {
 
 impl Default for PayloadCache {
     fn default() -> Self {
-        PayloadCache { entries: Mutex::new(LruCache::new(NonZeroUsize::new(ENTRIES).expect("non-zero"))) }
+        PayloadCache { entries: Mutex::new(LruCache::new(NonZeroUsize::new(ENTRIES).unwrap_or(NonZeroUsize::MIN))) }
     }
 }
 

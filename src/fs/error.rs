@@ -70,6 +70,12 @@ impl From<LeaseError> for FsError {
     }
 }
 
+impl From<crate::memlock::OutOfMemory> for FsError {
+    fn from(e: crate::memlock::OutOfMemory) -> Self {
+        FsError { level: tracing::Level::WARN, ..FsError::new(libc::ENOMEM, e.to_string()) }
+    }
+}
+
 impl ToErrno for SourceError {
     fn errno(&self) -> i32 {
         libc::EIO

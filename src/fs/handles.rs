@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn fstat_finds_the_holders_handle_without_scanning() {
         let hs = Handles::default();
-        let b = |n: usize| Arc::new(SharedBytes::new(zeroize::Zeroizing::new(vec![1u8; n])));
+        let b = |n: usize| Arc::new(SharedBytes::new(zeroize::Zeroizing::new(vec![1u8; n])).unwrap());
         let a =
             hs.insert(Handle { ino: 5, pid: 10, bytes: b(3), lease: None, written: 0, cached: false, paged: false });
         let c =

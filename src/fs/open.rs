@@ -147,7 +147,7 @@ impl LeaseFs {
             };
             control::contents(c, &view)
         };
-        Ok(self.new_handle(ino, who, 0, Arc::new(SharedBytes::new(bytes)), None))
+        Ok(self.new_handle(ino, who, 0, Arc::new(SharedBytes::new(bytes)?), None))
     }
 
     async fn open_static_entry(
@@ -166,9 +166,15 @@ impl LeaseFs {
         self.record(EventKind::Open, path, outcome, detail.as_deref(), &who);
         let bytes = result?;
         if self.catalog.spec(*source).page_cache {
-            return Ok(self.static_handle(ino, &who, meta.size.map(u64::from), bytes));
+            return self.static_handle(ino, &who, meta.size.map(u64::from), bytes).map_err(|e| e.at(path));
         }
-        Ok(self.new_handle(ino, &who, listed, Arc::new(SharedBytes::new(bytes)), None))
+        Ok(self.new_handle(
+            ino,
+            &who,
+            listed,
+            Arc::new(SharedBytes::new(bytes).map_err(|e| FsError::from(e).at(path))?),
+            None,
+        ))
     }
 
     /// Issues (or reuses) the lease of a dynamic secret or of a bundle's file, for view `view`.
@@ -264,16 +270,22 @@ impl LeaseFs {
     /// when they are exactly as long as listed (the kernel then knows the file's end without
     /// asking); pages cached by earlier opens are kept when they hold these same contents. Any other
     /// contents (the document changed since the listing) are served like a dynamic secret's.
-    fn static_handle(&self, ino: u64, who: &Requester, listed: Option<u64>, bytes: crate::render::Bytes) -> Opened {
+    fn static_handle(
+        &self,
+        ino: u64,
+        who: &Requester,
+        listed: Option<u64>,
+        bytes: crate::render::Bytes,
+    ) -> Result<Opened, FsError> {
         if listed != Some(bytes.len() as u64) {
-            return self.new_handle(ino, who, listed.unwrap_or(0), Arc::new(SharedBytes::new(bytes)), None);
+            return Ok(self.new_handle(ino, who, listed.unwrap_or(0), Arc::new(SharedBytes::new(bytes)?), None));
         }
         let keep_cache = self.served.unchanged(ino, &bytes);
-        let bytes = Arc::new(SharedBytes::new(bytes));
+        let bytes = Arc::new(SharedBytes::new(bytes)?);
         let size = bytes.len().unwrap_or(0) as u64;
         let pid = who.pid;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true, paged: false });
-        Opened { fh, direct_io: false, keep_cache, refresh_attr: false, drop_pages: false, size }
+        Ok(Opened { fh, direct_io: false, keep_cache, refresh_attr: false, drop_pages: false, size })
     }
 
     fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
@@ -338,4 +350,65 @@ fn busy() -> FsError {
         libc::EBUSY,
         "this dynamic file is open by another user through the same node (a bind-mounted file?); bind its directory instead, or open it by its path",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::audit::Audit;
+    use crate::config::Defaults;
+    use crate::fs::tree::Owner;
+    use crate::fs::{LeaseFs, ROOT, Settings, SourceSpec};
+    use crate::issuer::Issuers;
+    use crate::lease::LeaseManager;
+    use crate::metrics::Metrics;
+    use crate::secret::Requester;
+    use crate::source::local::LocalSource;
+
+    /// The system refuses the mapping for a secret's bytes: the open fails with ENOMEM (no
+    /// panic), and the filesystem goes on serving. The refusal is injected on this thread (the
+    /// test runtime's only one) for mappings over 64 KiB.
+    #[tokio::test]
+    async fn an_open_without_memory_for_the_secret_fails_with_enomem_and_the_next_open_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = "x".repeat(100_000);
+        let docs = serde_json::json!([
+            {"path": "big", "data": {"value": big}},
+            {"path": "small", "data": {"value": "s"}},
+        ]);
+        std::fs::write(dir.path().join("a.json"), docs.to_string()).unwrap();
+        std::fs::set_permissions(dir.path().join("a.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let audit = Arc::new(Audit::disabled());
+        let defaults = Defaults::default();
+        let leases = LeaseManager::new(
+            Issuers::builtin(Duration::from_secs(5), true),
+            None,
+            defaults.clone(),
+            audit.clone(),
+            Arc::new(Metrics::default()),
+        );
+        let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o555 };
+        let settings = Settings { defaults, root_owner: owner, control: true };
+        let mut fs = Vec::new();
+        for page_cache in [false, true] {
+            let source = Arc::new(LocalSource::new(dir.path().to_path_buf(), true).with_sizes(page_cache));
+            let spec = SourceSpec { source, prefix: vec![], owner, page_cache };
+            fs.push(LeaseFs::new(settings.clone(), vec![spec], audit.clone(), leases.clone()));
+        }
+        let root = Requester::new(0, 0, std::process::id());
+        let _refused = crate::memlock::limit_maps(64 * 1024);
+        for fs in &fs {
+            assert!(fs.refresh().await.is_empty());
+            let ino = |name: &str| fs.lookup(ROOT, name).unwrap().attr.ino;
+            let e = fs.open(ino("big"), libc::O_RDONLY, root.clone()).await.expect_err("no memory for 100 kB");
+            assert_eq!(e.errno, libc::ENOMEM, "{e}");
+            assert!(e.message.starts_with("/big"), "names the file: {e}");
+            let small = fs.open(ino("small"), libc::O_RDONLY, root.clone()).await.expect("a small secret still opens");
+            fs.read(small.fh, 0, 10, false, |r| assert_eq!(r.unwrap(), b"s"));
+            fs.release(small.fh);
+        }
+    }
 }

@@ -266,7 +266,7 @@ mod tests {
     use super::*;
 
     fn bytes(s: &str) -> Arc<SharedBytes> {
-        Arc::new(SharedBytes::new(zeroize::Zeroizing::new(s.as_bytes().to_vec())))
+        Arc::new(SharedBytes::new(zeroize::Zeroizing::new(s.as_bytes().to_vec())).unwrap())
     }
 
     #[test]

@@ -24,7 +24,11 @@ pub struct Bases {
 
 impl Bases {
     pub fn new(ttl: Duration, timeout: Duration) -> Self {
-        Bases { ttl, timeout, cache: Mutex::new(lru::LruCache::new(NonZeroUsize::new(256).expect("non-zero"))) }
+        Bases {
+            ttl,
+            timeout,
+            cache: Mutex::new(lru::LruCache::new(NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN))),
+        }
     }
 
     /// The base secret's data of `origin`, from the cache while it is fresh.

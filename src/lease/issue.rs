@@ -113,6 +113,12 @@ impl Engine {
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
         let rendered = render_files(&issued.fields, policy, expires_at)?;
+        // Into locked memory while the undo is armed: without memory, the credential is revoked.
+        let files = rendered
+            .into_iter()
+            .map(SharedBytes::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LeaseError::new(crate::error::ErrorKind::NoMemory, e.to_string()))?;
         // Durable before the contents are returned.
         self.journal(record(Op::Issued, &issued.revocation, Some(expires_at))).await?;
         undo.armed = None;
@@ -125,7 +131,7 @@ impl Engine {
             issued_at: now,
             expires_at,
             cap,
-            files: rendered.into_iter().map(SharedBytes::new).collect(),
+            files,
             revocation,
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,

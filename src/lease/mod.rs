@@ -56,11 +56,12 @@ pub struct LeaseManager {
 
 type EndedHook = Box<dyn Fn(&str) + Send + Sync>;
 
-/// A fresh lease id: 128 random bits, hex.
-pub fn new_lease_id() -> String {
+/// A fresh lease id: 128 random bits, hex; an error if the OS random source fails.
+pub fn new_lease_id() -> Result<String, LeaseError> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS random source");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::fill(&mut b)
+        .map_err(|e| LeaseError::failed(format!("no lease id: the OS random source failed: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl LeaseManager {
@@ -239,7 +240,7 @@ impl LeaseManager {
             base: req.base.clone(),
             source: req.source.clone(),
         });
-        let lease_id = new_lease_id();
+        let lease_id = new_lease_id()?;
         let started = Instant::now();
         let issue =
             Issue { lease_id: &lease_id, origin: &origin, secret: &req.secret, requester: &req.requester, policy };

@@ -63,8 +63,11 @@ pub struct Engine {
 pub fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
     let mut r = [0u8; 2];
-    getrandom::fill(&mut r).expect("the OS random source");
-    let unit = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX); // 0..=1
+    // Without the OS random source the wait is the base itself: retries go on, unjittered.
+    let unit = match getrandom::fill(&mut r) {
+        Ok(()) => f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX), // 0..=1
+        Err(_) => 0.5,
+    };
     base.mul_f64(0.75 + unit / 2.0)
 }
 

@@ -11,8 +11,9 @@ use parking_lot::Mutex;
 
 use super::*;
 use crate::config::Dur;
+use crate::error::ErrorKind;
 use crate::issuer::{IssueRequest, Issued, Issuer, RevokeRequest};
-use crate::secret::{Locator, SecretFields};
+use crate::secret::{Locator, SecretFields, SecretKind};
 use crate::source::{Listing, SourceError};
 
 #[derive(Default)]
@@ -28,6 +29,8 @@ struct TestIssuer {
     delay: Duration,
     /// Journals an intent before issuing (like exec with a `revoke_command`).
     intent: bool,
+    /// Bytes of padding in each credential.
+    pad: usize,
 }
 
 #[async_trait]
@@ -39,7 +42,7 @@ impl Issuer for TestIssuer {
         tokio::time::sleep(self.delay).await;
         let n = self.issued.fetch_add(1, Ordering::SeqCst);
         let mut fields = SecretFields::default();
-        fields.insert("user", format!("u{n}"));
+        fields.insert("user", format!("u{n}{}", "x".repeat(self.pad)));
         Ok(Issued { fields, expires_at: None, revocation: serde_json::json!({"lease": req.lease_id}) })
     }
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
@@ -416,4 +419,18 @@ async fn an_issuance_that_times_out_after_its_intent_is_revoked_at_once_and_shut
     m.shutdown(false).await;
     assert_eq!(i.revoked.lock().len(), 2, "the pending intent was revoked before shutdown returned");
     assert!(open.await.unwrap().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_without_memory_for_its_bytes_fails_the_open_with_enomem_and_is_revoked() {
+    let i = Arc::new(TestIssuer { pad: 100_000, ..TestIssuer::default() });
+    let m = manager(&i, defaults());
+    let refused = crate::memlock::limit_maps(64 * 1024);
+    let Err(e) = m.open(request("big", serde_json::json!({}), 0, 1)).await else { panic!("no memory, yet issued") };
+    assert_eq!(crate::error::ToErrno::errno(&e), libc::ENOMEM, "{e}");
+    settle().await;
+    assert_eq!(i.revoked.lock().len(), 1, "the credential nobody can read is revoked at once");
+    assert_eq!(m.live(), 0);
+    drop(refused);
+    assert!(m.open(request("big", serde_json::json!({}), 0, 2)).await.is_ok(), "with memory, it opens");
 }
