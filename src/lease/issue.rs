@@ -114,11 +114,7 @@ impl Engine {
         cap_expiry(&mut issued.fields, expires_at);
         let rendered = render_files(&issued.fields, policy, expires_at)?;
         // Into locked memory while the undo is armed: without memory, the credential is revoked.
-        let files = rendered
-            .into_iter()
-            .map(SharedBytes::new)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LeaseError::new(crate::error::ErrorKind::NoMemory, e.to_string()))?;
+        let files = locked(rendered)?;
         // Durable before the contents are returned.
         self.journal(record(Op::Issued, &issued.revocation, Some(expires_at))).await?;
         undo.armed = None;
@@ -194,6 +190,12 @@ pub fn cap_expiry(fields: &mut SecretFields, at: DateTime<Utc>) {
             };
         }
     }
+}
+
+/// The rendered files in locked memory; `ENOMEM` when none can be mapped.
+fn locked(rendered: Vec<Bytes>) -> Result<Vec<SharedBytes>, LeaseError> {
+    let files = rendered.into_iter().map(SharedBytes::new).collect::<Result<Vec<_>, _>>();
+    files.map_err(|e| LeaseError::new(crate::error::ErrorKind::NoMemory, e.to_string()))
 }
 
 #[cfg(test)]
