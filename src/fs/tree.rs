@@ -208,115 +208,21 @@ impl Tree {
             nodes: Vec::with_capacity(prev.nodes.len()),
             index: HashMap::with_capacity(sources.iter().map(|s| s.secrets.len()).sum::<usize>() + 16),
             dirs: HashMap::new(),
+            tree: Tree { built: Some(now), ..Tree::default() },
+            problems: Vec::new(),
         };
-        let mut tree = Tree { built: Some(now), ..Tree::default() };
-        let mut problems = Vec::new();
         b.put(
             ROOT,
             Node { parent: ROOT, uid: root_owner.uid, gid: root_owner.gid, mode: root_owner.dir_mode, kind: dir("") },
         );
         b.dirs.insert(ROOT, Vec::new());
-
         if control {
-            // The daemon's own user (root, or whoever runs it with fusermount3) owns it.
-            let (uid, gid) = (root_owner.uid, root_owner.gid);
-            let owner = Owner { uid, gid, file_mode: 0o400, dir_mode: 0o500 };
-            let dino = b.ensure_dir(ROOT, Control::DIR, owner).expect("the root is empty");
-            for (c, name) in Control::ALL {
-                let mode = if c == Control::Revoke { 0o200 } else { 0o400 };
-                b.add(dino, name, Node { parent: dino, uid, gid, mode, kind: NodeKind::Control(c) });
-            }
+            b.add_control(root_owner);
         }
-
         for (si, src) in sources.iter().enumerate() {
-            let mut parent = Some(ROOT);
-            for seg in &src.prefix {
-                parent = parent.and_then(|p| b.ensure_dir(p, seg, src.owner));
-            }
-            let Some(prefix_ino) = parent else {
-                let path = src.prefix.join("/");
-                problems.push(FileError::whole(std::path::Path::new(&path), "source prefix collides with a file"));
-                continue;
-            };
-            for meta in src.secrets {
-                if let SecretKind::Base { .. } = meta.kind {
-                    tree.counts.base_secrets += 1;
-                    if tree.bases.len() <= si {
-                        tree.bases.resize_with(si + 1, HashMap::new);
-                    }
-                    tree.bases[si].insert(meta.path().into(), meta.clone());
-                    if !meta.is_listed() {
-                        continue;
-                    }
-                }
-                let where_ = locate(meta);
-                let mut parent = Some(prefix_ino);
-                let mut segs = meta.segments().peekable();
-                let mut last = "";
-                while let Some(seg) = segs.next() {
-                    if segs.peek().is_none() {
-                        last = seg;
-                    } else {
-                        parent = parent.and_then(|p| b.ensure_dir(p, seg, src.owner));
-                    }
-                }
-                let Some(parent) = parent else {
-                    problems
-                        .push(where_.with(format!("path {:?} runs through a secret of the same name", meta.path())));
-                    continue;
-                };
-                let (uid, gid) = (meta.uid().unwrap_or(src.owner.uid), meta.gid().unwrap_or(src.owner.gid));
-                let mode = meta.mode().unwrap_or(src.owner.file_mode);
-                if let Some(files) = meta.policy().files.as_deref().filter(|_| meta.is_listed()) {
-                    // A bundle: a directory (searchable where its files are readable) of its files.
-                    let dir_mode = mode | ((mode & 0o444) >> 2);
-                    let dnode = Node { parent, uid, gid, mode: dir_mode, kind: dir(last) };
-                    let Some(dino) = b.add(parent, last, dnode) else {
-                        problems.push(
-                            where_
-                                .with(format!("path {:?} is already defined (duplicate or a directory)", meta.path())),
-                        );
-                        continue;
-                    };
-                    b.dirs.insert(dino, Vec::new());
-                    for (i, (name, _)) in files.iter().enumerate() {
-                        let kind = NodeKind::Bundle { source: si, meta: meta.clone(), file: i as u16 };
-                        b.add(dino, name, Node { parent: dino, uid, gid, mode, kind });
-                    }
-                    tree.counts.dynamic_secrets += 1;
-                    continue;
-                }
-                let node = Node { parent, uid, gid, mode, kind: NodeKind::Secret { source: si, meta: meta.clone() } };
-                if b.add(parent, last, node).is_none() {
-                    problems.push(
-                        where_.with(format!("path {:?} is already defined (duplicate or a directory)", meta.path())),
-                    );
-                    continue;
-                }
-                match meta.kind {
-                    SecretKind::Dynamic { .. } => tree.counts.dynamic_secrets += 1,
-                    _ => tree.counts.static_secrets += 1,
-                }
-            }
+            b.add_source(si, src);
         }
-        drop(b.index);
-        // Child lists, sorted by name; a directory keeps its mtime while its entries stay the same.
-        let dirs = std::mem::take(&mut b.dirs);
-        tree.counts.directories = dirs.len();
-        for (ino, mut kids) in dirs {
-            kids.sort_unstable_by(|x, y| name_in(&b.nodes, *x).cmp(name_in(&b.nodes, *y)));
-            let kept = prev.node(ino).and_then(|p| match &p.kind {
-                NodeKind::Dir(d) if *d.children == kids[..] => Some(d.mtime),
-                _ => None,
-            });
-            if let Some(Some(Node { kind: NodeKind::Dir(d), .. })) = b.nodes.get_mut(ino as usize) {
-                d.children = kids.into_boxed_slice();
-                d.mtime = kept.unwrap_or(now);
-            }
-        }
-        tree.nodes = b.nodes;
-        tree.nodes.shrink_to_fit();
-        (tree, problems)
+        b.finish(now)
     }
 
     /// What the kernel may have cached from `prev` that this snapshot changes.
@@ -381,6 +287,9 @@ struct Building<'p, 'n> {
     index: HashMap<(u64, &'n str), u64>,
     /// Directories' children, unsorted.
     dirs: HashMap<u64, Vec<u64>>,
+    /// The snapshot's counts and base secrets, filled in as secrets are placed.
+    tree: Tree,
+    problems: Vec<FileError>,
 }
 
 impl<'n> Building<'_, 'n> {
@@ -422,6 +331,115 @@ impl<'n> Building<'_, 'n> {
         let ino = self.add(parent, name, node)?;
         self.dirs.insert(ino, Vec::new());
         Some(ino)
+    }
+
+    /// The control directory `/.leasefs/`, owned by the daemon's own user (root, or whoever runs
+    /// it with fusermount3).
+    fn add_control(&mut self, root_owner: Owner) {
+        let (uid, gid) = (root_owner.uid, root_owner.gid);
+        let owner = Owner { uid, gid, file_mode: 0o400, dir_mode: 0o500 };
+        // The root is still empty, so the name is free.
+        let Some(dino) = self.ensure_dir(ROOT, Control::DIR, owner) else { return };
+        for (c, name) in Control::ALL {
+            let mode = if c == Control::Revoke { 0o200 } else { 0o400 };
+            self.add(dino, name, Node { parent: dino, uid, gid, mode, kind: NodeKind::Control(c) });
+        }
+    }
+
+    /// One source's secrets under its prefix.
+    fn add_source(&mut self, si: usize, src: &'n SourceListing<'n>) {
+        let mut parent = Some(ROOT);
+        for seg in &src.prefix {
+            parent = parent.and_then(|p| self.ensure_dir(p, seg, src.owner));
+        }
+        let Some(prefix_ino) = parent else {
+            let path = src.prefix.join("/");
+            self.problems.push(FileError::whole(std::path::Path::new(&path), "source prefix collides with a file"));
+            return;
+        };
+        for meta in src.secrets {
+            if let SecretKind::Base { .. } = meta.kind {
+                self.tree.counts.base_secrets += 1;
+                if self.tree.bases.len() <= si {
+                    self.tree.bases.resize_with(si + 1, HashMap::new);
+                }
+                self.tree.bases[si].insert(meta.path().into(), meta.clone());
+                if !meta.is_listed() {
+                    continue;
+                }
+            }
+            if let Err(message) = self.add_secret(si, src.owner, prefix_ino, meta) {
+                self.problems.push(locate(meta).with(message));
+            }
+        }
+    }
+
+    /// Places one listed secret (a file, or a bundle's directory of files) with the directories
+    /// its path runs through.
+    fn add_secret(
+        &mut self,
+        si: usize,
+        owner: Owner,
+        prefix_ino: u64,
+        meta: &'n Arc<SecretMeta>,
+    ) -> Result<(), String> {
+        let mut parent = Some(prefix_ino);
+        let mut segs = meta.segments().peekable();
+        let mut last = "";
+        while let Some(seg) = segs.next() {
+            if segs.peek().is_none() {
+                last = seg;
+            } else {
+                parent = parent.and_then(|p| self.ensure_dir(p, seg, owner));
+            }
+        }
+        let Some(parent) = parent else {
+            return Err(format!("path {:?} runs through a secret of the same name", meta.path()));
+        };
+        let taken = || format!("path {:?} is already defined (duplicate or a directory)", meta.path());
+        let (uid, gid) = (meta.uid().unwrap_or(owner.uid), meta.gid().unwrap_or(owner.gid));
+        let mode = meta.mode().unwrap_or(owner.file_mode);
+        if let Some(files) = meta.policy().files.as_deref().filter(|_| meta.is_listed()) {
+            // A bundle: a directory (searchable where its files are readable) of its files.
+            let dir_mode = mode | ((mode & 0o444) >> 2);
+            let dnode = Node { parent, uid, gid, mode: dir_mode, kind: dir(last) };
+            let dino = self.add(parent, last, dnode).ok_or_else(taken)?;
+            self.dirs.insert(dino, Vec::new());
+            for (i, (name, _)) in files.iter().enumerate() {
+                let kind = NodeKind::Bundle { source: si, meta: meta.clone(), file: i as u16 };
+                self.add(dino, name, Node { parent: dino, uid, gid, mode, kind });
+            }
+            self.tree.counts.dynamic_secrets += 1;
+            return Ok(());
+        }
+        let node = Node { parent, uid, gid, mode, kind: NodeKind::Secret { source: si, meta: meta.clone() } };
+        self.add(parent, last, node).ok_or_else(taken)?;
+        match meta.kind {
+            SecretKind::Dynamic { .. } => self.tree.counts.dynamic_secrets += 1,
+            _ => self.tree.counts.static_secrets += 1,
+        }
+        Ok(())
+    }
+
+    /// Child lists, sorted by name; a directory keeps its mtime while its entries stay the same.
+    fn finish(mut self, now: SystemTime) -> (Tree, Vec<FileError>) {
+        drop(self.index);
+        let dirs = std::mem::take(&mut self.dirs);
+        self.tree.counts.directories = dirs.len();
+        for (ino, mut kids) in dirs {
+            kids.sort_unstable_by(|x, y| name_in(&self.nodes, *x).cmp(name_in(&self.nodes, *y)));
+            let kept = self.prev.node(ino).and_then(|p| match &p.kind {
+                NodeKind::Dir(d) if *d.children == kids[..] => Some(d.mtime),
+                _ => None,
+            });
+            if let Some(Some(Node { kind: NodeKind::Dir(d), .. })) = self.nodes.get_mut(ino as usize) {
+                d.children = kids.into_boxed_slice();
+                d.mtime = kept.unwrap_or(now);
+            }
+        }
+        self.tree.nodes = self.nodes;
+        self.tree.nodes.shrink_to_fit();
+        (self.tree, self.problems)
     }
 }
 
