@@ -198,53 +198,9 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
 
     rt.block_on(async {
         // Signals are registered before mounting so that none is lost once the mount is visible.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-
-        let problems = fs.refresh().await;
-        for p in &problems {
-            tracing::warn!("skipped: {p}");
-        }
-        // Leases a previous run left (crash, kill -9) are revoked before anything new is issued.
-        fs.leases().recover(orphans, |source, base| fs.resolve_base(source, base)).await;
-        let counts = fs.tree().counts;
-        tracing::info!(
-            static_secrets = counts.static_secrets,
-            dynamic_secrets = counts.dynamic_secrets,
-            skipped = problems.len(),
-            "catalog loaded"
-        );
-
-        let mut fcfg = fuser::Config::default();
-        fcfg.mount_options = vec![
-            MountOption::FSName("leasefs".into()),
-            MountOption::Subtype("leasefs".into()),
-            MountOption::DefaultPermissions,
-            MountOption::NoSuid,
-            MountOption::NoDev,
-        ];
-        fcfg.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
-        // One request thread per two cores, at least two and at most four: handlers never block
-        // (slow work is a task), and a second loop keeps `stat` answered while the other is busy.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        fcfg.n_threads = Some((cores / 2).clamp(2, 4));
-        fcfg.clone_fd = true;
-        let notifier = Arc::new(std::sync::OnceLock::new());
-        let notes = crate::notifier::Notes::start(notifier.clone()).context("cannot start the notifier thread")?;
-        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), notes.clone());
-        let mut session = fuser::Session::new(adapter, &mountpoint, &fcfg)
-            .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
-        let _ = notifier.set(session.notifier());
-        fs.on_change(move |changes| crate::fuse::invalidate(&notes, changes));
-        let mut unmounter = session.unmount_callable();
-        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("leasefs-fuse".into()).spawn(move || {
-            let r = session.run();
-            let _ = done_tx.send(());
-            r
-        })?;
-        tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+        let mut signals = Signals::new()?;
+        load(&fs, orphans).await;
+        let mut mount = Mounted::start(&fs, &cfg, &mountpoint)?;
         let counts = fs.tree().counts;
         notify(&format!(
             "READY=1\nSTATUS=serving {} static and {} dynamic secrets at {}",
@@ -255,57 +211,152 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
         if let Some(b) = &opts.banner {
             println!("{b}");
         }
-
-        let refresh_every = cfg.defaults.refresh.0.max(Duration::from_secs(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading");
-                    notify("RELOADING=1");
-                    fs.audit().reopen();
-                    for p in fs.refresh().await { tracing::warn!("skipped: {p}"); }
-                    notify("READY=1");
-                }
-                _ = tick.tick() => {
-                    // A refresh a slow server holds up to issue_timeout never delays a shutdown:
-                    // dropped unfinished, it has swapped nothing in.
-                    tokio::select! {
-                        problems = fs.refresh() => for p in problems { tracing::debug!("skipped: {p}"); },
-                        _ = term.recv() => { tracing::info!("SIGTERM during a refresh: shutting down"); break; }
-                        _ = int.recv() => { tracing::info!("SIGINT during a refresh: shutting down"); break; }
-                    }
-                }
-                _ = &mut done_rx => { tracing::warn!("the mount went away (unmounted from outside); exiting"); break; }
-            }
-        }
-
+        serve(&fs, &cfg, &mut signals, &mut mount.done).await;
         notify("STOPPING=1\nSTATUS=revoking live leases and unmounting");
         fs.leases().shutdown(cfg.defaults.revoke_on_shutdown).await;
-        // A plain unmount first (it succeeds when nothing is open, and takes fuser's own handle so it
-        // never retries); with files still open it fails with EBUSY and we detach lazily instead.
-        if let Err(e) = unmounter.unmount() {
-            tracing::debug!(error = %e, "plain unmount failed; detaching lazily");
-        }
-        if is_mounted(&mountpoint) {
-            if let Err(e) = detach(&mountpoint) {
-                tracing::warn!(error = %e, "lazy unmount failed");
-            }
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while !thread.is_finished() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        } else {
-            tracing::info!("files are still open on the detached mount; they will fail once the process exits");
-        }
-        tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+        mount.stop(&mountpoint).await;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The signals the daemon answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Loads the catalog, then revokes what a previous run left (crash, kill -9) before anything new
+/// is issued.
+async fn load(fs: &Arc<LeaseFs>, orphans: Vec<Record>) {
+    let problems = fs.refresh().await;
+    for p in &problems {
+        tracing::warn!("skipped: {p}");
+    }
+    fs.leases().recover(orphans, |source, base| fs.resolve_base(source, base)).await;
+    let counts = fs.tree().counts;
+    tracing::info!(
+        static_secrets = counts.static_secrets,
+        dynamic_secrets = counts.dynamic_secrets,
+        skipped = problems.len(),
+        "catalog loaded"
+    );
+}
+
+/// The session's options: FUSE mount options, who may enter, request threads.
+fn fuse_config(cfg: &Config) -> fuser::Config {
+    let mut fcfg = fuser::Config::default();
+    fcfg.mount_options = vec![
+        MountOption::FSName("leasefs".into()),
+        MountOption::Subtype("leasefs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+    ];
+    fcfg.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
+    // One request thread per two cores, at least two and at most four: handlers never block
+    // (slow work is a task), and a second loop keeps `stat` answered while the other is busy.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    fcfg.n_threads = Some((cores / 2).clamp(2, 4));
+    fcfg.clone_fd = true;
+    fcfg
+}
+
+/// A mounted session served by its own thread.
+struct Mounted {
+    unmounter: fuser::SessionUnmounter,
+    /// Fires when the session ends (an unmount from outside, or ours).
+    done: tokio::sync::oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Mounted {
+    /// Starts the notifier thread, mounts, and starts serving requests; each failure is a
+    /// startup error (a filesystem whose pages are never dropped must not run).
+    fn start(fs: &Arc<LeaseFs>, cfg: &Config, mountpoint: &Path) -> anyhow::Result<Mounted> {
+        let notifier = Arc::new(std::sync::OnceLock::new());
+        let notes = crate::notifier::Notes::start(notifier.clone()).context("cannot start the notifier thread")?;
+        let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), notes.clone());
+        let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config(cfg))
+            .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+        let _ = notifier.set(session.notifier());
+        fs.on_change(move |changes| crate::fuse::invalidate(&notes, changes));
+        let unmounter = session.unmount_callable();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("leasefs-fuse".into())
+            .spawn(move || {
+                let r = session.run();
+                let _ = done_tx.send(());
+                r
+            })
+            .context("cannot start the request thread")?;
+        tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+        Ok(Mounted { unmounter, done, thread })
+    }
+
+    /// Unmounts: plainly if nothing is open, else lazily; waits (bounded) for the session to end.
+    async fn stop(mut self, mountpoint: &Path) {
+        // A plain unmount first (it succeeds when nothing is open, and takes fuser's own handle so
+        // it never retries); with files still open it fails with EBUSY and we detach lazily instead.
+        if let Err(e) = self.unmounter.unmount() {
+            tracing::debug!(error = %e, "plain unmount failed; detaching lazily");
+        }
+        if is_mounted(mountpoint) {
+            if let Err(e) = detach(mountpoint) {
+                tracing::warn!(error = %e, "lazy unmount failed");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        } else {
+            tracing::info!("files are still open on the detached mount; they will fail once the process exits");
+        }
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    }
+}
+
+/// Serves signals and periodic refreshes until SIGTERM/SIGINT or the mount goes away.
+async fn serve(fs: &Arc<LeaseFs>, cfg: &Config, s: &mut Signals, done: &mut tokio::sync::oneshot::Receiver<()>) {
+    let refresh_every = cfg.defaults.refresh.0.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
+    loop {
+        tokio::select! {
+            _ = s.term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = s.int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = s.hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                notify("RELOADING=1");
+                fs.audit().reopen();
+                for p in fs.refresh().await { tracing::warn!("skipped: {p}"); }
+                notify("READY=1");
+            }
+            _ = tick.tick() => {
+                // A refresh a slow server holds up to issue_timeout never delays a shutdown:
+                // dropped unfinished, it has swapped nothing in.
+                tokio::select! {
+                    problems = fs.refresh() => for p in problems { tracing::debug!("skipped: {p}"); },
+                    _ = s.term.recv() => { tracing::info!("SIGTERM during a refresh: shutting down"); break; }
+                    _ = s.int.recv() => { tracing::info!("SIGINT during a refresh: shutting down"); break; }
+                }
+            }
+            _ = &mut *done => { tracing::warn!("the mount went away (unmounted from outside); exiting"); break; }
+        }
+    }
 }
