@@ -55,23 +55,6 @@ struct DocData<'a> {
     data: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RoyalObject {
-    #[serde(rename = "Type")]
-    kind: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(rename = "ID", default)]
-    id: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(rename = "linkedSecret", default)]
-    linked_secret: Option<String>,
-    #[serde(rename = "format", default)]
-    format: Option<String>,
-}
-
 /// The result of reading one file: the secrets it defines and what was wrong in it.
 #[derive(Debug, Default)]
 pub struct ParsedFile {
@@ -215,139 +198,128 @@ fn kind_of(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<SecretK
 /// Reads the metadata of every secret in a file. Values are skipped, never copied.
 pub fn parse_file(file: &Path, text: &str, mtime: SystemTime) -> ParsedFile {
     let mut out = ParsedFile::default();
-    let shared = Arc::new(DocFile { path: file.to_path_buf(), size: text.len() as u64, mtime });
-    let span = |slice: &str| {
-        (
-            // Documents are at most 16 MiB (`MAX_DOCUMENT_BYTES`): 32 bits hold any position.
-            (slice.as_ptr() as usize).saturating_sub(text.as_ptr() as usize).min(u32::MAX as usize) as u32,
-            slice.len().min(u32::MAX as usize) as u32,
-        )
-    };
-    let layout = match layout(file, text) {
-        Ok(l) => l,
+    let (items, royal) = match layout(file, text) {
+        Ok(Layout::Docs(docs)) => (docs, None),
+        Ok(Layout::Royal { objects, linked }) => (objects, Some(linked)),
         Err(e) => {
             out.problems.push(e);
             return out;
         }
     };
-    match layout {
-        Layout::Docs(docs) => {
-            for (index, raw) in docs.into_iter().enumerate() {
-                let slice = raw.get();
-                if let Some(at) = too_deep(slice) {
-                    let msg = format!("nested more than {MAX_DEPTH} levels deep");
-                    out.problems.push(problem_at(file, text, &slice[at..], None, msg));
-                    continue;
-                }
-                let doc: DocMeta = match serde_json::from_str(slice) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        out.problems.push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
-                        continue;
-                    }
-                };
-                let mut keys: Vec<String> = Vec::new();
-                let built = (|| -> Result<SecretMeta, (Option<String>, String)> {
-                    let plain = |m: String| (None, m);
-                    let segments =
-                        split_path(&doc.path, false).map_err(|e| plain(format!("path {:?}: {e}", doc.path)))?;
-                    let kind = kind_of(&doc.attributes).map_err(plain)?;
-                    let known =
-                        crate::attrs::check_keys(&kind, &doc.attributes).map_err(|p| (Some(p.key), p.message))?;
-                    keys = known.into_iter().map(str::to_string).collect();
-                    let policy = Policy::parse(&doc.attributes).map_err(|e| (Some(e.key), e.message))?;
-                    if policy.files.is_some() && !matches!(kind, SecretKind::Dynamic { .. }) {
-                        let msg = "attributes.files makes a bundle of a dynamic secret; this one is not dynamic";
-                        return Err((Some("files".into()), msg.into()));
-                    }
-                    let own = ownership(&doc.attributes).map_err(plain)?;
-                    let (offset, len) = span(slice);
-                    let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
-                    let id = doc.id.as_deref().unwrap_or(&doc.path);
-                    let mut m = SecretMeta::new(Some(id), &segments, kind, doc.attributes, None, mtime, locator);
-                    if !policy.is_empty() || own.uid.is_some() || own.gid.is_some() || own.mode.is_some() {
-                        let e = m.extras_mut();
-                        (e.uid, e.gid, e.mode, e.policy) = (own.uid, own.gid, own.mode, policy);
-                    }
-                    Ok(m)
-                })();
-                // An attribute's problem is placed at its key (named in the message, or the first
-                // `attributes.<key>` the message names); any other at the document.
-                let at_key = |key: &str, msg: String| {
-                    let path = [Step::Key("attributes"), Step::Key(key)];
-                    let slice_at = crate::attrs::locate(slice, &path).map_or(slice, |o| &slice[o..]);
-                    problem_at(file, text, slice_at, None, msg)
-                };
-                let built = built.map_err(|(key, msg)| match key.or_else(|| crate::attrs::attribute_named(&msg)) {
-                    Some(k) => at_key(&k, msg),
-                    None => problem_at(file, text, slice, None, msg),
-                });
-                if let Ok(SecretMeta { kind: SecretKind::Dynamic { link }, .. }) = &built {
-                    if !keys.is_empty() {
-                        let (secret, link) = (out.secrets.len(), link.clone());
-                        let keys = keys.into_iter().map(|k| (k.clone(), at_key(&k, String::new()))).collect();
-                        out.pending.push(crate::attrs::Pending { secret, link, keys });
-                    }
-                }
-                match built {
-                    Ok(m) => out.secrets.push(m),
-                    Err(e) => out.problems.push(e),
-                }
-            }
+    let cx = FileText {
+        file,
+        text,
+        mtime,
+        shared: Arc::new(DocFile { path: file.to_path_buf(), size: text.len() as u64, mtime }),
+    };
+    for (index, raw) in items.into_iter().enumerate() {
+        let slice = raw.get();
+        if let Some(at) = too_deep(slice) {
+            let msg = format!("nested more than {MAX_DEPTH} levels deep");
+            out.problems.push(problem_at(file, text, &slice[at..], None, msg));
+            continue;
         }
-        Layout::Royal { objects, linked } => {
-            for (index, raw) in objects.into_iter().enumerate() {
-                let slice = raw.get();
-                if let Some(at) = too_deep(slice) {
-                    let msg = format!("nested more than {MAX_DEPTH} levels deep");
-                    out.problems.push(problem_at(file, text, &slice[at..], None, msg));
-                    continue;
-                }
-                let obj: RoyalObject = match serde_json::from_str(slice) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        out.problems.push(problem_at(file, text, slice, Some(&e), json_cause(&e)));
-                        continue;
-                    }
-                };
-                if obj.kind != "DynamicCredential" {
-                    tracing::debug!(file = %file.display(), index, kind = %obj.kind, "royal object is not a DynamicCredential; ignored");
-                    continue;
-                }
-                let built = (|| -> Result<SecretMeta, String> {
-                    let name = obj.name.clone().ok_or("DynamicCredential needs a \"Name\"")?;
-                    let id = obj.id.clone().ok_or("DynamicCredential needs an \"ID\"")?;
-                    let folder = obj.path.clone().unwrap_or_else(|| "credentials".into());
-                    let mut segments =
-                        split_path(folder.trim_matches('/'), true).map_err(|e| format!("Path {folder:?}: {e}"))?;
-                    segments.extend(split_path(&name, false).map_err(|e| format!("Name {name:?}: {e}"))?);
-                    let link = obj.linked_secret.clone().or_else(|| linked.clone()).ok_or(
-                        "DynamicCredential needs \"linkedSecret\" (on the object or the file) naming an exec base secret",
-                    )?;
-                    split_path(&link, false).map_err(|e| format!("linkedSecret: {e}"))?;
-                    let mut attributes = serde_json::Map::new();
-                    let mut policy = Policy::default();
-                    if let Some(f) = &obj.format {
-                        let format = crate::render::Format::parse(f).map_err(|e| format!("format: {e}"))?;
-                        attributes.insert("format".into(), f.clone().into());
-                        policy.format = Some(format);
-                    }
-                    attributes.insert("royal".into(), true.into());
-                    let (offset, len) = span(slice);
-                    let locator = Locator::File { file: shared.clone(), index: index as u32, offset, len };
-                    let kind = SecretKind::Dynamic { link: link.replace(':', "/") };
-                    let mut m = SecretMeta::new(Some(&id), &segments, kind, attributes, Some(0), mtime, locator);
-                    m.extras_mut().policy = policy;
-                    Ok(m)
-                })();
-                match built {
-                    Ok(m) => out.secrets.push(m),
-                    Err(msg) => out.problems.push(problem_at(file, text, slice, None, msg)),
-                }
-            }
+        match &royal {
+            None => document(&cx, index, slice, &mut out),
+            Some(linked) => match super::royal::object(&cx, index, slice, linked.as_deref()) {
+                Some(Ok(m)) => out.secrets.push(m),
+                Some(Err(e)) => out.problems.push(e),
+                None => {}
+            },
         }
     }
     out
+}
+
+/// The file being parsed, shared by the secrets it defines.
+pub(super) struct FileText<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+    pub mtime: SystemTime,
+    pub shared: Arc<DocFile>,
+}
+
+impl FileText<'_> {
+    /// Where `slice` (one item of the file) is: the locator its secret keeps.
+    pub fn locator(&self, index: usize, slice: &str) -> Locator {
+        // Documents are at most 16 MiB (`MAX_DOCUMENT_BYTES`): 32 bits hold any position.
+        let offset = (slice.as_ptr() as usize).saturating_sub(self.text.as_ptr() as usize).min(u32::MAX as usize);
+        let len = slice.len().min(u32::MAX as usize);
+        Locator::File { file: self.shared.clone(), index: index as u32, offset: offset as u32, len: len as u32 }
+    }
+
+    /// An error at `slice`, or inside it at the serde error's position.
+    pub fn problem(&self, slice: &str, e: Option<&serde_json::Error>, msg: String) -> FileError {
+        problem_at(self.file, self.text, slice, e, msg)
+    }
+
+    /// Parses one item; a syntax or shape error is reported at its position.
+    pub fn item<'de, T: Deserialize<'de>>(&self, slice: &'de str) -> Result<T, FileError> {
+        serde_json::from_str(slice).map_err(|e| self.problem(slice, Some(&e), json_cause(&e)))
+    }
+}
+
+/// One DSV-shaped document: its secret, or the problem placed at the attribute it names.
+fn document(cx: &FileText<'_>, index: usize, slice: &str, out: &mut ParsedFile) {
+    let doc: DocMeta = match cx.item(slice) {
+        Ok(d) => d,
+        Err(e) => return out.problems.push(e),
+    };
+    let mut keys: Vec<String> = Vec::new();
+    // An attribute's problem is placed at its key (named in the message, or the first
+    // `attributes.<key>` the message names); any other at the document.
+    let at_key = |key: &str, msg: String| {
+        let path = [Step::Key("attributes"), Step::Key(key)];
+        let slice_at = crate::attrs::locate(slice, &path).map_or(slice, |o| &slice[o..]);
+        cx.problem(slice_at, None, msg)
+    };
+    let built = document_meta(cx, index, slice, doc, &mut keys).map_err(|(key, msg)| {
+        match key.or_else(|| crate::attrs::attribute_named(&msg)) {
+            Some(k) => at_key(&k, msg),
+            None => cx.problem(slice, None, msg),
+        }
+    });
+    if let Ok(SecretMeta { kind: SecretKind::Dynamic { link }, .. }) = &built {
+        if !keys.is_empty() {
+            let (secret, link) = (out.secrets.len(), link.clone());
+            let keys = keys.into_iter().map(|k| (k.clone(), at_key(&k, String::new()))).collect();
+            out.pending.push(crate::attrs::Pending { secret, link, keys });
+        }
+    }
+    match built {
+        Ok(m) => out.secrets.push(m),
+        Err(e) => out.problems.push(e),
+    }
+}
+
+/// A document's metadata; `keys` gets the attributes only its issuer can judge. An error names
+/// the attribute it concerns, where it knows it.
+fn document_meta(
+    cx: &FileText<'_>,
+    index: usize,
+    slice: &str,
+    doc: DocMeta,
+    keys: &mut Vec<String>,
+) -> Result<SecretMeta, (Option<String>, String)> {
+    let plain = |m: String| (None, m);
+    let segments = split_path(&doc.path, false).map_err(|e| plain(format!("path {:?}: {e}", doc.path)))?;
+    let kind = kind_of(&doc.attributes).map_err(plain)?;
+    let known = crate::attrs::check_keys(&kind, &doc.attributes).map_err(|p| (Some(p.key), p.message))?;
+    *keys = known.into_iter().map(str::to_string).collect();
+    let policy = Policy::parse(&doc.attributes).map_err(|e| (Some(e.key), e.message))?;
+    if policy.files.is_some() && !matches!(kind, SecretKind::Dynamic { .. }) {
+        let msg = "attributes.files makes a bundle of a dynamic secret; this one is not dynamic";
+        return Err((Some("files".into()), msg.into()));
+    }
+    let own = ownership(&doc.attributes).map_err(plain)?;
+    let locator = cx.locator(index, slice);
+    let id = doc.id.as_deref().unwrap_or(&doc.path);
+    let mut m = SecretMeta::new(Some(id), &segments, kind, doc.attributes, None, cx.mtime, locator);
+    if !policy.is_empty() || own.uid.is_some() || own.gid.is_some() || own.mode.is_some() {
+        let e = m.extras_mut();
+        (e.uid, e.gid, e.mode, e.policy) = (own.uid, own.gid, own.mode, policy);
+    }
+    Ok(m)
 }
 
 /// Reads the `data` of one document given as its own text, if it is the secret at `path`

@@ -3,6 +3,7 @@
 pub mod document;
 pub mod local;
 pub mod openbao;
+mod royal;
 
 use std::sync::Arc;
 
