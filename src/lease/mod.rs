@@ -6,6 +6,7 @@ pub mod bases;
 pub mod deadline;
 pub mod issue;
 pub mod journal;
+mod open;
 pub mod pressure;
 pub mod revoke;
 pub mod rotate;
@@ -13,7 +14,7 @@ pub mod table;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -21,15 +22,13 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{Audit, Event, EventKind};
 use crate::clock::Clock;
 use crate::config::Defaults;
-use crate::error::ErrorKind;
 pub use crate::error::LeaseError;
 use crate::issuer::Issuers;
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretKind, SecretMeta};
+use crate::secret::{Requester, SecretMeta};
 use crate::source::Source;
 use deadline::{Action, Deadlines};
-use issue::Issue;
 use journal::{Journal, Record};
 use revoke::{Engine, Job};
 pub use table::{EndReason, Lease, LeaseInfo, LeaseState, OpenRequest, Origin};
@@ -175,125 +174,6 @@ impl LeaseManager {
                 count: None,
             },
             who,
-        );
-    }
-
-    /// Opens a dynamic secret: reuses a live lease where the policy allows, else issues a new one.
-    pub async fn open(self: &Arc<Self>, req: OpenRequest) -> Result<Arc<Lease>, LeaseError> {
-        let SecretKind::Base { issuer: kind, .. } = req.base.kind else {
-            return Err(LeaseError::failed(format!(
-                "{} links to {}, which is not a base secret",
-                req.path,
-                req.base.path()
-            )));
-        };
-        let policy = req.secret.policy().effective(&self.defaults);
-        let mut req = req;
-        let (who, scope) = table::binding(std::mem::take(&mut req.requester), policy.reuse, policy.rotate.is_some());
-        req.requester = who;
-        // Opens that may share a lease wait for one issuance instead of each issuing their own.
-        let turn = match scope {
-            Some(id) => Some(self.turns.wait((req.path.clone(), id)).await),
-            None => None,
-        };
-        let result = self.open_in_turn(req, kind, &policy).await;
-        drop(turn);
-        result
-    }
-
-    async fn open_in_turn(
-        self: &Arc<Self>,
-        req: OpenRequest,
-        kind: IssuerKind,
-        policy: &crate::policy::Effective,
-    ) -> Result<Arc<Lease>, LeaseError> {
-        let now = self.clock.now();
-        let capped = policy.min_remaining_capped;
-        if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, capped, now) {
-            l.opened_by(&req.requester);
-            self.metrics.reused(kind.as_str());
-            self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
-            return Ok(l);
-        }
-        if let Err(e) = pressure::within_quota(self.table.usage(req.requester.uid), req.requester.uid, &self.defaults) {
-            self.refuse(&req, kind, &e);
-            return Err(e);
-        }
-        let _admitted = match self.pressure.admit(&req.path, req.requester.uid, pressure::bounds(policy)) {
-            Ok(a) => a,
-            Err(why) => {
-                let e = LeaseError::new(ErrorKind::Busy, why);
-                self.refuse(&req, kind, &e);
-                return Err(e);
-            }
-        };
-
-        let _in_flight = self.in_flight.token();
-        if self.engine.shutting_down.load(Ordering::SeqCst) {
-            return Err(LeaseError::new(ErrorKind::ShuttingDown, "leasefs is shutting down"));
-        }
-        let origin = Arc::new(Origin {
-            path: req.path.clone(),
-            secret_id: req.secret.id().into_owned(),
-            issuer: kind,
-            source_key: req.source_key.clone(),
-            base: req.base.clone(),
-            source: req.source.clone(),
-        });
-        let lease_id = new_lease_id()?;
-        let started = Instant::now();
-        let issue =
-            Issue { lease_id: &lease_id, origin: &origin, secret: &req.secret, requester: &req.requester, policy };
-        let timeout = self.defaults.issue_timeout.0;
-        let result = tokio::time::timeout(timeout, self.engine.issue(&issue))
-            .await
-            .unwrap_or_else(|_| Err(LeaseError::timeout(timeout)));
-        match result {
-            Ok(lease) => {
-                let lease = Arc::new(lease);
-                self.table.insert(lease.clone());
-                self.schedule(&lease);
-                self.metrics.issued(kind.as_str(), started.elapsed());
-                self.audit(EventKind::Issue, &lease, "ok", Some(&req.requester));
-                tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at()), uid = req.requester.uid, "issued");
-                Ok(lease)
-            }
-            Err(e) => {
-                self.metrics.failed(kind.as_str(), e.reason());
-                let detail = e.to_string();
-                self.audit.record(
-                    &Event {
-                        event: EventKind::Error,
-                        path: &req.path,
-                        lease_id: Some(&lease_id),
-                        issuer: Some(kind.as_str()),
-                        outcome: e.reason(),
-                        detail: Some(&detail),
-                        count: None,
-                    },
-                    Some(&req.requester),
-                );
-                // Logged once, by the filesystem adapter, as the failed open it causes.
-                Err(e.context(format!("issuance failed (lease {lease_id})")))
-            }
-        }
-    }
-
-    /// Counts and audits an open refused by a bound (quota, pressure); repeats folded per 10 s.
-    fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) {
-        self.metrics.failed(kind.as_str(), e.reason());
-        let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return };
-        self.audit.record(
-            &Event {
-                event: EventKind::Deny,
-                path: &req.path,
-                lease_id: None,
-                issuer: Some(kind.as_str()),
-                outcome: e.reason(),
-                detail: Some(&e.to_string()),
-                count: Some(count),
-            },
-            Some(&req.requester),
         );
     }
 
