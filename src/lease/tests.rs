@@ -365,13 +365,29 @@ fn exited(child: &mut std::process::Child, limit: Duration) -> std::process::Exi
     }
 }
 
+/// A `sleep 30` that dies of SIGHUP whatever the test runner's disposition of it (a runner
+/// started under `nohup` ignores SIGHUP, and an ignored signal stays ignored across exec).
+fn sleeper() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("30");
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn at_rotate_at_the_processes_that_opened_a_lease_get_its_signal_and_it_is_not_shared_again() {
     use std::os::unix::process::ExitStatusExt;
     let i = Arc::new(TestIssuer::default());
     let m = manager(&i, defaults());
-    let mut reader = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut reader = sleeper();
+    let mut other = sleeper();
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     let attrs = serde_json::json!({"ttl": "30s", "reuse": "uid", "rotate_signal": "SIGHUP", "rotate_at": 0.5});
