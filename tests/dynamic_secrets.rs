@@ -23,6 +23,30 @@ fn json_of(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// A sample of `/.leasefs/metrics` (`name` with its labels, e.g. `x_total{issuer="exec"}`); 0 when absent.
+fn metric(env: &Env, sample: &str) -> u64 {
+    let text = read(&env.m(".leasefs/metrics")).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The lease id of the one issuance in the audit log (read there: a short lease may have left
+/// leases.json already).
+fn issued_id(env: &Env) -> String {
+    let issues: Vec<String> = env
+        .audit()
+        .iter()
+        .filter(|l| l["event"] == "issue")
+        .map(|l| l["lease_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    issues[0].clone()
+}
+
+/// Whether the audit log has an `event` line of lease `id` with `outcome`.
+fn audited(env: &Env, event: &str, outcome: &str, id: &str) -> bool {
+    env.audit().iter().any(|l| l["event"] == event && l["outcome"] == outcome && l["lease_id"] == id)
+}
+
 #[test]
 fn listing_issues_nothing_and_every_cat_issues_a_fresh_credential() {
     let env = setup(&[("dynamic:db:app", "royal", json!({"ttl": "1m"}))], json!({}));
@@ -99,13 +123,17 @@ fn at_expiry_an_open_fd_reads_ekeyexpired_and_the_lease_is_revoked_exactly_once(
     // fstat on the open handle: the real size of its contents.
     let size = fd.metadata().unwrap().size();
     assert!(size > 40, "fstat size {size}");
-    let id = env.leases()[0]["id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(2600));
+    let id = issued_id(&env);
+    // The expiry is audited once the lease's bytes are zeroized.
+    eventually(Duration::from_secs(10), "the expiry audited", || audited(&env, "expire", "expire", &id));
     let mut rest = Vec::new();
     let err = fd.read_to_end(&mut rest).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EKEYEXPIRED), "{err}");
-    eventually(Duration::from_secs(5), "revocation", || env.revoked().len() == 1);
-    std::thread::sleep(Duration::from_millis(300));
+    // Decided: the revocation is audited and nothing is pending, so no second one can follow.
+    eventually(Duration::from_secs(10), "the revocation to finish", || {
+        audited(&env, "revoke", "revoked", &id) && metric(&env, "leasefs_revocations_pending") == 0
+    });
+    assert_eq!(metric(&env, "leasefs_revocations_total{issuer=\"exec\"}"), 1);
     assert_eq!(env.revoked(), std::slice::from_ref(&id), "revoked exactly once");
     assert!(env.leases().is_empty(), "an expired lease leaves leases.json");
     let revoke_req = json_of(&env.lines("revoked.jsonl")[0]);
@@ -121,9 +149,20 @@ fn at_expiry_an_open_fd_reads_ekeyexpired_and_the_lease_is_revoked_exactly_once(
 #[test]
 fn cat_of_an_expired_handle_prints_key_has_expired() {
     let env = setup(&[("dyn:short", "token", json!({"ttl": "1s", "format": "raw:token"}))], json!({}));
-    // A shell holds the fd open past expiry, then cat reads it.
-    let script = format!("exec 3< '{}'; sleep 1.6; cat <&3", env.m("dyn/short").display());
-    let o = run("sh", &["-c", &script]);
+    // A shell holds the fd open until the lease has expired (the test says so), then cat reads it.
+    let (opened, go) = (env.path("opened"), env.path("go"));
+    let script = format!(
+        "exec 3< '{}'; touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; cat <&3",
+        env.m("dyn/short").display(),
+        opened.display(),
+        go.display()
+    );
+    let shell = std::thread::spawn(move || run("sh", &["-c", &script]));
+    eventually(Duration::from_secs(10), "the shell to open the file", || opened.exists());
+    let id = issued_id(&env);
+    eventually(Duration::from_secs(10), "the expiry audited", || audited(&env, "expire", "expire", &id));
+    std::fs::write(&go, "").unwrap();
+    let o = shell.join().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("Key has expired"), "{}", String::from_utf8_lossy(&o.stderr));
 }
@@ -427,10 +466,12 @@ fn after_kill_9_a_restart_revokes_every_orphaned_lease() {
     want.sort();
     assert_eq!(revoked, want);
     assert!(env.log().contains("revoking leases left by a previous run"));
-    // Revoked once only: a second restart finds nothing to do.
+    // Revoked once only: a second restart finds nothing to do. Recovery runs before the mount is
+    // ready, so by now it has decided: nothing revoked, nothing pending.
     env.daemon().stop();
     env.start();
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&env, "leasefs_revocations_pending"), 0);
+    assert_eq!(metric(&env, "leasefs_revocations_total{issuer=\"exec\"}"), 0);
     assert_eq!(env.revoked().len(), 3);
 }
 
@@ -460,7 +501,7 @@ fn slow_issuances_do_not_stall_listing_or_other_reads() {
             std::thread::spawn(move || read(&p).map(|s| s.len()))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(5), "issuances under way", || !env.lines("issued.txt").is_empty());
     let mut worst = Duration::ZERO;
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_millis(1500) {

@@ -287,6 +287,22 @@ fn a_far_expiry_is_rendered_as_the_leases_and_sdks_see_the_truth() {
     assert!(t < limit, "the issuer said +10 min; max_ttl is 1 min: {aws}");
 }
 
+/// Processes (not zombies) in process group `pgid`, from /proc.
+fn live_in_group(pgid: i32) -> usize {
+    let stats = std::fs::read_dir("/proc").unwrap().filter_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        name.parse::<u32>().ok()?;
+        std::fs::read_to_string(format!("/proc/{name}/stat")).ok()
+    });
+    // Fields after the command (which may hold spaces) begin at the last ')': state, ppid, pgrp.
+    stats
+        .filter(|s| {
+            let rest: Vec<&str> = s.rsplit_once(')').map_or("", |r| r.1).split_whitespace().collect();
+            rest.len() > 2 && rest[0] != "Z" && rest[2] == pgid.to_string()
+        })
+        .count()
+}
+
 #[test]
 fn kill_9_during_an_exec_issuance_kills_the_script_and_its_children_and_the_restart_revokes() {
     let mut env = setup(&[("dyn:mint", "slowmint", json!({"format": "raw:Password"}))], json!({}));
@@ -298,16 +314,18 @@ fn kill_9_during_an_exec_issuance_kills_the_script_and_its_children_and_the_rest
     // The intent is on disk before the program runs.
     let journal = std::fs::read_to_string(env.path("state/journal.jsonl")).unwrap();
     assert!(journal.contains(&lease) && journal.contains("\"intent\""), "{journal}");
+    // The script, its background subshell and that one's `sleep`.
+    eventually(Duration::from_secs(3), "the script's child to start", || live_in_group(pid) >= 3);
     env.daemon().kill9();
     let _ = reader.join();
     eventually(Duration::from_secs(3), "the script to die with the daemon", || {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     });
-    eventually(Duration::from_secs(3), "the script's child to die too", || {
-        !String::from_utf8_lossy(&run("pgrep", &["-f", "sleep 31.5"]).stdout).contains(char::is_numeric)
-    });
-    std::thread::sleep(Duration::from_millis(3500));
+    // The script ran in its own process group: once no live process is left in it, nothing of
+    // the script can mint any more, and whether it did is decided.
+    eventually(Duration::from_secs(3), "every process of the script's group to die too", || live_in_group(pid) == 0);
     assert!(!env.path("minted.txt").exists(), "the script went on minting after the daemon died");
+    assert!(!env.path("late-child").exists(), "the script's child outlived the daemon");
     env.start();
     eventually(Duration::from_secs(10), "the restart to revoke the intent", || env.revoked().contains(&lease));
 }
