@@ -260,7 +260,7 @@ fn cluster_roles() -> usize {
 fn leasefs_keeps_issuing_while_the_leader_is_killed_and_revokes_every_lease_once_it_is_back() {
     let pgport = pg().port;
     let mut cl = Cluster::start(pgport);
-    let mut env = cl.env("20s", "40s");
+    let mut env = cl.env("8s", "16s");
     env.start();
     let static_file = env.m("bao/secret/cl/app");
     assert!(cat(&static_file).contains("cluster-value"));
@@ -284,17 +284,17 @@ fn leasefs_keeps_issuing_while_the_leader_is_killed_and_revokes_every_lease_once
             failures
         })
     };
-    // 100 opens over 30 s; the leader is killed at 8 s and restarted at 20 s.
+    // 60 opens over 15 s; the leader is killed at 4 s and restarted at 10 s.
     let leader = cl.leader().unwrap();
     let start = Instant::now();
     let (mut ok_n, mut errs, mut slowest) = (0, Vec::new(), Duration::ZERO);
     let (mut killed, mut restarted) = (false, false);
-    for _ in 0..100 {
-        if !killed && start.elapsed() > Duration::from_secs(8) {
+    for _ in 0..60 {
+        if !killed && start.elapsed() > Duration::from_secs(4) {
             cl.kill_node(leader);
             killed = true;
         }
-        if killed && !restarted && start.elapsed() > Duration::from_secs(20) {
+        if killed && !restarted && start.elapsed() > Duration::from_secs(10) {
             cl.start_node(leader);
             cl.unseal(leader);
             restarted = true;
@@ -308,18 +308,18 @@ fn leasefs_keeps_issuing_while_the_leader_is_killed_and_revokes_every_lease_once
             Err(e) => errs.push(e.raw_os_error().unwrap_or(0)),
         }
         slowest = slowest.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(250));
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let failures = watcher.join().unwrap();
     eprintln!(
-        "100 opens across a leader kill: {ok_n} issued, errors {errs:?}, slowest {slowest:?}; listing/static failures: {}",
+        "60 opens across a leader kill: {ok_n} issued, errors {errs:?}, slowest {slowest:?}; listing/static failures: {}",
         failures.len()
     );
     assert!(failures.is_empty(), "listings and cached static reads failed during the failover: {failures:?}");
     assert!(slowest < Duration::from_secs(7), "an open took {slowest:?} (issue_timeout 5 s)");
     assert!(errs.iter().all(|e| *e == libc::EIO || *e == libc::ETIMEDOUT), "only clear errnos: {errs:?}");
-    assert!(ok_n >= 70, "most opens issued: {ok_n}");
+    assert!(ok_n >= 42, "most opens issued (70 %): {ok_n}");
     // Every lease issued ends (6 s TTL) and is revoked: OpenBao has none left, PostgreSQL no role.
     eventually(Duration::from_secs(60), "every cluster lease revoked", || {
         let v = cl.api("LIST", "sys/leases/lookup/database/creds/cl", None);
@@ -345,7 +345,7 @@ fn leasefs_keeps_issuing_while_the_leader_is_killed_and_revokes_every_lease_once
     let (issued, revoked, _) = counts();
     assert_eq!(issued, ok_n as u64);
     assert_eq!(revoked, issued, "each lease revoked exactly once");
-    // Over a minute with a 20 s token (40 s max): renewed, and logged in again at its max TTL.
+    // Over 20 s with an 8 s token (16 s max): renewed, and logged in again at its max TTL.
     let logins = env.log().matches("logged in to OpenBao with AppRole").count();
     assert!(logins >= 2, "an AppRole login past the token's max TTL: {logins}");
     drop(env.mount.take());
@@ -357,7 +357,7 @@ fn after_the_whole_cluster_was_down_longer_than_the_token_ttl_leasefs_recovers_b
     let pgport = pg().port;
     let mut cl = Cluster::start(pgport);
     // This node logs in with a TLS client certificate.
-    let mut env = cl.env_with("4s", "8s", true);
+    let mut env = cl.env_with("2s", "4s", true);
     env.start();
     assert!(env.log().contains("logged in to OpenBao with a TLS client certificate"), "{}", env.log());
     let creds = env.m("bao/database/creds/cl");
@@ -366,7 +366,7 @@ fn after_the_whole_cluster_was_down_longer_than_the_token_ttl_leasefs_recovers_b
         cl.kill_node(i);
     }
     // Down for longer than the token's whole life: listings stay, issuance fails clearly.
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(5));
     assert!(std::fs::read_dir(env.m("bao/database/creds")).is_ok());
     let e = read(&creds).unwrap_err().raw_os_error().unwrap();
     assert!(e == libc::EIO || e == libc::ETIMEDOUT, "{e}");

@@ -108,7 +108,7 @@ fn the_daemon_is_not_dumpable_has_no_core_and_locks_secret_pages() {
     assert!(!run("cat", &[env.m("app/key").to_str().unwrap()]).status.success());
     let mut holder = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid", &nobody.1.to_string(), "--clear-groups", "--", "sh", "-c"])
-        .arg(format!("exec 3< '{}'; cat <&3; sleep 3", env.m("app/key").display()))
+        .arg(format!("exec 3< '{}'; cat <&3; exec sleep 3", env.m("app/key").display()))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
