@@ -8,7 +8,7 @@ use std::path::Path;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::secret::Requester;
+use crate::requester::Requester;
 use crate::statefile::StateTrust;
 
 /// What happened.

@@ -15,7 +15,7 @@ use crate::config::{Config, SourceKind};
 use crate::fs::tree::Owner;
 use crate::fs::{LeaseFs, Settings, SourceSpec};
 use crate::fuse::FuseAdapter;
-use crate::issuer::Issuers;
+use crate::issuer::registry::Issuers;
 use crate::lease::LeaseManager;
 use crate::lease::journal::{Journal, Record};
 use crate::metrics::Metrics;

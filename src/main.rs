@@ -381,7 +381,7 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
 /// AWS SDKs refresh `credential_process` credentials once fewer than 15 minutes are left (10
 /// minutes mandatory): an entry whose lease is shorter makes them run the process — a new STS
 /// session — before nearly every call.
-fn sdk_refresh_warnings(fs: &leasefs::fs::LeaseFs, defaults: &leasefs::config::Defaults) -> Vec<String> {
+fn sdk_refresh_warnings(fs: &leasefs::fs::LeaseFs, defaults: &leasefs::defaults::Defaults) -> Vec<String> {
     const REFRESH: std::time::Duration = std::time::Duration::from_secs(16 * 60);
     let mut out = Vec::new();
     for (prefix, meta) in fs.catalog().listed() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BaoError {
@@ -179,7 +179,7 @@ impl BaoClient {
                 }
             }
             // Every node failed this round: back off (1 s, 2 s, 4 s … ±25 %) within the deadline.
-            let wait = crate::lease::revoke::backoff(round);
+            let wait = crate::retry::backoff(round);
             round += 1;
             if tokio::time::Instant::now() + wait >= deadline {
                 return Err(BaoError::Unreachable(last));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 pub use crate::rotation::{RotateBy, Rotation};
 use std::time::Duration;
 
-use crate::config::{Defaults, Reuse, parse_duration};
+use crate::defaults::{Defaults, Reuse, parse_duration};
 use crate::render::Format;
 
 /// The issuer kinds a base secret may name in `attributes.type`: the one list of them.
@@ -254,7 +254,8 @@ impl Policy {
             })?;
             p.rotate_at = Some((f * 1000.0).round() as u32);
         }
-        (p.rotate_pid_file, p.rotate_command) = crate::rotation::parse(attrs, p.rotate_signal.is_some())?;
+        (p.rotate_pid_file, p.rotate_command) = crate::rotation::parse(attrs, p.rotate_signal.is_some())
+            .map_err(|(key, message)| AttrError::new(key, message))?;
         p.max_concurrent_issuances = count("max_concurrent_issuances")?;
         p.max_issues_per_minute = count("max_issues_per_minute")?;
         if let Some(v) = attrs.get("per_uid_share") {

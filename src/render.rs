@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 /// A rendering format, parsed from `attributes.format`.
 #[derive(Clone, Debug, PartialEq, Eq)]

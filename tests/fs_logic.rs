@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasefs::audit::Audit;
-use leasefs::config::Defaults;
+use leasefs::defaults::Defaults;
 use leasefs::fs::tree::Owner;
 use leasefs::fs::{EntryKind, LeaseFs, ROOT, Settings, SourceSpec};
-use leasefs::issuer::Issuers;
+use leasefs::issuer::registry::Issuers;
 use leasefs::lease::{EndReason, LeaseManager};
 use leasefs::metrics::Metrics;
-use leasefs::secret::Requester;
+use leasefs::requester::Requester;
 use leasefs::source::local::LocalSource;
 
 struct Fixture {
@@ -185,7 +185,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_secret_is_listed_with_its_size_and_its_pages_are_kept_only_while_its_contents_are() {
     // Payloads are fetched again at each open (no payload cache), as after `cache_ttl`.
-    let defaults = Defaults { cache_ttl: leasefs::config::Dur::secs(0), ..Defaults::default() };
+    let defaults = Defaults { cache_ttl: leasefs::defaults::Dur::secs(0), ..Defaults::default() };
     let f = fixture_with(DOCS, defaults).await;
     let fs = &f.fs;
     let world = ino(fs, "a/world");

@@ -1,7 +1,7 @@
 //! The daemon's own access checks, behind the kernel's `default_permissions`: mode bits against the
 //! requester (supplementary groups included), and which open flags ask to write.
 
-use crate::secret::Requester;
+use crate::requester::Requester;
 
 /// Whether `who` may read (or write) an entry with this owner, group and mode.
 pub fn allowed(uid: u32, gid: u32, mode: u16, who: &Requester, want_write: bool) -> bool {

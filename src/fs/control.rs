@@ -10,7 +10,7 @@ use super::{Attr, LeaseFs};
 use crate::audit::EventKind;
 use crate::lease::{EndReason, LeaseManager};
 use crate::render::Bytes;
-use crate::secret::Requester;
+use crate::requester::Requester;
 
 /// A source as `status.json` shows it.
 #[derive(Default, Clone, serde::Serialize)]

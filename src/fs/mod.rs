@@ -26,10 +26,11 @@ use tree::{Changes, Node, NodeKind, SourceListing, Tree};
 pub use types::*;
 
 use crate::audit::{Audit, Event, EventKind};
-use crate::config::Defaults;
+use crate::defaults::Defaults;
 use crate::diag::FileError;
 use crate::lease::LeaseManager;
-use crate::secret::{Requester, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 use crate::source::Source;
 use views::Views;
 

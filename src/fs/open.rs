@@ -9,10 +9,12 @@ use super::tree::{Control, Node, NodeKind, Tree};
 use super::views::{Bind, Bound, is_view};
 use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
 use crate::audit::{Event, EventKind};
+use crate::fields::SecretFields;
 use crate::lease::{Lease, OpenRequest};
 use crate::memlock::SharedBytes;
 use crate::render::render_static;
-use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::{SecretKind, SecretMeta};
 
 impl LeaseFs {
     /// Starts an open for the adapter: the work as a `'static` future, and whether it may finish

@@ -8,7 +8,7 @@ use aws_sigv4::sign::v4;
 use chrono::Utc;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expiry};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 /// STS refuses sessions shorter than 15 minutes; a shorter lease simply ends earlier on our side.
 const STS_MIN_SECONDS: u64 = 900;

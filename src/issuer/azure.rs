@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 pub struct AzureIssuer {
     timeout: Duration,

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expiry};
-use crate::secret::{Requester, SecretFields};
+use crate::fields::SecretFields;
+use crate::requester::Requester;
 use crate::trust::Trust;
 
 /// Output larger than this is refused (`EIO`): the bound of every issuer's credential.

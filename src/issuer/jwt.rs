@@ -5,7 +5,7 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 pub struct JwtIssuer;
 

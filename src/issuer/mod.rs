@@ -1,4 +1,6 @@
-//! Issuers: one trait, one file per kind (`exec`, `jwt`, …). An issuer turns a base secret and a request into a credential, and revokes it.
+//! Issuers: the `Issuer` trait and what it takes and hands back; one file per kind (`exec`, `jwt`, …),
+//! and `registry.rs`, one of each by kind. An issuer turns a base secret and a request into a
+//! credential, and revokes it.
 
 pub mod aws;
 pub mod azure;
@@ -7,18 +9,19 @@ pub mod guard;
 pub mod jwt;
 pub mod openbao;
 pub mod postgres;
+pub mod registry;
 pub mod sshkey;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use crate::error::LeaseError;
+use crate::fields::SecretFields;
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretFields, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 
 /// Everything an issuer may use to issue one credential.
 pub struct IssueRequest<'a> {
@@ -77,44 +80,6 @@ pub trait Issuer: Send + Sync {
     /// Extends a renewable lease by about `increment`; the new expiry, or None when it cannot be renewed.
     async fn renew(&self, _req: &RevokeRequest<'_>, _increment: Duration) -> Result<Option<DateTime<Utc>>, LeaseError> {
         Ok(None)
-    }
-}
-
-/// The issuers by kind (`attributes.type` of a base secret).
-#[derive(Clone, Default)]
-pub struct Issuers {
-    by_kind: HashMap<IssuerKind, Arc<dyn Issuer>>,
-    /// Who may own the programs that are run (exec scripts, `rotate_command`).
-    pub trust: crate::trust::Trust,
-}
-
-impl Issuers {
-    /// The issuers built into this binary, one per [`IssuerKind`]; `timeout` bounds their network
-    /// calls; `strict_perms` refuses programs others could have changed.
-    pub fn builtin(timeout: Duration, strict_perms: bool) -> Self {
-        let trust = crate::trust::Trust::new(strict_perms);
-        let mut i = Issuers { trust, ..Issuers::default() };
-        for kind in IssuerKind::ALL {
-            let issuer: Arc<dyn Issuer> = match kind {
-                IssuerKind::Exec => Arc::new(exec::ExecIssuer { trust }),
-                IssuerKind::Jwt => Arc::new(jwt::JwtIssuer),
-                IssuerKind::Postgres => Arc::new(postgres::PostgresIssuer::new(timeout)),
-                IssuerKind::Aws => Arc::new(aws::AwsIssuer::new(timeout)),
-                IssuerKind::Openbao => Arc::new(openbao::OpenBaoIssuer::new(timeout)),
-                IssuerKind::Azure => Arc::new(azure::AzureIssuer::new(timeout)),
-            };
-            i.insert(kind, issuer);
-        }
-        i
-    }
-
-    /// Puts `issuer` in place for `kind` (tests put a test issuer in place of a real one).
-    pub fn insert(&mut self, kind: IssuerKind, issuer: Arc<dyn Issuer>) {
-        self.by_kind.insert(kind, issuer);
-    }
-
-    pub fn get(&self, kind: IssuerKind) -> Option<Arc<dyn Issuer>> {
-        self.by_kind.get(&kind).cloned()
     }
 }
 

@@ -10,8 +10,8 @@ use secrecy::SecretString;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
 use crate::error::ErrorKind;
+use crate::fields::SecretFields;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
-use crate::secret::SecretFields;
 
 pub struct OpenBaoIssuer {
     timeout: Duration,

@@ -8,7 +8,7 @@ use chrono::Utc;
 use tokio_postgres::{Client, NoTls};
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 pub struct PostgresIssuer {
     timeout: Duration,

@@ -10,11 +10,13 @@ use super::journal::{Op, Record};
 use super::revoke::{Engine, Job};
 use super::table::{Lease, LeaseInfo, NewLease, Origin, rfc3339};
 use crate::error::LeaseError;
+use crate::fields::{FieldValue, SecretFields};
 use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
 use crate::policy::Effective;
 use crate::render::{Bytes, render};
-use crate::secret::{FieldValue, Requester, SecretFields, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 
 /// One issuance under way.
 pub struct Issue<'a> {
@@ -129,7 +131,7 @@ impl Engine {
             revocation,
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,
-            reusable: policy.reuse != crate::config::Reuse::None,
+            reusable: policy.reuse != crate::defaults::Reuse::None,
             rotate: policy.rotate.clone(),
         }))
     }

@@ -20,13 +20,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, Event, EventKind};
 use crate::clock::Clock;
-use crate::config::Defaults;
+use crate::defaults::Defaults;
 use crate::error::ErrorKind;
 pub use crate::error::LeaseError;
-use crate::issuer::Issuers;
+use crate::issuer::registry::Issuers;
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretKind, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::{SecretKind, SecretMeta};
 use crate::source::Source;
 use deadline::{Action, Deadlines};
 use issue::Issue;
@@ -479,7 +480,11 @@ impl deadline::OnDeadline for LeaseManager {
             Action::Expire => {}
             Action::Renew if lease.open_handles() > 0 => self.spawn_renewal(lease),
             Action::Renew => {}
-            Action::Rotate => rotate::rotate(&self, &lease),
+            Action::Rotate => {
+                let (audit, metrics) = (self.audit.clone(), self.metrics.clone());
+                let (trust, timeout) = (self.engine.issuers.trust, self.defaults.issue_timeout.0);
+                rotate::rotate(&rotate::Rotator { audit, metrics, trust, timeout }, &lease)
+            }
         }
     }
 }

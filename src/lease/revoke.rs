@@ -19,9 +19,11 @@ use super::table::{LeaseInfo, LeaseState, Origin};
 use crate::audit::{Audit, Event, EventKind};
 use crate::clock::Clock;
 use crate::error::LeaseError;
-use crate::issuer::{Issuers, RevokeRequest};
+use crate::issuer::RevokeRequest;
+use crate::issuer::registry::Issuers;
 use crate::metrics::Metrics;
 use crate::policy::IssuerKind;
+use crate::retry::backoff;
 use crate::secret::{SecretKind, SecretMeta};
 use crate::source::Source;
 
@@ -56,16 +58,6 @@ pub struct Engine {
     undone: Mutex<Vec<JoinHandle<()>>>,
     /// Journal records recovery could not act on (reported, never executed).
     unresolved: Mutex<Vec<Unresolved>>,
-}
-
-/// Backoff before attempt `attempt + 1`: 1 s, 2 s, 4 s … at most 60 s, each ±25 % so that a fleet
-/// that lost its issuer at once does not retry in lockstep.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
-    let mut r = [0u8; 2];
-    getrandom::fill(&mut r).expect("the OS random source");
-    let unit = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX); // 0..=1
-    base.mul_f64(0.75 + unit / 2.0)
 }
 
 /// Finds a base secret (by source prefix and path) in the current catalog.

@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::config::Reuse;
+use crate::defaults::Reuse;
 use crate::memlock::SharedBytes;
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 use crate::source::Source;
 
 /// What the filesystem hands over to open a dynamic secret.

@@ -10,9 +10,10 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use super::*;
-use crate::config::Dur;
+use crate::defaults::Dur;
+use crate::fields::SecretFields;
 use crate::issuer::{IssueRequest, Issued, Issuer, RevokeRequest};
-use crate::secret::{Locator, SecretFields};
+use crate::secret::Locator;
 use crate::source::{Listing, SourceError};
 
 #[derive(Default)]
@@ -376,7 +377,7 @@ async fn at_rotate_at_the_processes_that_opened_a_lease_get_its_signal_and_it_is
     let l = m.open(request_at("rot", attrs.clone(), uid, reader.id(), 0)).await.ok().unwrap();
     assert!(l.requester.start > 0, "the opener's start time is recorded");
     // An opener recorded with another start time: an earlier process whose pid `other` got since.
-    let (_, other_start) = crate::secret::process_stat(other.id()).unwrap();
+    let (_, other_start) = crate::requester::process_stat(other.id()).unwrap();
     let again = m.open(request_at("rot", attrs.clone(), uid, other.id(), other_start + 1)).await.ok().unwrap();
     assert_eq!(again.id, l.id, "shared by uid");
     advance(14).await;

@@ -13,9 +13,10 @@ use serde_json::value::RawValue;
 use crate::attrs::Step;
 use crate::diag::FileError;
 use crate::diag::json_cause;
+use crate::fields::SecretFields;
 use crate::paths::{parse_mode, resolve_group, resolve_user, split_path};
 use crate::policy::{IssuerKind, Policy};
-use crate::secret::{DocFile, Locator, SecretFields, SecretKind, SecretMeta};
+use crate::secret::{DocFile, Locator, SecretKind, SecretMeta};
 
 /// `data` must be an object; its contents are skipped without being copied.
 struct ObjectShape;

@@ -11,8 +11,9 @@ use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::attrs::Pending;
 use crate::diag::FileError;
+use crate::fields::SecretFields;
 use crate::render::render_static;
-use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
+use crate::secret::{Locator, SecretKind, SecretMeta};
 use crate::trust::Trust;
 
 /// Documents larger than this are refused (a secret catalog is small; this bounds memory).

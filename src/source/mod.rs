@@ -9,7 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::diag::FileError;
-use crate::secret::{SecretFields, SecretMeta};
+use crate::fields::SecretFields;
+use crate::secret::SecretMeta;
 
 /// Everything a source knows about its secrets, without any value.
 #[derive(Debug, Default)]

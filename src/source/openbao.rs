@@ -7,11 +7,12 @@ use async_trait::async_trait;
 
 use super::{Listing, Source, SourceError};
 use crate::diag::FileError;
+use crate::fields::SecretFields;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
 use crate::openbao_auth::{AuthConfig, Login};
 use crate::paths::split_path;
 use crate::policy::IssuerKind;
-use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
+use crate::secret::{Locator, SecretKind, SecretMeta};
 
 /// Where the synthesized base secret of a dynamic mount lives (never listed).
 pub const BASE_DIR: &str = "_openbao";
