@@ -25,6 +25,7 @@ struct Inner {
     revoked: BTreeMap<String, u64>,
     revoke_failed: BTreeMap<String, u64>,
     irrevocable: BTreeMap<String, u64>,
+    abandoned: BTreeMap<String, u64>,
     expired: u64,
     rotate_unheard: u64,
     latency: BTreeMap<String, Histogram>,
@@ -170,6 +171,10 @@ impl Metrics {
     pub fn irrevocable(&self, issuer: &str) {
         self.with(|i| *i.irrevocable.entry(issuer.into()).or_default() += 1)
     }
+    /// An irrevocable lease whose automatic revocation attempts stopped.
+    pub fn revoke_abandoned(&self, issuer: &str) {
+        self.with(|i| *i.abandoned.entry(issuer.into()).or_default() += 1)
+    }
     pub fn expired(&self) {
         self.with(|i| i.expired += 1)
     }
@@ -219,6 +224,12 @@ impl Metrics {
             "leasefs_irrevocable_total",
             "Leases marked irrevocable (revocation refused past irrevocable_after), by issuer.",
             &i.irrevocable,
+        );
+        by_issuer(
+            &mut o,
+            "leasefs_revocations_abandoned_total",
+            "Irrevocable leases whose automatic revocation attempts stopped (an hour of slow retries), by issuer.",
+            &i.abandoned,
         );
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);

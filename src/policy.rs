@@ -52,6 +52,20 @@ impl IssuerKind {
     }
 }
 
+/// Written by its name (`"exec"`), in the audit log and the journal.
+impl serde::Serialize for IssuerKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IssuerKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        IssuerKind::parse(&name).ok_or_else(|| serde::de::Error::custom("an issuer kind this build does not know"))
+    }
+}
+
 impl std::fmt::Display for IssuerKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use super::error::FsError;
 use super::tree::{Control, Counts, NodeKind};
 use super::{Attr, LeaseFs};
-use crate::audit::EventKind;
+use crate::audit::{EventKind, Outcome};
 use crate::lease::{EndReason, LeaseManager};
 use crate::render::Bytes;
 use crate::requester::Requester;
@@ -101,7 +101,7 @@ impl LeaseFs {
         };
         if let Err(e) = &result {
             let kind = if e.errno == libc::EACCES { EventKind::Deny } else { EventKind::Error };
-            self.record(kind, &path, "refused", Some(&e.message), &who);
+            self.record(kind, &path, Outcome::Refused, Some(&e.message), &who);
         }
         result
     }

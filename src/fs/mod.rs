@@ -25,7 +25,7 @@ use handles::Handles;
 use tree::{Changes, Node, NodeKind, SourceListing, Tree};
 pub use types::*;
 
-use crate::audit::{Audit, Event, EventKind};
+use crate::audit::{Audit, Event, EventKind, Outcome};
 use crate::defaults::Defaults;
 use crate::diag::FileError;
 use crate::lease::LeaseManager;
@@ -311,9 +311,8 @@ impl LeaseFs {
         Ok(())
     }
 
-    fn record(&self, event: EventKind, path: &str, outcome: &str, detail: Option<&str>, who: &Requester) {
-        self.audit
-            .record(&Event { event, path, lease_id: None, issuer: None, outcome, detail, count: None }, Some(who));
+    fn record(&self, event: EventKind, path: &str, outcome: Outcome, detail: Option<&str>, who: &Requester) {
+        self.audit.record(&Event::new(event, path, outcome).detail(detail), Some(who));
     }
 
     pub fn open_handles(&self) -> usize {

@@ -8,7 +8,7 @@ use super::handles::Handle;
 use super::tree::{Control, Node, NodeKind, Tree};
 use super::views::{Bind, Bound, is_view};
 use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
-use crate::audit::{Event, EventKind};
+use crate::audit::{Event, EventKind, Outcome};
 use crate::fields::SecretFields;
 use crate::lease::{Lease, OpenRequest};
 use crate::memlock::SharedBytes;
@@ -77,15 +77,9 @@ impl LeaseFs {
                 return Err(FsError::expired());
             }
             self.leases.hold(lease);
-            let event = Event {
-                event: EventKind::Reuse,
-                path: lease.path(),
-                lease_id: Some(&lease.id),
-                issuer: Some(lease.issuer().as_str()),
-                outcome: "ok",
-                detail: Some("the same node, open already"),
-                count: None,
-            };
+            let event = Event::new(EventKind::Reuse, lease.path(), Outcome::Ok)
+                .lease(&lease.id, lease.issuer())
+                .detail("the same node, open already");
             self.audit.record(&event, Some(who));
         }
         let size = have.bytes.len().unwrap_or(0) as u64;
@@ -108,7 +102,7 @@ impl LeaseFs {
                 }
                 let path = tree.path_of(entry);
                 if !access::allowed(n.uid, n.gid, n.mode, &who, false) {
-                    self.record(EventKind::Deny, &path, "denied", Some("permission"), &who);
+                    self.record(EventKind::Deny, &path, Outcome::Denied, Some("permission"), &who);
                     return Err(FsError::eacces("permission denied"));
                 }
                 match &meta.kind {
@@ -164,7 +158,7 @@ impl LeaseFs {
         let NodeKind::Secret { source, .. } = &n.kind else { return Err(FsError::eio("not a static secret")) };
         let result = self.open_static(ino, *source, meta).await.map_err(|e| e.at(path));
         let detail = result.as_ref().err().map(|e| e.message.clone());
-        let outcome = if result.is_ok() { "ok" } else { "error" };
+        let outcome = if result.is_ok() { Outcome::Ok } else { Outcome::Error };
         self.record(EventKind::Open, path, outcome, detail.as_deref(), &who);
         let bytes = result?;
         if self.catalog.spec(*source).page_cache {
@@ -193,7 +187,7 @@ impl LeaseFs {
         };
         let Some(base) = tree.base(*source, link).cloned() else {
             let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
-            self.record(EventKind::Error, path, "error", Some(&msg), &who);
+            self.record(EventKind::Error, path, Outcome::Error, Some(&msg), &who);
             return Err(FsError::eio(msg));
         };
         let slot = self.catalog.spec(*source);

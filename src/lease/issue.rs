@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 
 use super::journal::{Op, Record};
 use super::revoke::{Engine, Job};
-use super::table::{Lease, LeaseInfo, NewLease, Origin, rfc3339};
+use super::table::{Lease, LeaseInfo, NewLease, Origin};
 use crate::error::LeaseError;
 use crate::fields::{FieldValue, SecretFields};
 use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
 use crate::policy::Effective;
-use crate::render::{Bytes, render};
+use crate::render::{Bytes, render, rfc3339};
 use crate::requester::Requester;
 use crate::secret::SecretMeta;
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, Event, EventKind};
+use crate::audit::{Audit, Event, EventKind, Outcome};
 use crate::clock::Clock;
 use crate::defaults::Defaults;
 use crate::error::ErrorKind;
@@ -26,6 +26,7 @@ pub use crate::error::LeaseError;
 use crate::issuer::registry::Issuers;
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::IssuerKind;
+use crate::render::rfc3339;
 use crate::requester::Requester;
 use crate::secret::{SecretKind, SecretMeta};
 use crate::source::Source;
@@ -33,8 +34,8 @@ use deadline::{Action, Deadlines};
 use issue::Issue;
 use journal::{Journal, Record};
 use revoke::{Engine, Job};
+use table::Table;
 pub use table::{EndReason, Lease, LeaseInfo, LeaseState, OpenRequest, Origin};
-use table::{Table, rfc3339};
 
 pub struct LeaseManager {
     defaults: Defaults,
@@ -134,7 +135,7 @@ impl LeaseManager {
 
     /// Whether an issuer of this kind answers without I/O (an open may then finish in place).
     pub fn is_inline(&self, kind: IssuerKind) -> bool {
-        self.engine.issuers.get(kind).is_some_and(|i| i.is_inline())
+        self.engine.is_inline(kind)
     }
 
     /// Live leases, then irrevocable ones: metadata only.
@@ -163,19 +164,8 @@ impl LeaseManager {
         }
     }
 
-    fn audit(&self, kind: EventKind, lease: &Lease, outcome: &str, who: Option<&Requester>) {
-        self.audit.record(
-            &Event {
-                event: kind,
-                path: lease.path(),
-                lease_id: Some(&lease.id),
-                issuer: Some(lease.issuer().as_str()),
-                outcome,
-                detail: None,
-                count: None,
-            },
-            who,
-        );
+    fn audit(&self, kind: EventKind, lease: &Lease, outcome: Outcome, who: Option<&Requester>) {
+        self.audit.record(&Event::new(kind, lease.path(), outcome).lease(&lease.id, lease.issuer()), who);
     }
 
     /// Opens a dynamic secret: reuses a live lease where the policy allows, else issues a new one.
@@ -212,7 +202,7 @@ impl LeaseManager {
         if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, capped, now) {
             l.opened_by(&req.requester);
             self.metrics.reused(kind.as_str());
-            self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
+            self.audit(EventKind::Reuse, &l, Outcome::Ok, Some(&req.requester));
             return Ok(l);
         }
         if let Err(e) = pressure::within_quota(self.table.usage(req.requester.uid), req.requester.uid, &self.defaults) {
@@ -229,7 +219,7 @@ impl LeaseManager {
         };
 
         let _in_flight = self.in_flight.token();
-        if self.engine.shutting_down.load(Ordering::SeqCst) {
+        if self.engine.is_shutting_down() {
             return Err(LeaseError::new(ErrorKind::ShuttingDown, "leasefs is shutting down"));
         }
         let origin = Arc::new(Origin {
@@ -254,25 +244,17 @@ impl LeaseManager {
                 self.table.insert(lease.clone());
                 self.schedule(&lease);
                 self.metrics.issued(kind.as_str(), started.elapsed());
-                self.audit(EventKind::Issue, &lease, "ok", Some(&req.requester));
+                self.audit(EventKind::Issue, &lease, Outcome::Ok, Some(&req.requester));
                 tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at()), uid = req.requester.uid, "issued");
                 Ok(lease)
             }
             Err(e) => {
                 self.metrics.failed(kind.as_str(), e.reason());
                 let detail = e.to_string();
-                self.audit.record(
-                    &Event {
-                        event: EventKind::Error,
-                        path: &req.path,
-                        lease_id: Some(&lease_id),
-                        issuer: Some(kind.as_str()),
-                        outcome: e.reason(),
-                        detail: Some(&detail),
-                        count: None,
-                    },
-                    Some(&req.requester),
-                );
+                let ev = Event::new(EventKind::Error, &req.path, Outcome::of(&e))
+                    .lease(&lease_id, kind)
+                    .detail(detail.as_str());
+                self.audit.record(&ev, Some(&req.requester));
                 // Logged once, by the filesystem adapter, as the failed open it causes.
                 Err(e.context(format!("issuance failed (lease {lease_id})")))
             }
@@ -283,18 +265,10 @@ impl LeaseManager {
     fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) {
         self.metrics.failed(kind.as_str(), e.reason());
         let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return };
-        self.audit.record(
-            &Event {
-                event: EventKind::Deny,
-                path: &req.path,
-                lease_id: None,
-                issuer: Some(kind.as_str()),
-                outcome: e.reason(),
-                detail: Some(&e.to_string()),
-                count: Some(count),
-            },
-            Some(&req.requester),
-        );
+        let detail = e.to_string();
+        let ev =
+            Event::new(EventKind::Deny, &req.path, Outcome::of(e)).issuer(kind).detail(detail.as_str()).count(count);
+        self.audit.record(&ev, Some(&req.requester));
     }
 
     /// Queues a lease's expiry (and, for a renewable one, its renewal at 2/3 of what is left).
@@ -326,7 +300,7 @@ impl LeaseManager {
                     lease.set_expiry(new.min(lease.cap));
                     me.deadlines.forget(&lease);
                     me.schedule(&lease);
-                    me.audit(EventKind::Renew, &lease, "ok", None);
+                    me.audit(EventKind::Renew, &lease, Outcome::Ok, None);
                     tracing::info!(lease = %lease.id, path = %lease.path(), expires_at = %rfc3339(lease.expires_at()), "renewed");
                 }
                 Ok(_) => {}
@@ -385,7 +359,7 @@ impl LeaseManager {
             self.deadlines.forget(lease);
         }
         let kind = if why == EndReason::Expire { EventKind::Expire } else { EventKind::Revoke };
-        self.audit(kind, lease, why.as_str(), who);
+        self.audit(kind, lease, why.outcome(), who);
         tracing::info!(lease = %lease.id, path = %lease.path(), reason = why.as_str(), "lease ended; revoking");
         Some(self.engine.spawn(Job {
             lease_id: lease.id.clone(),
@@ -401,14 +375,15 @@ impl LeaseManager {
         self.revoke_by(id, None)
     }
 
-    /// `revoke`, on behalf of `who`.
+    /// `revoke`, on behalf of `who`. A lease that ended but is not revoked yet (irrevocable,
+    /// abandoned) is tried again now.
     pub fn revoke_by(self: &Arc<Self>, id: &str, who: Option<&Requester>) -> bool {
         match self.get(id) {
             Some(l) => {
                 self.end_by(&l, EndReason::Revoke, who);
                 true
             }
-            None => false,
+            None => self.engine.retry(id),
         }
     }
 
@@ -424,7 +399,7 @@ impl LeaseManager {
 
     /// At shutdown: revoke live leases (`revoke`) and unfinished issuances; wait for it (bounded).
     pub async fn shutdown(self: &Arc<Self>, revoke: bool) {
-        self.engine.shutting_down.store(true, Ordering::SeqCst);
+        self.engine.shut_down();
         // Let issuances under way finish (each is bounded by issue_timeout), so that their leases
         // are in the table when it is revoked, and those that fail are revoked (SPEC §10.4).
         self.in_flight.close();
@@ -482,7 +457,7 @@ impl deadline::OnDeadline for LeaseManager {
             Action::Renew => {}
             Action::Rotate => {
                 let (audit, metrics) = (self.audit.clone(), self.metrics.clone());
-                let (trust, timeout) = (self.engine.issuers.trust, self.defaults.issue_timeout.0);
+                let (trust, timeout) = (self.engine.trust(), self.defaults.issue_timeout.0);
                 rotate::rotate(&rotate::Rotator { audit, metrics, trust, timeout }, &lease)
             }
         }

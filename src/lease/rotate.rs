@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::table::Lease;
-use crate::audit::{Audit, Event, EventKind};
+use crate::audit::{Audit, Event, EventKind, Outcome};
 use crate::metrics::Metrics;
 use crate::policy::RotateBy;
 use crate::requester::{Requester, process_stat};
@@ -126,16 +126,8 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    fn audit(&self, lease: &Lease, outcome: &str, who: Option<&Requester>) {
-        let ev = Event {
-            event: EventKind::Rotate,
-            path: lease.path(),
-            lease_id: Some(&lease.id),
-            issuer: Some(lease.issuer().as_str()),
-            outcome,
-            detail: None,
-            count: None,
-        };
+    fn audit(&self, lease: &Lease, outcome: Outcome, who: Option<&Requester>) {
+        let ev = Event::new(EventKind::Rotate, lease.path(), outcome).lease(&lease.id, lease.issuer());
         self.audit.record(&ev, who);
     }
 }
@@ -156,7 +148,7 @@ pub fn rotate(m: &Rotator, lease: &Arc<Lease>) {
                 let ran = crate::issuer::exec::run_rotate_command(&m.trust, &argv, &lease.id, lease.path(), m.timeout);
                 match ran.await {
                     Ok(()) => {
-                        m.audit(&lease, "command", None);
+                        m.audit(&lease, Outcome::Command, None);
                         tracing::info!(lease = %lease.id, path = %lease.path(), program = %argv[0], "rotation: rotate_command ran");
                     }
                     Err(e) => {
@@ -177,7 +169,7 @@ fn signal_all(m: &Rotator, lease: &Lease, sig: i32, pid_file: Option<&Path>) -> 
         |pid: u32| Requester { pid, uid: process_uid(pid).unwrap_or(lease.requester.uid), ..lease.requester.clone() };
     let openers = signal_openers(lease, sig);
     for (pid, sent) in &openers {
-        m.audit(lease, if *sent { "signalled" } else { "failed" }, Some(&who(*pid)));
+        m.audit(lease, if *sent { Outcome::Signalled } else { Outcome::Failed }, Some(&who(*pid)));
     }
     let signalled: Vec<u32> = openers.iter().filter(|(_, sent)| *sent).map(|(pid, _)| *pid).collect();
     let mut why = if signalled.is_empty() { vec!["no live opener".to_string()] } else { Vec::new() };
@@ -186,7 +178,7 @@ fn signal_all(m: &Rotator, lease: &Lease, sig: i32, pid_file: Option<&Path>) -> 
         Some(path) => match signal_pid_file(path, sig, &signalled, m.trust.uid) {
             Ok((_, false)) => {}
             Ok((pid, true)) => {
-                m.audit(lease, "signalled", Some(&who(pid)));
+                m.audit(lease, Outcome::Signalled, Some(&who(pid)));
                 tracing::info!(lease = %lease.id, path = %lease.path(), pid, signal = sig, pid_file = %path.display(), "rotation: signalled the daemon in its pid file");
                 return Ok(());
             }
@@ -202,15 +194,9 @@ fn signal_all(m: &Rotator, lease: &Lease, sig: i32, pid_file: Option<&Path>) -> 
 /// A rotation that reached nobody: the daemon will hold the lease past its expiry.
 fn unheard(m: &Rotator, lease: &Lease, why: &str) {
     m.metrics.rotate_unheard();
-    let ev = Event {
-        event: EventKind::Rotate,
-        path: lease.path(),
-        lease_id: Some(&lease.id),
-        issuer: Some(lease.issuer().as_str()),
-        outcome: "rotate_unheard",
-        detail: Some(why),
-        count: None,
-    };
+    let ev = Event::new(EventKind::Rotate, lease.path(), Outcome::RotateUnheard)
+        .lease(&lease.id, lease.issuer())
+        .detail(why);
     m.audit.record(&ev, None);
     tracing::warn!(lease = %lease.id, path = %lease.path(), why, "rotation reached nobody: whoever holds this lease was not told to re-read and may use it past its expiry");
 }

@@ -10,9 +10,11 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::audit::Outcome;
 use crate::defaults::Reuse;
 use crate::memlock::SharedBytes;
 use crate::policy::IssuerKind;
+use crate::render::rfc3339;
 use crate::requester::Requester;
 use crate::secret::SecretMeta;
 use crate::source::Source;
@@ -47,6 +49,15 @@ impl EndReason {
             EndReason::Revoke => "revoke",
             EndReason::Close => "close",
             EndReason::Shutdown => "shutdown",
+        }
+    }
+    /// The audit log's outcome of a lease ended for this reason.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            EndReason::Expire => Outcome::Expire,
+            EndReason::Revoke => Outcome::Revoke,
+            EndReason::Close => Outcome::Close,
+            EndReason::Shutdown => Outcome::Shutdown,
         }
     }
 }
@@ -224,16 +235,15 @@ impl Lease {
     }
 }
 
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseState {
     Live,
     /// Ended, but its issuer has refused revocation for longer than `irrevocable_after`.
     Irrevocable,
+    /// Irrevocable, and refused through an hour of slow retries: no more automatic attempts in
+    /// this run (`leasefs revoke` tries again; so does the next start).
+    Abandoned,
 }
 
 /// A lease as `leases.json` shows it: metadata only.

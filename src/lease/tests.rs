@@ -248,6 +248,67 @@ async fn a_refused_revocation_is_retried_with_backoff_then_marked_irrevocable_th
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_irrevocable_lease_is_abandoned_after_an_hour_of_slow_retries_and_retried_by_hand() {
+    let i = Arc::new(TestIssuer { refuse: AtomicUsize::new(usize::MAX), ..TestIssuer::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let clock = Clock::tokio();
+    let mut issuers = Issuers::default();
+    issuers.insert(IssuerKind::Exec, i.clone());
+    let audit = Arc::new(Audit::open_trusted(&log, false).unwrap());
+    let m = LeaseManager::with_clock(issuers, None, defaults(), audit, Arc::new(Metrics::default()), clock);
+    let tries = || usize::MAX - i.refuse.load(Ordering::SeqCst);
+    let l = m.open(request("x", serde_json::json!({"ttl": "10s"}), 0, 1)).await.unwrap();
+    advance(11 + 62).await;
+    assert_eq!(m.irrevocable()[0].state, LeaseState::Irrevocable);
+    // Twelve slow retries, 5 minutes apart; refused through all of them: abandoned.
+    advance(11 * 300).await;
+    assert_eq!(m.irrevocable()[0].state, LeaseState::Irrevocable, "still within the hour");
+    advance(300 + 5).await;
+    let irr = m.irrevocable();
+    assert_eq!((irr.len(), irr[0].state), (1, LeaseState::Abandoned));
+    assert!(m.list().iter().any(|x| x.id == l.id && x.state == LeaseState::Abandoned), "still listed");
+    let metrics = m.metrics.render(m.gauges(0));
+    assert!(metrics.contains("leasefs_revocations_abandoned_total{issuer=\"exec\"} 1"), "{metrics}");
+    assert!(metrics.contains("leasefs_leases_irrevocable 1"), "{metrics}");
+    let audited = std::fs::read_to_string(&log).unwrap();
+    let abandoned: Vec<&str> = audited.lines().filter(|l| l.contains(r#""outcome":"revoke_abandoned""#)).collect();
+    assert_eq!(abandoned.len(), 1, "{audited}");
+    assert!(abandoned[0].contains(r#""event":"irrevocable""#) && abandoned[0].contains(&l.id), "{}", abandoned[0]);
+    // No attempt on its own any more.
+    let n = tries();
+    advance(3 * 3600).await;
+    assert_eq!(tries(), n, "an abandoned revocation is not retried on its own");
+    // By hand (`leasefs revoke`): one attempt; refused again, it stays abandoned.
+    assert!(m.revoke(&l.id));
+    settle().await;
+    assert_eq!(tries(), n + 1);
+    assert_eq!(m.irrevocable()[0].state, LeaseState::Abandoned);
+    // The issuer is back: by hand again, revoked, once.
+    i.refuse.store(0, Ordering::SeqCst);
+    assert!(m.revoke(&l.id));
+    settle().await;
+    assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id));
+    assert!(m.irrevocable().is_empty());
+    assert_eq!(m.pending_revocations(), 0);
+    assert!(!m.revoke(&l.id), "nothing left to revoke");
+}
+
+#[tokio::test(start_paused = true)]
+async fn leasefs_revoke_of_an_irrevocable_lease_tries_it_at_once() {
+    let i = Arc::new(TestIssuer { refuse: AtomicUsize::new(usize::MAX), ..TestIssuer::default() });
+    let m = manager(&i, defaults());
+    let l = m.open(request("y", serde_json::json!({"ttl": "10s"}), 0, 1)).await.unwrap();
+    advance(11 + 62).await;
+    assert_eq!(m.irrevocable().len(), 1);
+    i.refuse.store(0, Ordering::SeqCst);
+    assert!(m.revoke(&l.id), "an ended lease still pending is found");
+    settle().await;
+    assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id), "revoked now, not at the next 5-minute retry");
+    assert!(m.irrevocable().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn revoke_on_close_ends_the_lease_with_its_last_handle() {
     let i = Arc::new(TestIssuer::default());
     let m = manager(&i, defaults());
