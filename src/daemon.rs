@@ -57,7 +57,6 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
                 LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms).with_sizes(sc.page_cache()),
             ),
             SourceKind::Openbao => Arc::new(OpenBaoSource::new(
-                sc.prefix().to_string(),
                 sc.endpoints(),
                 sc.auth.clone().unwrap_or(crate::openbao_auth::AuthConfig::Token {
                     token_file: sc.token_file.clone().unwrap_or_default(),

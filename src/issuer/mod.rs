@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 pub use crate::error::LeaseError;
 use crate::fields::SecretFields;
+use crate::openbao_auth::Login;
 use crate::policy::IssuerKind;
 use crate::requester::Requester;
 use crate::secret::SecretMeta;
@@ -37,6 +38,8 @@ pub struct IssueRequest<'a> {
     pub ttl: Duration,
     /// What `prepare` chose, already journaled (e.g. a role name).
     pub intent: Option<&'a serde_json::Value>,
+    /// The OpenBao login of the source the base secret comes from, if it has one.
+    pub login: Option<&'a Login>,
 }
 
 /// What an issuer hands back.
@@ -55,6 +58,8 @@ pub struct RevokeRequest<'a> {
     pub secret_id: &'a str,
     pub base: &'a SecretFields,
     pub revocation: &'a serde_json::Value,
+    /// The OpenBao login of the source the base secret comes from, if it has one.
+    pub login: Option<&'a Login>,
 }
 
 #[async_trait]

@@ -12,6 +12,7 @@ use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
 use crate::error::ErrorKind;
 use crate::fields::SecretFields;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
+use crate::openbao_auth::Login;
 
 pub struct OpenBaoIssuer {
     timeout: Duration,
@@ -24,10 +25,10 @@ impl OpenBaoIssuer {
 
     /// A client for the base secret's cluster: with the token of the source's login when the
     /// base comes from an `openbao` source, else the base's own `token`.
-    async fn client(&self, base: &SecretFields) -> Result<BaoClient, LeaseError> {
+    async fn client(&self, base: &SecretFields, login: Option<&Login>) -> Result<BaoClient, LeaseError> {
         let endpoints =
             Endpoints::from_fields(base).ok_or_else(|| fail("the base secret needs \"address\" (or \"addresses\")"))?;
-        let token = match base.get("login").and_then(crate::openbao_auth::registered) {
+        let token = match login {
             Some(login) => login.token().await.map_err(fail)?,
             None => SecretString::from(
                 base.get("token").ok_or_else(|| fail("the base secret needs \"token\""))?.to_string(),
@@ -78,7 +79,7 @@ impl Issuer for OpenBaoIssuer {
             }
             Some(_) => return Err(fail("attributes.generate_key must be \"ed25519\"")),
         };
-        let client = self.client(req.base).await?;
+        let client = self.client(req.base, req.login).await?;
         let not_found = |e| match e {
             BaoError::NotFound => fail(format!("{path}: not found")),
             // A silent server is a timeout (ETIMEDOUT), not a failure (EIO).
@@ -122,14 +123,14 @@ impl Issuer for OpenBaoIssuer {
         let serial = req.revocation.get("serial_number").and_then(|s| s.as_str());
         let mount = req.revocation.get("pki_mount").and_then(|s| s.as_str());
         if let (Some(serial), Some(mount)) = (serial, mount) {
-            let client = self.client(req.base).await?;
+            let client = self.client(req.base, req.login).await?;
             client
                 .post(&format!("{mount}/revoke"), &serde_json::json!({"serial_number": serial}))
                 .await
                 .map_err(fail)?;
         }
         let Some(id) = lease_id(req.revocation) else { return Ok(()) };
-        let client = self.client(req.base).await?;
+        let client = self.client(req.base, req.login).await?;
         client.put("sys/leases/revoke", &serde_json::json!({"lease_id": id})).await.map(|_| ()).map_err(fail)
     }
 
@@ -138,7 +139,7 @@ impl Issuer for OpenBaoIssuer {
         if req.revocation.get("renewable").and_then(|r| r.as_bool()) != Some(true) {
             return Ok(None);
         }
-        let client = self.client(req.base).await?;
+        let client = self.client(req.base, req.login).await?;
         let answer = client
             .put("sys/leases/renew", &serde_json::json!({"lease_id": id, "increment": increment.as_secs()}))
             .await

@@ -68,6 +68,7 @@ impl Engine {
             .get(origin.issuer)
             .ok_or_else(|| LeaseError::failed(format!("issuer kind {} is not available", origin.issuer)))?;
         let base = self.bases.fields(origin).await?;
+        let login = origin.source.openbao_login();
         let policy = issue.policy;
         let mut req = IssueRequest {
             lease_id: issue.lease_id,
@@ -77,6 +78,7 @@ impl Engine {
             requester: issue.requester,
             ttl: policy.ttl,
             intent: None,
+            login: login.as_deref(),
         };
         let intent = issuer.prepare(&req);
         let record = |op, revocation: &serde_json::Value, exp| {
@@ -145,12 +147,14 @@ impl Engine {
         let increment = self.clock.until(lease.cap).min(lease.period).max(Duration::from_secs(1));
         let work = async {
             let base = self.bases.fields(&lease.origin).await?;
+            let login = lease.origin.source.openbao_login();
             let req = crate::issuer::RevokeRequest {
                 lease_id: &lease.id,
                 path: lease.path(),
                 secret_id: &lease.origin.secret_id,
                 base: &base,
                 revocation: &lease.revocation,
+                login: login.as_deref(),
             };
             issuer.renew(&req, increment).await
         };

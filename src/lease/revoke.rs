@@ -410,6 +410,7 @@ impl Engine {
             .ok_or_else(|| LeaseError::failed(format!("issuer kind {} is not available", job.origin.issuer)))?;
         let work = async {
             let base = self.bases.fields(&job.origin).await?;
+            let login = job.origin.source.openbao_login();
             issuer
                 .revoke(&RevokeRequest {
                     lease_id: &job.lease_id,
@@ -417,6 +418,7 @@ impl Engine {
                     secret_id: &job.origin.secret_id,
                     base: &base,
                     revocation: &job.revocation,
+                    login: login.as_deref(),
                 })
                 .await
         };

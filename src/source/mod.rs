@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::diag::FileError;
 use crate::fields::SecretFields;
+use crate::openbao_auth::Login;
 use crate::secret::SecretMeta;
 
 /// Everything a source knows about its secrets, without any value.
@@ -40,4 +41,9 @@ pub trait Source: Send + Sync {
     async fn list(&self) -> Result<Listing, SourceError>;
     /// Reads one secret's payload (a static value, or a base secret's data).
     async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError>;
+    /// How this source logs in to OpenBao, if it does: the `openbao` issuer of its dynamic
+    /// mounts asks it for a current token at each use (never a copy kept with a base secret).
+    fn openbao_login(&self) -> Option<Arc<Login>> {
+        None
+    }
 }
