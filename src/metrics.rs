@@ -31,18 +31,6 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
 }
 
-/// FUSE operations, counted by the filesystem logic.
-#[derive(Default)]
-pub struct Ops {
-    pub lookup: AtomicU64,
-    pub getattr: AtomicU64,
-    pub readdir: AtomicU64,
-    pub open: AtomicU64,
-    pub read: AtomicU64,
-    pub release: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 /// The FUSE requests the adapter answers, counted by operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -128,8 +116,10 @@ pub struct Gauges {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
-    pub ops: Ops,
+    /// FUSE requests, counted by the adapter (the one count of them).
     requests: [AtomicU64; Request::ALL.len()],
+    /// Opens answered with an error.
+    open_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -166,6 +156,10 @@ impl Metrics {
     /// One FUSE request answered.
     pub fn request(&self, r: Request) {
         self.requests[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    /// One open answered with an error.
+    pub fn open_failed(&self) {
+        self.open_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn irrevocable(&self, issuer: &str) {
@@ -250,25 +244,13 @@ impl Metrics {
         let _ = writeln!(o, "leasefs_open_handles {}", g.open_handles);
         family(&mut o, "leasefs_guard_restarts_total", "counter", "Times the exec guard died and was started again.");
         let _ = writeln!(o, "leasefs_guard_restarts_total {}", GUARD_RESTARTS.load(Ordering::Relaxed));
-        family(&mut o, "leasefs_fuse_ops_total", "counter", "FUSE operations served, by operation.");
-        let ops = &self.ops;
-        for (name, c) in [
-            ("lookup", &ops.lookup),
-            ("getattr", &ops.getattr),
-            ("readdir", &ops.readdir),
-            ("open", &ops.open),
-            ("read", &ops.read),
-            ("release", &ops.release),
-        ] {
-            let _ = writeln!(o, "leasefs_fuse_ops_total{{op=\"{name}\"}} {}", c.load(Ordering::Relaxed));
-        }
         family(&mut o, "leasefs_fuse_requests_total", "counter", "FUSE requests from the kernel, by operation.");
         for r in Request::ALL {
             let n = self.requests[r as usize].load(Ordering::Relaxed);
             let _ = writeln!(o, "leasefs_fuse_requests_total{{op=\"{}\"}} {n}", r.name());
         }
-        family(&mut o, "leasefs_fuse_errors_total", "counter", "FUSE operations answered with an error.");
-        let _ = writeln!(o, "leasefs_fuse_errors_total {}", ops.errors.load(Ordering::Relaxed));
+        family(&mut o, "leasefs_fuse_errors_total", "counter", "Opens answered with an error.");
+        let _ = writeln!(o, "leasefs_fuse_errors_total {}", self.open_errors.load(Ordering::Relaxed));
         o
     }
 }

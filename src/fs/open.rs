@@ -39,7 +39,6 @@ impl LeaseFs {
     /// Opens an entry: fetches a static payload (cached for `cache_ttl`), issues a dynamic secret,
     /// or renders a control file. A dynamic secret is opened through a view (a node id of its own).
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
-        self.count(&self.leases.metrics.ops.open);
         let who = if self.audit.is_enabled() { who.with_comm() } else { who };
         let joined = if is_view(ino) { self.join(ino, flags, &who) } else { None };
         let r = match joined {
@@ -50,7 +49,7 @@ impl LeaseFs {
             },
         };
         if r.is_err() {
-            self.count(&self.leases.metrics.ops.errors);
+            self.leases.metrics.open_failed();
         }
         r
     }
@@ -298,7 +297,6 @@ impl LeaseFs {
         paged: bool,
         f: impl FnOnce(Result<&[u8], FsError>) -> R,
     ) -> R {
-        self.count(&self.leases.metrics.ops.read);
         match self.handles.bytes_to_read(fh, paged) {
             None => f(Err(FsError::bad_handle())),
             Some((b, newly_paged)) => {
@@ -314,7 +312,6 @@ impl LeaseFs {
     /// reads through the page cache filled with contents served with direct I/O (a static secret
     /// served through the page cache keeps its pages; a handle read only directly has none).
     pub fn release(&self, fh: u64) -> bool {
-        self.count(&self.leases.metrics.ops.release);
         let Some(h) = self.handles.remove(fh) else { return true };
         if let Some(lease) = &h.lease {
             if h.paged {
