@@ -97,6 +97,7 @@ pub fn build_fs(cfg: &Config, opts: &RunOptions, mounting: bool) -> anyhow::Resu
         cfg.defaults.clone(),
         audit.clone(),
         Arc::new(Metrics::default()),
+        crate::clock::Clock::System,
     );
     let settings = Settings {
         defaults: cfg.defaults.clone(),

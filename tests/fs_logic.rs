@@ -37,6 +37,7 @@ async fn fixture_with(docs: &str, defaults: Defaults) -> Fixture {
         defaults.clone(),
         audit.clone(),
         Arc::new(Metrics::default()),
+        leasefs::clock::Clock::System,
     );
     let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o555 };
     let settings = Settings { defaults, root_owner: owner, control: true };
@@ -132,7 +133,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EBUSY);
     fs.release(again.fh);
     // Revoke every lease: the open handle now reads EKEYEXPIRED, and joining it is refused.
-    fs.leases().revoke_all(EndReason::Revoke);
+    fs.leases().revoke_all(EndReason::Revoke, None);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
     assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::EKEYEXPIRED);
     assert!(!fs.release(o.fh), "read only directly: no pages to drop at close");

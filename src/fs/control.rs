@@ -70,9 +70,9 @@ pub fn revoke(leases: &Arc<LeaseManager>, data: &[u8], who: &Requester) -> Resul
     }
     for word in text.split_whitespace() {
         if word == "all" {
-            let n = leases.revoke_all_by(EndReason::Revoke, Some(who)).len();
+            let n = leases.revoke_all(EndReason::Revoke, Some(who)).len();
             tracing::info!(count = n, uid = who.uid, comm = %who.comm, "revoke all requested");
-        } else if !leases.revoke_by(word, Some(who)) {
+        } else if !leases.revoke(word, Some(who)) {
             return Err(FsError::new(libc::ENOENT, "no live lease with that id"));
         }
     }

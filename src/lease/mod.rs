@@ -66,17 +66,8 @@ pub fn new_lease_id() -> String {
 }
 
 impl LeaseManager {
+    /// A manager; `clock` is `Clock::System` but in tests (tokio's paused clock).
     pub fn new(
-        issuers: Issuers,
-        journal: Option<Arc<Journal>>,
-        defaults: Defaults,
-        audit: Arc<Audit>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
-        Self::with_clock(issuers, journal, defaults, audit, metrics, Clock::System)
-    }
-
-    pub fn with_clock(
         issuers: Issuers,
         journal: Option<Arc<Journal>>,
         defaults: Defaults,
@@ -324,7 +315,7 @@ impl LeaseManager {
             return;
         }
         if lease.revoke_on_close {
-            self.end(lease, EndReason::Close);
+            self.end(lease, EndReason::Close, None);
         } else if !lease.reusable {
             let n = lease.held();
             lease.zeroize();
@@ -333,13 +324,9 @@ impl LeaseManager {
     }
 
     /// Ends a lease once: zeroizes its bytes (open handles then read EKEYEXPIRED), removes it from
-    /// the table, and revokes it at its issuer in the background.
-    pub fn end(self: &Arc<Self>, lease: &Arc<Lease>, why: EndReason) -> Option<JoinHandle<()>> {
-        self.end_by(lease, why, None)
-    }
-
-    /// `end`, on behalf of `who` (recorded in the audit log).
-    pub fn end_by(
+    /// the table, and revokes it at its issuer in the background. `who` asked for it, if anyone
+    /// did (recorded in the audit log).
+    pub fn end(
         self: &Arc<Self>,
         lease: &Arc<Lease>,
         why: EndReason,
@@ -370,31 +357,21 @@ impl LeaseManager {
         }))
     }
 
-    /// Revokes one lease by id (`/.leasefs/revoke`, `leasefs revoke`).
-    pub fn revoke(self: &Arc<Self>, id: &str) -> bool {
-        self.revoke_by(id, None)
-    }
-
-    /// `revoke`, on behalf of `who`. A lease that ended but is not revoked yet (irrevocable,
-    /// abandoned) is tried again now.
-    pub fn revoke_by(self: &Arc<Self>, id: &str, who: Option<&Requester>) -> bool {
+    /// Revokes one lease by id (`/.leasefs/revoke`, `leasefs revoke`), on behalf of `who`. An
+    /// irrevocable lease (one that ended but whose issuer keeps refusing) is tried again now.
+    pub fn revoke(self: &Arc<Self>, id: &str, who: Option<&Requester>) -> bool {
         match self.get(id) {
             Some(l) => {
-                self.end_by(&l, EndReason::Revoke, who);
+                self.end(&l, EndReason::Revoke, who);
                 true
             }
             None => self.engine.retry(id),
         }
     }
 
-    /// Revokes every live lease.
-    pub fn revoke_all(self: &Arc<Self>, why: EndReason) -> Vec<JoinHandle<()>> {
-        self.revoke_all_by(why, None)
-    }
-
-    /// `revoke_all`, on behalf of `who`.
-    pub fn revoke_all_by(self: &Arc<Self>, why: EndReason, who: Option<&Requester>) -> Vec<JoinHandle<()>> {
-        self.table.all().iter().filter_map(|l| self.end_by(l, why, who)).collect()
+    /// Revokes every live lease, on behalf of `who` if anyone asked.
+    pub fn revoke_all(self: &Arc<Self>, why: EndReason, who: Option<&Requester>) -> Vec<JoinHandle<()>> {
+        self.table.all().iter().filter_map(|l| self.end(l, why, who)).collect()
     }
 
     /// At shutdown: revoke live leases (`revoke`) and unfinished issuances; wait for it (bounded).
@@ -405,7 +382,7 @@ impl LeaseManager {
         self.in_flight.close();
         let limit = self.defaults.issue_timeout.0 + Duration::from_secs(1);
         let _ = tokio::time::timeout(limit, self.in_flight.wait()).await;
-        let mut handles = if revoke { self.revoke_all(EndReason::Shutdown) } else { Vec::new() };
+        let mut handles = if revoke { self.revoke_all(EndReason::Shutdown, None) } else { Vec::new() };
         let n = handles.len();
         handles.extend(self.engine.take_undone());
         let limit = self.defaults.issue_timeout.0 * 3 + Duration::from_secs(5);
@@ -450,7 +427,7 @@ impl deadline::OnDeadline for LeaseManager {
             // A lease renewed since has a later expiry deadline of its own.
             Action::Expire if lease.expires_at() <= now => {
                 self.metrics.expired();
-                self.end(&lease, EndReason::Expire);
+                self.end(&lease, EndReason::Expire, None);
             }
             Action::Expire => {}
             Action::Renew if lease.open_handles() > 0 => self.spawn_renewal(lease),

@@ -327,15 +327,19 @@ impl Engine {
         true
     }
 
-    /// `leasefs revoke` of a lease that ended but is not revoked yet: a revocation still retried
-    /// is tried now; an abandoned one gets one more attempt. False if no revocation of that id
-    /// is pending.
+    /// `leasefs revoke` of an irrevocable lease: one still retried every 5 minutes is tried now;
+    /// an abandoned one gets one more attempt. False if no revocation of that id is pending or it
+    /// is not irrevocable (one under way with backoff is left to it).
     pub fn retry(self: &Arc<Self>, lease_id: &str) -> bool {
         let mut g = self.pending.lock();
         let Some(p) = g.get_mut(lease_id) else { return false };
-        if p.stage != Stage::Abandoned {
-            p.wake.notify_one();
-            return true;
+        match p.stage {
+            Stage::Retrying => return false,
+            Stage::Irrevocable => {
+                p.wake.notify_one();
+                return true;
+            }
+            Stage::Abandoned => {}
         }
         let job = p.job.clone();
         drop(g);

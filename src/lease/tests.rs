@@ -92,7 +92,7 @@ fn manager(issuer: &Arc<TestIssuer>, d: Defaults) -> Arc<LeaseManager> {
     *issuer.clock.lock() = Some(clock.clone());
     let mut issuers = Issuers::default();
     issuers.insert(IssuerKind::Exec, issuer.clone());
-    LeaseManager::with_clock(issuers, None, d, Arc::new(Audit::disabled()), Arc::new(Metrics::default()), clock)
+    LeaseManager::new(issuers, None, d, Arc::new(Audit::disabled()), Arc::new(Metrics::default()), clock)
 }
 
 fn meta(path: &str, kind: SecretKind, attrs: serde_json::Value) -> Arc<SecretMeta> {
@@ -185,8 +185,8 @@ async fn leases_expire_in_deadline_order_and_are_revoked_exactly_once() {
     assert!(!mid.is_live() && !long.is_live());
     assert_eq!(*i.revoked.lock(), [short.id.clone(), mid.id.clone(), long.id.clone()]);
     // Ending again (a late revoke, a close) does nothing more.
-    assert!(m.end(&short, EndReason::Revoke).is_none());
-    assert!(!m.revoke(&short.id));
+    assert!(m.end(&short, EndReason::Revoke, None).is_none());
+    assert!(!m.revoke(&short.id, None));
     settle().await;
     assert_eq!(i.revoked.lock().len(), 3);
     assert_eq!(m.live(), 0);
@@ -256,7 +256,7 @@ async fn an_irrevocable_lease_is_abandoned_after_an_hour_of_slow_retries_and_ret
     let mut issuers = Issuers::default();
     issuers.insert(IssuerKind::Exec, i.clone());
     let audit = Arc::new(Audit::open_trusted(&log, false).unwrap());
-    let m = LeaseManager::with_clock(issuers, None, defaults(), audit, Arc::new(Metrics::default()), clock);
+    let m = LeaseManager::new(issuers, None, defaults(), audit, Arc::new(Metrics::default()), clock);
     let tries = || usize::MAX - i.refuse.load(Ordering::SeqCst);
     let l = m.open(request("x", serde_json::json!({"ttl": "10s"}), 0, 1)).await.unwrap();
     advance(11 + 62).await;
@@ -280,18 +280,18 @@ async fn an_irrevocable_lease_is_abandoned_after_an_hour_of_slow_retries_and_ret
     advance(3 * 3600).await;
     assert_eq!(tries(), n, "an abandoned revocation is not retried on its own");
     // By hand (`leasefs revoke`): one attempt; refused again, it stays abandoned.
-    assert!(m.revoke(&l.id));
+    assert!(m.revoke(&l.id, None));
     settle().await;
     assert_eq!(tries(), n + 1);
     assert_eq!(m.irrevocable()[0].state, LeaseState::Abandoned);
     // The issuer is back: by hand again, revoked, once.
     i.refuse.store(0, Ordering::SeqCst);
-    assert!(m.revoke(&l.id));
+    assert!(m.revoke(&l.id, None));
     settle().await;
     assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id));
     assert!(m.irrevocable().is_empty());
     assert_eq!(m.pending_revocations(), 0);
-    assert!(!m.revoke(&l.id), "nothing left to revoke");
+    assert!(!m.revoke(&l.id, None), "nothing left to revoke");
 }
 
 #[tokio::test(start_paused = true)]
@@ -302,7 +302,7 @@ async fn leasefs_revoke_of_an_irrevocable_lease_tries_it_at_once() {
     advance(11 + 62).await;
     assert_eq!(m.irrevocable().len(), 1);
     i.refuse.store(0, Ordering::SeqCst);
-    assert!(m.revoke(&l.id), "an ended lease still pending is found");
+    assert!(m.revoke(&l.id, None), "an ended lease still pending is found");
     settle().await;
     assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id), "revoked now, not at the next 5-minute retry");
     assert!(m.irrevocable().is_empty());
