@@ -199,3 +199,33 @@ impl Audit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_written_as_the_words_the_audit_log_always_had() {
+        for (o, word) in [
+            (Outcome::Ok, "ok"),
+            (Outcome::RevokeFailed, "revoke failed"),
+            (Outcome::OrphanNotRevoked, "orphan not revoked"),
+            (Outcome::RotateUnheard, "rotate_unheard"),
+            (Outcome::RevokeAbandoned, "revoke_abandoned"),
+            (Outcome::Expire, "expire"),
+            (Outcome::Quota, "quota"),
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), word);
+        }
+        assert_eq!(Outcome::of(&LeaseError::timeout(std::time::Duration::from_secs(1))), Outcome::Timeout);
+        assert_eq!(Outcome::of(&LeaseError::unavailable("down")), Outcome::Error);
+        let ev = Event::new(EventKind::Deny, "/p", Outcome::Busy).issuer(IssuerKind::Exec).detail("why").count(3);
+        let want = serde_json::json!({"event": "deny", "path": "/p", "issuer": "exec", "outcome": "busy", "detail": "why", "count": 3});
+        assert_eq!(serde_json::to_value(&ev).unwrap(), want);
+        let ev = Event::new(EventKind::Open, "/q", Outcome::Ok).detail(None);
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            serde_json::json!({"event": "open", "path": "/q", "outcome": "ok"})
+        );
+    }
+}

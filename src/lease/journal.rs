@@ -422,4 +422,19 @@ mod tests {
         let (_j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.pending.len(), 100);
     }
+
+    #[test]
+    fn the_issuer_is_read_as_a_kind_and_an_unknown_one_is_kept_as_written() {
+        let lines = [
+            r#"{"op":"issued","lease_id":"a","issuer":"postgres","source":"/","base":"b","time":"2030-01-01T00:00:00Z"}"#,
+            r#"{"op":"issued","lease_id":"z","issuer":"vaultish","source":"/","base":"b","time":"2030-01-01T00:00:00Z"}"#,
+        ];
+        let (r, _) = replay(format!("{}\n{}\n", lines[0], lines[1]).as_bytes());
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.pending[0].issuer, IssuerName::Known(IssuerKind::Postgres));
+        assert_eq!(r.pending[1].issuer, IssuerName::Unknown("vaultish".into()));
+        // Written back as it was read: compaction keeps such a record for a build that knows it.
+        assert!(serde_json::to_string(&r.pending[1]).unwrap().contains(r#""issuer":"vaultish""#));
+        assert!(serde_json::to_string(&r.pending[0]).unwrap().contains(r#""issuer":"postgres""#));
+    }
 }
