@@ -75,12 +75,14 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
     mods
 }
 
-/// The file's code before its test module, without comments.
+/// The file's code before its test module (`#[cfg(test)] mod …`), without comments.
 fn code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = String::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("#[cfg(test)]") {
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let test_mod = lines.peek().is_some_and(|next| next.trim_start().starts_with("mod "));
+        if line.trim_start().starts_with("#[cfg(test)]") && test_mod {
             break;
         }
         out.push_str(line.split("//").next().unwrap_or(""));
