@@ -339,7 +339,9 @@ impl Engine {
                 p.wake.notify_one();
                 return true;
             }
-            Stage::Abandoned => {}
+            // Tried by hand now: a second `leasefs revoke` meanwhile finds it irrevocable and
+            // starts no second attempt (a lease is revoked exactly once).
+            Stage::Abandoned => p.stage = Stage::Irrevocable,
         }
         let job = p.job.clone();
         drop(g);
@@ -350,6 +352,7 @@ impl Engine {
                 Ok(()) => me.revoked(&job).await,
                 Err(e) => {
                     let (_, detail) = me.failed(&job, &e);
+                    me.set_stage(&job, Stage::Abandoned, LeaseState::Abandoned);
                     tracing::error!(lease = %job.lease_id, path = %job.origin.path, error = %detail, "revocation refused again; it stays abandoned");
                 }
             }
