@@ -6,7 +6,39 @@ use crate::policy::{IssuerKind, KEYS as POLICY_KEYS};
 use crate::secret::{SecretKind, SecretMeta};
 
 /// Keys leasefs itself reads on any document, besides the policy's (`policy::KEYS`).
-const OWN_KEYS: [&str; 6] = ["owner", "group", "mode", "type", "expose", "linkConfig"];
+const OWN_KEYS: [&str; 8] =
+    ["owner", "group", "mode", "type", "expose", "linkConfig", "max_overhang", "allow_overhang"];
+
+/// How far past its lease a credential may state it is valid when its issuer cannot revoke it,
+/// unless the entry's `max_overhang` says otherwise.
+pub const MAX_OVERHANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a dynamic entry allows of a credential that states a validity past its lease's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overhang {
+    /// `max_overhang`: the most a credential leasefs cannot revoke may outlive its lease.
+    pub max: std::time::Duration,
+    /// `allow_overhang: true`: serve it anyway (audited and counted).
+    pub allow: bool,
+}
+
+/// Reads `max_overhang` (a duration) and `allow_overhang` (a boolean); an error names the key.
+pub fn overhang(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Overhang, KeyProblem> {
+    let max = match attrs.get("max_overhang") {
+        None => MAX_OVERHANG,
+        Some(v) => crate::policy::duration_value("max_overhang", v)
+            .map_err(|e| KeyProblem { key: e.key, message: e.message })?,
+    };
+    let allow = match attrs.get("allow_overhang") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => {
+            let message = "attributes.allow_overhang must be true or false".to_string();
+            return Err(KeyProblem { key: "allow_overhang".into(), message });
+        }
+    };
+    Ok(Overhang { max, allow })
+}
 
 /// The per-entry keys each issuer reads from a dynamic entry's `attributes` (`src/issuer/*.rs`).
 /// `exec` passes every attribute to its script, so it has no fixed list.
@@ -54,6 +86,14 @@ pub fn check_keys<'a>(
     attrs: &'a serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<&'a str>, KeyProblem> {
     let mut pending = Vec::new();
+    if attrs.contains_key("max_overhang") || attrs.contains_key("allow_overhang") {
+        if !matches!(kind, SecretKind::Dynamic { .. }) {
+            let key = if attrs.contains_key("max_overhang") { "max_overhang" } else { "allow_overhang" };
+            let message = format!("attributes.{key} bounds a dynamic credential's life; this secret is not dynamic");
+            return Err(KeyProblem { key: key.into(), message });
+        }
+        overhang(attrs)?;
+    }
     for key in attrs.keys().map(String::as_str).filter(|k| !is_leasefs_key(k)) {
         match kind {
             SecretKind::Dynamic { .. } => {
@@ -87,6 +127,33 @@ pub fn check_for_issuer<'a>(issuer: IssuerKind, keys: impl IntoIterator<Item = &
     Ok(())
 }
 
+/// Parses an entry's parameters as its issuer will at each open, so that a wrong one is named
+/// when the document loads (`check`, the mount's log) rather than at the first open.
+pub fn check_params(issuer: IssuerKind, attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), KeyProblem> {
+    let problem = |e: crate::policy::AttrError| KeyProblem { key: e.key, message: e.message };
+    match issuer {
+        IssuerKind::Openbao => crate::issuer::openbao::Params::parse(attrs).map(|_| ()).map_err(problem),
+        IssuerKind::Postgres => crate::issuer::postgres::check_grants(attrs).map_err(problem),
+        IssuerKind::Jwt => {
+            let bad = |key: &str, what: &str| KeyProblem {
+                key: key.into(),
+                message: format!("attributes.{key} must be {what}"),
+            };
+            match (attrs.get("claims"), attrs.get("subject"), attrs.get("audience")) {
+                (Some(c), _, _) if !c.is_object() => Err(bad("claims", "an object of claims")),
+                (_, Some(s), _) if !s.is_string() => Err(bad("subject", "a string")),
+                (_, _, Some(a))
+                    if !(a.is_string() || a.as_array().is_some_and(|l| l.iter().all(|v| v.is_string()))) =>
+                {
+                    Err(bad("audience", "a string or an array of strings"))
+                }
+                _ => Ok(()),
+            }
+        }
+        IssuerKind::Exec | IssuerKind::Aws | IssuerKind::Azure => Ok(()),
+    }
+}
+
 /// A dynamic entry's attribute keys that leasefs does not read itself: fine for an `exec` base
 /// (passed to the script), refused for another issuer unless it reads them. Judged once the
 /// source's listing is whole, since the base may be in another file.
@@ -113,8 +180,12 @@ pub fn settle(secrets: &[std::sync::Arc<SecretMeta>], pending: Vec<Pending>) -> 
     for p in pending {
         // A link that finds no base is reported as such (`check`); its keys cannot be judged.
         let Some(issuer) = bases.get(p.link.as_str()) else { continue };
-        if let Err(k) = check_for_issuer(*issuer, p.keys.iter().map(|(k, _)| k.as_str())) {
-            if let Some((_, at)) = p.keys.into_iter().find(|(key, _)| *key == k.key) {
+        let judged = check_for_issuer(*issuer, p.keys.iter().map(|(k, _)| k.as_str()))
+            .and_then(|()| secrets.get(p.secret).map_or(Ok(()), |m| check_params(*issuer, m.attributes())));
+        if let Err(k) = judged {
+            // At its key; a missing key's problem at the entry's first key leasefs does not read.
+            let at = p.keys.iter().position(|(key, _)| *key == k.key).unwrap_or(0);
+            if let Some((_, at)) = p.keys.into_iter().nth(at) {
                 problems.push(FileError { message: k.message, ..at });
                 refused.push(p.secret);
             }

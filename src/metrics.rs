@@ -27,6 +27,7 @@ struct Inner {
     irrevocable: BTreeMap<String, u64>,
     expired: u64,
     rotate_unheard: u64,
+    overhang_allowed: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
 }
 
@@ -173,6 +174,10 @@ impl Metrics {
     pub fn expired(&self) {
         self.with(|i| i.expired += 1)
     }
+    /// A credential served although it states a validity past its lease (`allow_overhang`).
+    pub fn overhang_allowed(&self, issuer: &str) {
+        self.with(|i| *i.overhang_allowed.entry(issuer.into()).or_default() += 1)
+    }
     /// A rotation that reached nobody (no live opener, no pid file, the command failed).
     pub fn rotate_unheard(&self) {
         self.with(|i| i.rotate_unheard += 1)
@@ -219,6 +224,12 @@ impl Metrics {
             "leasefs_irrevocable_total",
             "Leases marked irrevocable (revocation refused past irrevocable_after), by issuer.",
             &i.irrevocable,
+        );
+        by_issuer(
+            &mut o,
+            "leasefs_overhang_allowed_total",
+            "Credentials served that state a validity past their lease (allow_overhang), by issuer.",
+            &i.overhang_allowed,
         );
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);

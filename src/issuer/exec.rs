@@ -308,6 +308,11 @@ impl Issuer for ExecIssuer {
         Ok(Issued { fields, expires_at, revocation })
     }
 
+    /// Only a base with a `revoke_command` can end a credential before the expiry it states.
+    fn revocable(&self, base: &SecretFields, _revocation: &serde_json::Value) -> bool {
+        base.get("revoke_command").is_some()
+    }
+
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         let Some(argv) = command_of(req.base, "revoke_command")? else { return Ok(()) };
         let body = RevokeBody {

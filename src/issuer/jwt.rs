@@ -61,9 +61,10 @@ impl Issuer for JwtIssuer {
         set(&mut claims, "jti", req.lease_id.into());
         let token = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key)
             .map_err(|e| fail(&format!("cannot sign: {e}")))?;
+        // The `exp` the signed token states, read back (a `claims` attribute cannot move it).
+        let exp = stated_exp(&token).unwrap_or(exp);
         let mut fields = SecretFields::default();
         fields.insert("token", token);
-        let exp = chrono::DateTime::from_timestamp(exp.timestamp(), 0).unwrap_or(exp);
         fields.insert("expires_at", exp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         Ok(Issued { fields, expires_at: Some(exp), revocation: serde_json::json!({"jti": req.lease_id}) })
     }
@@ -81,6 +82,15 @@ impl Issuer for JwtIssuer {
     async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         Ok(())
     }
+}
+
+/// The `exp` claim of a compact JWT's payload, unverified (ours, just signed).
+fn stated_exp(token: &str) -> Option<chrono::DateTime<Utc>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    chrono::DateTime::from_timestamp(claims.get("exp")?.as_i64()?, 0)
 }
 
 fn fail(msg: &str) -> LeaseError {

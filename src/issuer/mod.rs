@@ -69,6 +69,12 @@ pub trait Issuer: Send + Sync {
     fn can_revoke(&self) -> bool {
         true
     }
+    /// Whether this credential can be ended at its issuer before the end it states, so that a
+    /// stated validity past its lease does no harm (the lease's end revokes it). Judged per
+    /// credential: an OpenBao certificate without a lease or serial to revoke cannot be.
+    fn revocable(&self, _base: &SecretFields, _revocation: &serde_json::Value) -> bool {
+        self.can_revoke()
+    }
     /// Whether `issue` finishes without waiting on I/O or a process (an in-process signer): an
     /// open through it may be answered on the thread that received it.
     fn is_inline(&self) -> bool {

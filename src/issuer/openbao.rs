@@ -1,6 +1,8 @@
 //! The `openbao` issuer: `GET` (or `POST` with a body) on any OpenBao path that issues — a
 //! database role, `pki/issue/<role>`, `ssh/sign/<role>` with a key pair leasefs makes; lease id
-//! and duration from the answer; revoke and renew through `sys/leases`, or by serial for PKI.
+//! and duration from the answer; revoke and renew through `sys/leases`, or by serial for PKI. A
+//! certificate is asked for no longer than its lease (`ttl` in the body) and its own end is read
+//! back (x509 `notAfter`, SSH `ValidBefore`).
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use secrecy::SecretString;
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
 use crate::error::ErrorKind;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
+use crate::policy::AttrError;
 use crate::secret::SecretFields;
 
 pub struct OpenBaoIssuer {
@@ -41,43 +44,130 @@ fn fail(msg: impl std::fmt::Display) -> LeaseError {
     LeaseError::failed(format!("openbao: {msg}"))
 }
 
-fn attr_text<'a>(attrs: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> Option<&'a str> {
-    attrs.get(key).and_then(|v| v.as_str())
+/// An `openbao` entry's parameters, read from its attributes when its document loads (so that
+/// `check` names a wrong one at its key) and again at each issuance.
+pub struct Params<'a> {
+    pub path: &'a str,
+    pub post: bool,
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// `generate_key: "ed25519"`: leasefs makes the key pair whose public half OpenBao signs.
+    pub generate_key: bool,
+    /// `revoke: "serial"`: a certificate is revoked by its serial at the end of its lease.
+    pub revoke_serial: bool,
+}
+
+impl<'a> Params<'a> {
+    pub fn parse(attrs: &'a serde_json::Map<String, serde_json::Value>) -> Result<Params<'a>, AttrError> {
+        let bad = |key: &str, m: &str| AttrError::new(key, format!("attributes.{key} {m}"));
+        let path = match attrs.get("path") {
+            Some(serde_json::Value::String(p)) if !p.trim_matches('/').is_empty() => p.trim_matches('/'),
+            Some(_) => return Err(bad("path", "must be an OpenBao path (e.g. database/creds/app)")),
+            None => return Err(bad("path", "is needed: the OpenBao path that issues (e.g. database/creds/app)")),
+        };
+        let post = match attrs.get("method").map(|m| m.as_str().map(str::to_ascii_uppercase)) {
+            None => false,
+            Some(Some(m)) if m == "GET" => false,
+            Some(Some(m)) if m == "POST" => true,
+            Some(_) => return Err(bad("method", "must be \"GET\" or \"POST\"")),
+        };
+        let body = match attrs.get("body") {
+            None => serde_json::Map::new(),
+            Some(serde_json::Value::Object(o)) => o.clone(),
+            Some(_) => return Err(bad("body", "must be a JSON object")),
+        };
+        let generate_key = match attrs.get("generate_key") {
+            None => false,
+            Some(k) if k == "ed25519" => true,
+            Some(_) => return Err(bad("generate_key", "must be \"ed25519\"")),
+        };
+        let revoke_serial = match attrs.get("revoke") {
+            None => false,
+            Some(k) if k == "serial" => true,
+            Some(_) => return Err(bad("revoke", "must be \"serial\" (revoke a certificate by its serial)")),
+        };
+        Ok(Params { path, post, body, generate_key, revoke_serial })
+    }
+
+    /// Whether the path issues a certificate (`<mount>/issue/<role>`, `<mount>/sign/<role>`),
+    /// whose validity OpenBao takes from the body's `ttl`.
+    fn issues_certificate(&self) -> bool {
+        matches!(self.path.split('/').nth(1), Some("issue" | "sign"))
+    }
 }
 
 fn lease_id(v: &serde_json::Value) -> Option<&str> {
     v.get("lease_id").and_then(|l| l.as_str()).filter(|s| !s.is_empty())
 }
 
+/// The `notAfter` of the first certificate in a PEM text (RFC 5280's TBSCertificate.validity).
+pub fn pem_not_after(pem: &str) -> Option<DateTime<Utc>> {
+    use base64::Engine;
+    let body = pem.split("-----BEGIN CERTIFICATE-----").nth(1)?.split("-----END CERTIFICATE-----").next()?;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let secs = not_after(&der).ok()?;
+    DateTime::from_timestamp(i64::try_from(secs.as_secs()).ok()?, 0)
+}
+
+fn not_after(cert: &[u8]) -> der::Result<Duration> {
+    use der::asn1::{GeneralizedTime, UtcTime};
+    use der::{Decode, Reader, Tag, TagNumber};
+    fn skip_rest<'r>(r: &mut impl Reader<'r>) -> der::Result<()> {
+        let rest = r.remaining_len();
+        r.read_slice(rest).map(|_| ())
+    }
+    let mut r = der::SliceReader::new(cert)?;
+    r.sequence(|c| {
+        let end = c.sequence(|tbs| {
+            if tbs.peek_tag()? == (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 }) {
+                tbs.tlv_bytes()?; // version
+            }
+            for _ in 0..3 {
+                tbs.tlv_bytes()?; // serial, signature algorithm, issuer
+            }
+            let end = tbs.sequence(|v| {
+                v.tlv_bytes()?; // notBefore
+                if v.peek_tag()? == Tag::UtcTime {
+                    Ok(UtcTime::decode(v)?.to_unix_duration())
+                } else {
+                    Ok(GeneralizedTime::decode(v)?.to_unix_duration())
+                }
+            })?;
+            skip_rest(tbs)?;
+            Ok(end)
+        })?;
+        skip_rest(c)?;
+        Ok(end)
+    })
+}
+
+/// The latest end of validity an answer states: its lease, a PKI certificate's `notAfter` (or
+/// `expiration`), an SSH certificate's `ValidBefore`.
+fn stated_end(lease_duration: u64, data: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let lease = (lease_duration > 0).then(|| Utc::now() + chrono::Duration::seconds(lease_duration as i64));
+    let text = |k: &str| data.get(k).and_then(|v| v.as_str());
+    let cert = text("certificate")
+        .and_then(pem_not_after)
+        .or_else(|| data.get("expiration").and_then(|e| e.as_i64()).and_then(|t| DateTime::from_timestamp(t, 0)));
+    let ssh = text("signed_key").and_then(super::sshkey::cert_valid_before);
+    [lease, cert, ssh].into_iter().flatten().max()
+}
+
 #[async_trait]
 impl Issuer for OpenBaoIssuer {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError> {
-        let attrs = req.secret.attributes();
-        let path = req
-            .secret
-            .attr_str("path")
-            .ok_or_else(|| fail("the entry needs attributes.path (e.g. database/creds/app)"))?;
-        let post = match attrs.get("method").map(|m| m.as_str().map(str::to_ascii_uppercase)) {
-            None => false,
-            Some(Some(m)) if m == "GET" => false,
-            Some(Some(m)) if m == "POST" => true,
-            Some(_) => return Err(fail("attributes.method must be \"GET\" or \"POST\"")),
-        };
-        let mut body = match attrs.get("body") {
-            None => serde_json::Map::new(),
-            Some(serde_json::Value::Object(o)) => o.clone(),
-            Some(_) => return Err(fail("attributes.body must be a JSON object")),
-        };
+        let params = Params::parse(req.secret.attributes()).map_err(fail)?;
+        let (path, mut body) = (params.path, params.body.clone());
+        // A certificate is asked for no longer than its lease, unless the document says otherwise.
+        if params.issues_certificate() && !body.contains_key("ttl") {
+            body.insert("ttl".into(), format!("{}s", req.ttl.as_secs().max(1)).into());
+        }
         // ssh/sign/<role>: leasefs makes the key pair; OpenBao signs its public half.
-        let key = match attr_text(attrs, "generate_key") {
-            None => None,
-            Some("ed25519") => {
-                let k = super::sshkey::generate_ed25519(&format!("leasefs-{}", req.lease_id));
-                body.insert("public_key".into(), k.public.clone().into());
-                Some(k)
-            }
-            Some(_) => return Err(fail("attributes.generate_key must be \"ed25519\"")),
-        };
+        let key = params.generate_key.then(|| {
+            let k = super::sshkey::generate_ed25519(&format!("leasefs-{}", req.lease_id));
+            body.insert("public_key".into(), k.public.clone().into());
+            k
+        });
         let client = self.client(req.base).await?;
         let not_found = |e| match e {
             BaoError::NotFound => fail(format!("{path}: not found")),
@@ -85,7 +175,7 @@ impl Issuer for OpenBaoIssuer {
             BaoError::Timeout(m) => LeaseError::new(ErrorKind::Timeout, format!("{path}: {m}")),
             other => fail(other),
         };
-        let mut answer = if post || key.is_some() {
+        let mut answer = if params.post || key.is_some() {
             client.post(path, &serde_json::Value::Object(body)).await.map_err(not_found)?
         } else {
             client.read(path).await.map_err(not_found)?
@@ -97,18 +187,17 @@ impl Issuer for OpenBaoIssuer {
             .get_mut("data")
             .map(serde_json::Value::take)
             .ok_or_else(|| fail(format!("{path}: the answer has no data")))?;
-        // A certificate states its own end (PKI `expiration`, epoch seconds).
-        let cert_end = data.get("expiration").and_then(|e| e.as_i64()).and_then(|t| DateTime::from_timestamp(t, 0));
+        // What the credential itself states, read back (the lease manager weighs it against the lease).
+        let expires_at = stated_end(duration, &data);
         let serial = data.get("serial_number").and_then(|s| s.as_str()).map(str::to_string);
         let mut fields = fields_of(data);
         if let Some(k) = key {
             fields.insert("private_key", k.private_pem.to_string());
             fields.insert("public_key", k.public);
         }
-        let expires_at = (duration > 0).then(|| Utc::now() + chrono::Duration::seconds(duration as i64)).or(cert_end);
         let mut revocation = serde_json::json!({"lease_id": id, "renewable": renewable});
         // PKI: revoked by serial at the end of the lease, so the CRL lists it (opt-in).
-        if attr_text(attrs, "revoke") == Some("serial") {
+        if params.revoke_serial {
             let mount = path.split('/').next().unwrap_or("pki");
             let serial =
                 serial.ok_or_else(|| fail(format!("{path}: revoke by serial, but the answer has no serial_number")))?;
@@ -145,5 +234,11 @@ impl Issuer for OpenBaoIssuer {
             .map_err(fail)?;
         let d = answer.get("lease_duration").and_then(|d| d.as_u64()).unwrap_or(0);
         Ok((d > 0).then(|| Utc::now() + chrono::Duration::seconds(d as i64)))
+    }
+
+    /// Revocable when OpenBao holds a lease for it, or a certificate is revoked by serial; an SSH
+    /// certificate, or a PKI one without `revoke: "serial"`, lives to the end it states.
+    fn revocable(&self, _base: &SecretFields, revocation: &serde_json::Value) -> bool {
+        lease_id(revocation).is_some() || revocation.get("serial_number").is_some()
     }
 }

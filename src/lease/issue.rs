@@ -1,5 +1,6 @@
-//! The issuance pipeline: base secret → intent journaled → issuer → expiry bounded → rendered →
-//! journaled → a new lease. Whatever fails after something was created is revoked at once.
+//! The issuance pipeline: base secret → intent journaled → issuer → expiry bounded → overhang
+//! judged → rendered → journaled → a new lease. Whatever fails after something was created is
+//! revoked at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use chrono::{DateTime, Utc};
 use super::journal::{Op, Record};
 use super::revoke::{Engine, Job};
 use super::table::{Lease, LeaseInfo, NewLease, Origin, rfc3339};
-use crate::error::LeaseError;
+use crate::audit::{Event, EventKind};
+use crate::error::{ErrorKind, LeaseError};
 use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
 use crate::policy::Effective;
@@ -109,6 +111,8 @@ impl Engine {
             Some(t) => t.min(cap),
         };
         undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
+        let revocable = issuer.revocable(&base, &issued.revocation);
+        self.judge_overhang(issue, issued.expires_at, expires_at, revocable)?;
         // A credential that says it lasts longer than its lease would be cached that long by
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
@@ -132,6 +136,49 @@ impl Engine {
             reusable: policy.reuse != crate::config::Reuse::None,
             rotate: policy.rotate.clone(),
         }))
+    }
+
+    /// Weighs the end a credential states against its lease's: past it by more than
+    /// `max_overhang`, one its issuer cannot revoke is refused (`outlives`; the caller's undo
+    /// revokes what can be) unless the entry says `allow_overhang: true` (audited, counted).
+    fn judge_overhang(
+        &self,
+        issue: &Issue<'_>,
+        stated: Option<DateTime<Utc>>,
+        lease_end: DateTime<Utc>,
+        revocable: bool,
+    ) -> Result<(), LeaseError> {
+        let Some(stated) = stated else { return Ok(()) };
+        let rule = crate::attrs::overhang(issue.secret.attributes()).map_err(|p| LeaseError::failed(p.message))?;
+        let over = (stated - lease_end).to_std().unwrap_or_default();
+        if over <= rule.max || revocable {
+            return Ok(());
+        }
+        let kind = issue.origin.issuer;
+        let what = format!(
+            "the credential states it is valid until {}, {} s past its lease's end, and {kind} cannot revoke it (max_overhang {} s)",
+            rfc3339(stated),
+            over.as_secs(),
+            rule.max.as_secs()
+        );
+        if !rule.allow {
+            let msg = format!("{what}: refused (allow_overhang: true would serve it)");
+            return Err(LeaseError::new(ErrorKind::Outlives, msg));
+        }
+        tracing::warn!(lease = %issue.lease_id, path = %issue.origin.path, issuer = %kind, overhang_s = over.as_secs(), "served a credential that outlives its lease (allow_overhang)");
+        self.metrics.overhang_allowed(kind.as_str());
+        let detail = format!("{what}: served (allow_overhang)");
+        let event = Event {
+            event: EventKind::Issue,
+            path: &issue.origin.path,
+            lease_id: Some(issue.lease_id),
+            issuer: Some(kind.as_str()),
+            outcome: "outlives",
+            detail: Some(&detail),
+            count: None,
+        };
+        self.audit.record(&event, Some(issue.requester));
+        Ok(())
     }
 
     /// Extends a renewable lease by its own period, never past its cap: the new expiry, if any.
