@@ -336,6 +336,17 @@ pub fn place_of(meta: &SecretMeta, key: &str) -> Option<String> {
     })
 }
 
+/// `check`'s warning for an entry that lets a credential outlive its lease (`allow_overhang`).
+pub fn overhang_warning(meta: &SecretMeta, shown_path: &str) -> Option<String> {
+    if meta.attributes().get("allow_overhang") != Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    let place = place_of(meta, "allow_overhang").unwrap_or_else(|| shown_path.to_string());
+    Some(format!(
+        "{place}: attributes.allow_overhang: a credential that states a validity past its lease and cannot be revoked is served (audited `outlives`, counted in leasefs_overhang_allowed_total)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -320,6 +320,10 @@ fn check(config: &std::path::Path, insecure_perms: bool) -> ExitCode {
         if !matches!(meta.kind, leasefs::secret::SecretKind::Dynamic { .. }) {
             continue;
         }
+        let shown = format!("{}/{}", prefix.trim_end_matches('/'), meta.path());
+        if let Some(w) = leasefs::attrs::overhang_warning(&meta, &shown) {
+            eprintln!("warning: {w}");
+        }
         if let Some((key, why)) = meta.policy().reuse_conflict(&cfg.defaults) {
             let path = format!("{}/{}", prefix.trim_end_matches('/'), meta.path());
             let place = leasefs::attrs::place_of(&meta, key).unwrap_or(path);
