@@ -390,6 +390,28 @@ mod tests {
         assert!(e.message.contains("did you mean `audience`"), "{e:?}");
     }
 
+    #[test]
+    fn overhang_keys_are_judged_at_load() {
+        let dynamic = SecretKind::Dynamic { link: "base/x".into() };
+        let ok = attrs(serde_json::json!({"max_overhang": "5s", "allow_overhang": true}));
+        assert!(check_keys(&dynamic, &ok).unwrap().is_empty());
+        assert_eq!(overhang(&ok).unwrap(), Overhang { max: std::time::Duration::from_secs(5), allow: true });
+        assert_eq!(overhang(&attrs(serde_json::json!({}))).unwrap().max, MAX_OVERHANG);
+        for (bad, key) in [
+            (serde_json::json!({"max_overhang": "soon"}), "max_overhang"),
+            (serde_json::json!({"allow_overhang": "yes"}), "allow_overhang"),
+        ] {
+            let e = check_keys(&dynamic, &attrs(bad)).unwrap_err();
+            assert_eq!(e.key, key, "{e:?}");
+        }
+        let e = check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow_overhang": true}))).unwrap_err();
+        assert!(e.message.contains("not dynamic"), "{e:?}");
+        let e = check_params(IssuerKind::Postgres, &attrs(serde_json::json!({"grants": [1]}))).unwrap_err();
+        assert_eq!(e.key, "grants");
+        let e = check_params(IssuerKind::Jwt, &attrs(serde_json::json!({"claims": "x"}))).unwrap_err();
+        assert_eq!(e.key, "claims");
+    }
+
     /// Every attribute an issuer reads is in its list, so that no valid entry is refused.
     #[test]
     fn issuer_key_lists_cover_what_the_issuers_read() {

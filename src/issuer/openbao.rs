@@ -88,10 +88,10 @@ impl<'a> Params<'a> {
         Ok(Params { path, post, body, generate_key, revoke_serial })
     }
 
-    /// Whether the path issues a certificate (`<mount>/issue/<role>`, `<mount>/sign/<role>`),
-    /// whose validity OpenBao takes from the body's `ttl`.
+    /// Whether the path issues a certificate (`<mount>/issue/<role>`, `<mount>/sign/<role>`,
+    /// `pki/issuer/<ref>/issue/<role>`), whose validity OpenBao takes from the body's `ttl`.
     fn issues_certificate(&self) -> bool {
-        matches!(self.path.split('/').nth(1), Some("issue" | "sign"))
+        matches!(self.path.rsplit('/').nth(1), Some("issue" | "sign"))
     }
 }
 
@@ -240,5 +240,68 @@ impl Issuer for OpenBaoIssuer {
     /// certificate, or a PKI one without `revoke: "serial"`, lives to the end it states.
     fn revocable(&self, _base: &SecretFields, revocation: &serde_json::Value) -> bool {
         lease_id(revocation).is_some() || revocation.get("serial_number").is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn params_are_judged_as_an_issuance_reads_them() {
+        let a = attrs(serde_json::json!({"path": "pki/issue/web", "method": "post", "revoke": "serial"}));
+        let p = Params::parse(&a).unwrap();
+        assert!(p.post && p.revoke_serial && p.issues_certificate() && !p.generate_key);
+        let a = attrs(serde_json::json!({"path": "database/creds/app"}));
+        assert!(!Params::parse(&a).unwrap().issues_certificate());
+        for (bad, key) in [
+            (serde_json::json!({"method": "GET"}), "path"),
+            (serde_json::json!({"path": "x/y", "method": "PUT"}), "method"),
+            (serde_json::json!({"path": "x/y", "body": "ttl=1h"}), "body"),
+            (serde_json::json!({"path": "x/y", "generate_key": "rsa"}), "generate_key"),
+            (serde_json::json!({"path": "x/y", "revoke": "lease"}), "revoke"),
+        ] {
+            let e = Params::parse(&attrs(bad)).err().unwrap();
+            assert_eq!(e.key, key);
+            assert!(e.message.starts_with(&format!("attributes.{key} ")), "{}", e.message);
+        }
+    }
+
+    /// openssl writes UTCTime up to 2049 and GeneralizedTime from 2050 on.
+    #[test]
+    fn a_certificates_not_after_is_read_from_its_der() {
+        let dir = tempfile::tempdir().unwrap();
+        for days in ["2", "20000"] {
+            let cert = dir.path().join(format!("{days}.pem"));
+            let key = dir.path().join("key.pem");
+            let o = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-subj", "/CN=t", "-days", days])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let o = std::process::Command::new("openssl")
+                .args(["x509", "-noout", "-enddate", "-in"])
+                .arg(&cert)
+                .output()
+                .unwrap();
+            let text = String::from_utf8(o.stdout).unwrap();
+            let want = chrono::NaiveDateTime::parse_from_str(
+                text.trim().trim_start_matches("notAfter="),
+                "%b %e %H:%M:%S %Y GMT",
+            )
+            .unwrap()
+            .and_utc();
+            let pem = std::fs::read_to_string(&cert).unwrap();
+            assert_eq!(pem_not_after(&pem), Some(want), "-days {days}");
+        }
+        assert_eq!(pem_not_after("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), None);
     }
 }
