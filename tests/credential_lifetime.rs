@@ -131,6 +131,17 @@ impl Sshd {
 
     /// `ssh … root@127.0.0.1 true` with the copied key and certificate.
     fn login(&self, key: &std::path::Path, cert: &std::path::Path) -> std::process::Output {
+        self.ssh(key, cert, &[], &["true"])
+    }
+
+    /// `ssh` with options `pre` (before the destination) and a remote command.
+    fn ssh(
+        &self,
+        key: &std::path::Path,
+        cert: &std::path::Path,
+        pre: &[&str],
+        command: &[&str],
+    ) -> std::process::Output {
         let port = self.port.to_string();
         let opt = |o: &str| ["-o".to_string(), o.to_string()];
         let mut args: Vec<String> = vec!["-F".into(), "/dev/null".into(), "-p".into(), port];
@@ -144,7 +155,9 @@ impl Sshd {
         ] {
             args.extend(opt(o));
         }
-        args.extend(["-i".into(), key.display().to_string(), "root@127.0.0.1".into(), "true".into()]);
+        args.extend(pre.iter().map(|c| c.to_string()));
+        args.extend(["-i".into(), key.display().to_string(), "root@127.0.0.1".into()]);
+        args.extend(command.iter().map(|c| c.to_string()));
         Command::new("ssh").args(&args).output().unwrap()
     }
 }
@@ -178,6 +191,10 @@ fn a_copied_ssh_certificate_dies_with_its_lease_at_a_real_sshd() {
     // While the lease lives, the copy logs in.
     let o = sshd.login(&key, &cert);
     assert!(o.status.success(), "login while the lease lives: {}\n{}", String::from_utf8_lossy(&o.stderr), sshd.log());
+    // The role of the docs permits a terminal (`permit-pty`): an interactive session gets one.
+    let o = sshd.ssh(&key, &cert, &["-tt"], &["tty"]);
+    let tty = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(tty.starts_with("/dev/pts/"), "no terminal for the session: {tty} {}", String::from_utf8_lossy(&o.stderr));
 
     // The lease ends (its expiry is audited); then sshd refuses the copy as expired.
     let id = env.leases()[0]["id"].as_str().unwrap().to_string();
