@@ -233,8 +233,9 @@ fn a_pki_certificate_is_asked_for_its_lease_not_the_roles_ttl() {
 fn a_certificate_that_outlives_its_lease_is_refused_unless_allowed_and_check_says_so() {
     // The body asks for 2 h while the lease is 20 s; OpenBao grants it.
     let long = |path: &str, extra: serde_json::Value| {
+        let cn = format!("{}.example.com", path.trim_start_matches("tls:"));
         let mut a = json!({"path": "pki/issue/web", "method": "POST",
-            "body": {"common_name": "long.example.com", "ttl": "2h"}, "ttl": "20s", "format": "raw:certificate"});
+            "body": {"common_name": cn, "ttl": "2h"}, "ttl": "20s", "format": "raw:certificate"});
         a.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         dynamic(path, "base:bao", a)
     };
@@ -263,6 +264,19 @@ fn a_certificate_that_outlives_its_lease_is_refused_unless_allowed_and_check_say
         env.audit().iter().any(|e| e["event"] == "error" && e["outcome"] == "outlives" && e["path"] == "/tls/kept")
     });
     assert!(env.leases().iter().all(|l| l["path"] != "/tls/kept"));
+    // The refused certificate was revoked at once: OpenBao shows it revoked (its CRL lists it).
+    let seen = env.path("seen.pem");
+    eventually(Duration::from_secs(10), "the refused certificate revoked at OpenBao", || {
+        let b = bao();
+        let serials = b.api("LIST", "pki/certs", None);
+        serials["data"]["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).any(|serial| {
+            let c = b.api("GET", &format!("pki/cert/{serial}"), None);
+            std::fs::write(&seen, c["data"]["certificate"].as_str().unwrap_or_default()).unwrap();
+            let subject = run("openssl", &["x509", "-noout", "-subject", "-in", path_str(&seen)]);
+            String::from_utf8_lossy(&subject.stdout).contains("kept.example.com")
+                && c["data"]["revocation_time"].as_i64().unwrap_or(0) > 0
+        })
+    });
     // Allowed: served, audited and counted.
     let cert = env.path("allowed.pem");
     std::fs::write(&cert, cat(&env.m("tls/allowed"))).unwrap();

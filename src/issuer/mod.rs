@@ -63,6 +63,8 @@ pub trait Issuer: Send + Sync {
     }
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
+    /// A handle marked `"refused": true` is a credential refused at issuance (it outlived its
+    /// lease): revoke it by any means there is, even one the entry did not ask for.
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError>;
     /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token, STS
     /// keys) are not journaled: after a crash there would be nothing to do for them.

@@ -203,13 +203,19 @@ impl Issuer for OpenBaoIssuer {
                 serial.ok_or_else(|| fail(format!("{path}: revoke by serial, but the answer has no serial_number")))?;
             revocation["serial_number"] = serial.into();
             revocation["pki_mount"] = mount.into();
+        } else if let (Some(serial), true) = (serial, fields.get("certificate").is_some()) {
+            // Not revoked at the lease's end (the entry did not ask), but at once if refused.
+            revocation["refused_serial"] = serial.into();
+            revocation["pki_mount"] = path.split('/').next().unwrap_or("pki").into();
         }
         Ok(Issued { fields, expires_at, revocation })
     }
 
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
-        let serial = req.revocation.get("serial_number").and_then(|s| s.as_str());
-        let mount = req.revocation.get("pki_mount").and_then(|s| s.as_str());
+        let text = |k: &str| req.revocation.get(k).and_then(|s| s.as_str());
+        let refused = req.revocation.get("refused") == Some(&serde_json::Value::Bool(true));
+        let serial = text("serial_number").or_else(|| text("refused_serial").filter(|_| refused));
+        let mount = text("pki_mount");
         if let (Some(serial), Some(mount)) = (serial, mount) {
             let client = self.client(req.base).await?;
             client

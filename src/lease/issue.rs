@@ -112,7 +112,10 @@ impl Engine {
         };
         undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
         let revocable = issuer.revocable(&base, &issued.revocation);
-        self.judge_overhang(issue, issued.expires_at, expires_at, revocable)?;
+        if let Err(e) = self.judge_overhang(issue, &mut issued.revocation, issued.expires_at, expires_at, revocable) {
+            undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
+            return Err(e);
+        }
         // A credential that says it lasts longer than its lease would be cached that long by
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
@@ -140,10 +143,12 @@ impl Engine {
 
     /// Weighs the end a credential states against its lease's: past it by more than
     /// `max_overhang`, one its issuer cannot revoke is refused (`outlives`; the caller's undo
-    /// revokes what can be) unless the entry says `allow_overhang: true` (audited, counted).
+    /// revokes what can be: the handle is marked `refused`) unless the entry says
+    /// `allow_overhang: true` (audited, counted).
     fn judge_overhang(
         &self,
         issue: &Issue<'_>,
+        revocation: &mut serde_json::Value,
         stated: Option<DateTime<Utc>>,
         lease_end: DateTime<Utc>,
         revocable: bool,
@@ -162,6 +167,10 @@ impl Engine {
             rule.max.as_secs()
         );
         if !rule.allow {
+            // An issuer revokes now what it would otherwise leave to the end it states.
+            if let Some(o) = revocation.as_object_mut() {
+                o.insert("refused".into(), true.into());
+            }
             let msg = format!("{what}: refused (allow_overhang: true would serve it)");
             return Err(LeaseError::new(ErrorKind::Outlives, msg));
         }
