@@ -6,7 +6,7 @@ use crate::policy::{IssuerKind, KEYS as POLICY_KEYS};
 use crate::secret::{SecretKind, SecretMeta};
 
 /// Keys leasefs itself reads on any document, besides the policy's (`policy::KEYS`).
-const OWN_KEYS: [&str; 6] = ["owner", "group", "mode", "type", "expose", "linkConfig"];
+const OWN_KEYS: [&str; 7] = ["owner", "group", "mode", "type", "expose", "linkConfig", "allow"];
 
 /// The per-entry keys each issuer reads from a dynamic entry's `attributes` (`src/issuer/*.rs`).
 /// `exec` passes every attribute to its script, so it has no fixed list.
@@ -53,6 +53,15 @@ pub fn check_keys<'a>(
     kind: &SecretKind,
     attrs: &'a serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<&'a str>, KeyProblem> {
+    if let Some(v) = attrs.get("allow") {
+        crate::workload::check_allow(v).map_err(|message| KeyProblem { key: "allow".into(), message })?;
+    }
+    if matches!(kind, SecretKind::Dynamic { .. }) {
+        if let Err(e) = crate::workload::check_template_names(attrs) {
+            let key = attribute_named(&e).unwrap_or_default();
+            return Err(KeyProblem { key, message: e });
+        }
+    }
     let mut pending = Vec::new();
     for key in attrs.keys().map(String::as_str).filter(|k| !is_leasefs_key(k)) {
         match kind {
