@@ -108,11 +108,15 @@ impl Workload {
     }
 
     /// `LEASEFS_WORKLOAD_*` for an exec script: the fields this reader has.
-    pub fn env(&self) -> Vec<(String, String)> {
-        FIELDS
-            .iter()
-            .filter_map(|f| self.field(f).map(|v| (format!("LEASEFS_WORKLOAD_{}", f.to_ascii_uppercase()), v.into())))
-            .collect()
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        const NAMES: [&str; 5] = [
+            "LEASEFS_WORKLOAD_UNIT",
+            "LEASEFS_WORKLOAD_CONTAINER",
+            "LEASEFS_WORKLOAD_POD_UID",
+            "LEASEFS_WORKLOAD_CGROUP",
+            "LEASEFS_WORKLOAD_EXE",
+        ];
+        FIELDS.iter().zip(NAMES).filter_map(|(f, n)| self.field(f).map(|v| (n, v.to_string()))).collect()
     }
 
     /// `cgroup.procs` of its cgroup, where the hierarchy is mounted.
