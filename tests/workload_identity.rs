@@ -320,14 +320,19 @@ fn a_cgroup_bound_lease_is_revoked_once_its_cgroup_has_no_process_left() {
     let script = env.script();
     let docs = exec_catalog(
         &script,
-        &[("ci:token", "royal", json!({"format": "raw:Password", "mode": "0444", "reuse": "cgroup", "ttl": "5m"}))],
+        &[(
+            "ci:db",
+            "royal",
+            json!({"files": {"password": "raw:Password"}, "mode": "0444", "bind": "cgroup", "ttl": "5m"}),
+        )],
     );
     env.doc("d.json", &docs);
     env.config(json!({"allow_other": true}));
     env.start();
     let tag = format!("leasefs-test-wl-{}", std::process::id());
     let job = Cgroup::new(&tag, "ci/job-42.scope");
-    let file = env.m("ci/token");
+    // A bundle (its files share one lease per binding), bound to the reader's cgroup.
+    let file = env.m("ci/db/password");
     // Two processes of the job: the second shares the first's lease (one per cgroup).
     let mut first = Waiting::new(&format!("cat {}; echo; read done", file.display()));
     job.place(first.pid());
