@@ -3,6 +3,7 @@
 //! `{{workload.*}}` templates over those fields.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -182,40 +183,81 @@ fn read(pid: u32) -> Option<Workload> {
 /// How long a process's workload is taken from the cache before its cgroup is read again (a
 /// process may move itself to a cgroup it can write).
 const FRESH: Duration = Duration::from_secs(1);
-const CACHE_MAX: usize = 4096;
+/// Processes cached at most (each holds a pidfd).
+const CACHE_MAX: usize = 256;
 
 struct Cached {
     start: u64,
     at: Instant,
     workload: Arc<Workload>,
+    /// Holds the very process: while it can be signalled, the pid is not another's.
+    pidfd: OwnedFd,
 }
 
 static CACHE: LazyLock<Mutex<HashMap<u32, Cached>>> = LazyLock::new(Mutex::default);
 
-/// The workload of process `pid` that started at `start` (`/proc/PID/stat` field 22, not 0):
-/// from the cache while fresh, else read from `/proc`. None when the process is gone (or its
-/// cgroup cannot be read).
-pub fn of(pid: u32, start: u64) -> Option<Arc<Workload>> {
-    if start == 0 {
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    if pid == 0 || pid > i32::MAX as u32 {
         return None;
     }
-    if let Some(c) = CACHE.lock().get(&pid).filter(|c| c.start == start && c.at.elapsed() < FRESH) {
-        return Some(c.workload.clone());
+    // SAFETY: pidfd_open(pid, flags) returns a new descriptor or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    // SAFETY: a descriptor just returned to us, owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process a pidfd holds has not been reaped (its pid cannot be another's yet).
+fn alive(fd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal(pidfd, 0, NULL, 0) on a descriptor we own: a check, no signal.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0u32)
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The start time and workload of the process at `pid` (`start`: its start time, `/proc/PID/stat`
+/// field 22, when known; else 0). A process seen before costs one pidfd signal check while its
+/// entry is fresh; else its stat (once), cgroup and exe are read. None when the process is gone,
+/// is not the one that started at `start`, or its cgroup cannot be read.
+pub fn identify(pid: u32, start: u64) -> Option<(u64, Arc<Workload>)> {
+    let mut g = CACHE.lock();
+    if let Some(c) = g.get(&pid) {
+        if (start == 0 || c.start == start) && alive(&c.pidfd) {
+            if c.at.elapsed() < FRESH {
+                return Some((c.start, c.workload.clone()));
+            }
+        } else {
+            g.remove(&pid);
+        }
     }
-    let w = Arc::new(read(pid)?);
-    // A later process at this pid is not the one read: check it still runs.
-    if crate::secret::process_stat(pid).map(|s| s.1) != Some(start) {
+    let known = g.remove(&pid);
+    drop(g);
+    let (fd, start) = match known {
+        Some(c) => (c.pidfd, c.start),
+        None => {
+            // The pidfd first, the start time after: a match means the pidfd holds that process.
+            let fd = pidfd(pid)?;
+            let now = crate::secret::process_stat(pid)?.1;
+            if now == 0 || (start != 0 && now != start) {
+                return None;
+            }
+            (fd, now)
+        }
+    };
+    let workload = Arc::new(read(pid)?);
+    // Still that process (not reaped): what was read at its pid was its own.
+    if !alive(&fd) {
         return None;
     }
     let mut g = CACHE.lock();
     if g.len() >= CACHE_MAX {
-        g.retain(|_, c| c.at.elapsed() < FRESH);
+        g.retain(|_, c| c.at.elapsed() < FRESH && alive(&c.pidfd));
         if g.len() >= CACHE_MAX {
             g.clear();
         }
     }
-    g.insert(pid, Cached { start, at: Instant::now(), workload: w.clone() });
-    Some(w)
+    g.insert(pid, Cached { start, at: Instant::now(), workload: workload.clone(), pidfd: fd });
+    Some((start, workload))
 }
 
 /// Whether `name` matches glob `pattern`: `*` any run of characters (`/` included), `?` one.
@@ -457,11 +499,18 @@ mod tests {
     fn this_process_is_identified_and_cached() {
         let me = std::process::id();
         let start = crate::secret::process_stat(me).unwrap().1;
-        let w = of(me, start).expect("this process");
+        let (s, w) = identify(me, start).expect("this process");
+        assert_eq!(s, start);
         assert!(w.cgroup.starts_with('/') && w.exe.is_some(), "{w:?}");
-        assert!(Arc::ptr_eq(&w, &of(me, start).unwrap()), "the second lookup is the cached one");
-        assert_eq!(of(me, start + 1), None, "a later process at the pid is not this one");
-        assert_eq!(of(me, 0), None);
+        assert!(Arc::ptr_eq(&w, &identify(me, 0).unwrap().1), "the second lookup is the cached one");
+        assert_eq!(identify(me, start + 1), None, "a later process at the pid is not this one");
+        // A process that is gone is not identified, cached or not.
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = child.id();
+        let (cs, _) = identify(pid, 0).expect("the child");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(identify(pid, cs), None, "reaped: its cache entry is not used");
     }
 
     #[test]

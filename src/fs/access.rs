@@ -28,8 +28,11 @@ pub fn identify(who: Requester, meta: &SecretMeta) -> Requester {
     if !needed || who.workload.is_some() {
         return who;
     }
-    let mut who = who.with_start();
-    who.workload = workload::of(who.pid, who.start);
+    let mut who = who;
+    if let Some((start, w)) = workload::identify(who.pid, who.start) {
+        who.start = start;
+        who.workload = Some(w);
+    }
     who
 }
 
@@ -57,8 +60,7 @@ pub fn admit(meta: &SecretMeta, who: &Requester) -> Result<(), String> {
 /// an open that joins a node open already never crosses containers, pods or units.
 pub fn same_workload(holder: &Requester, who: &Requester) -> bool {
     let Some(h) = &holder.workload else { return true };
-    let start = if who.start != 0 { who.start } else { crate::secret::process_stat(who.pid).map_or(0, |s| s.1) };
-    workload::of(who.pid, start).is_some_and(|w| w.key() == h.key())
+    workload::identify(who.pid, who.start).is_some_and(|(_, w)| w.key() == h.key())
 }
 
 /// Whether open flags ask to change the file (leasefs is read-only but for `/.leasefs/revoke`).
