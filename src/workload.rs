@@ -1,6 +1,12 @@
 //! Workload identity: who is reading, from the kernel (the reader's cgroup and executable), its
-//! `unit`, `container` and `pod_uid`, cached per process; `attributes.allow` matchers and the
-//! `{{workload.*}}` templates over those fields.
+//! `unit`, `container` and `pod_uid`, cached per process. `allow.rs`: the `attributes.allow`
+//! matchers over those fields; `template.rs`: the `{{workload.*}}` templates.
+
+pub mod allow;
+pub mod template;
+
+pub use allow::{allows, check_allow, glob};
+pub use template::{check_template_names, check_templates, has_templates, render, render_value};
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -62,7 +68,7 @@ fn container_of(seg: &str) -> Option<&str> {
 
 /// The pod uid a segment below `kubepods` names: `pod<uid>` (cgroupfs) or
 /// `kubepods-<class>-pod<uid>.slice` (systemd), `_` read as `-`.
-fn pod_of(seg: &str) -> Option<String> {
+pub(crate) fn pod_of(seg: &str) -> Option<String> {
     let s = seg.strip_suffix(".slice").unwrap_or(seg);
     let uid = match s.rfind("-pod") {
         Some(i) => &s[i + 4..],
@@ -196,6 +202,13 @@ struct Cached {
 
 static CACHE: LazyLock<Mutex<HashMap<u32, Cached>>> = LazyLock::new(Mutex::default);
 
+/// A process's start time, `/proc/PID/stat` field 22 (clock ticks since boot).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, which may hold spaces): field 3 onwards.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
 fn pidfd(pid: u32) -> Option<OwnedFd> {
     if pid == 0 || pid > i32::MAX as u32 {
         return None;
@@ -237,7 +250,7 @@ pub fn identify(pid: u32, start: u64) -> Option<(u64, Arc<Workload>)> {
         None => {
             // The pidfd first, the start time after: a match means the pidfd holds that process.
             let fd = pidfd(pid)?;
-            let now = crate::secret::process_stat(pid)?.1;
+            let now = start_time(pid)?;
             if now == 0 || (start != 0 && now != start) {
                 return None;
             }
@@ -260,198 +273,9 @@ pub fn identify(pid: u32, start: u64) -> Option<(u64, Arc<Workload>)> {
     Some((start, workload))
 }
 
-/// Whether `name` matches glob `pattern`: `*` any run of characters (`/` included), `?` one.
-pub fn glob(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
-    while j < n.len() {
-        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
-            i += 1;
-            j += 1;
-        } else if i < p.len() && p[i] == '*' {
-            star = Some(i);
-            mark = j;
-            i += 1;
-        } else if let Some(s) = star {
-            i = s + 1;
-            mark += 1;
-            j = mark;
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|c| *c == '*')
-}
-
-/// The keys of one `attributes.allow` matcher.
-pub const MATCHER_KEYS: [&str; 7] = ["uid", "gid", "unit", "cgroup", "container", "pod_uid", "exe"];
-
-/// Checks `attributes.allow`: a non-empty list of non-empty matchers of known keys. The message
-/// names the matcher and key, never a value.
-pub fn check_allow(v: &serde_json::Value) -> Result<(), String> {
-    let list = v.as_array().ok_or("attributes.allow must be a list of matchers, e.g. [{\"unit\": \"app.service\"}]")?;
-    if list.is_empty() {
-        return Err(
-            "attributes.allow is empty: nobody could open the entry (leave it out to let the mode decide)".into()
-        );
-    }
-    for (i, m) in list.iter().enumerate() {
-        let at = format!("attributes.allow[{i}]");
-        let obj =
-            m.as_object().ok_or_else(|| format!("{at} must be an object such as {{\"unit\": \"app.service\"}}"))?;
-        if obj.is_empty() {
-            return Err(format!("{at} is empty and would match every reader"));
-        }
-        for (k, v) in obj {
-            let s = v.as_str().unwrap_or("");
-            let ok = match k.as_str() {
-                "uid" | "gid" => v.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)),
-                "container" => (12..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()),
-                "cgroup" | "exe" => s.starts_with('/'),
-                "unit" => !s.is_empty() && !s.contains('/'),
-                "pod_uid" => pod_of(&format!("pod{s}")).is_some_and(|p| p == s),
-                other => {
-                    let hint = crate::diag::did_you_mean(other, MATCHER_KEYS).map(|k| format!("; did you mean `{k}`?"));
-                    let shown = crate::diag::shown_key(other);
-                    return Err(format!("{at}: unknown matcher `{shown}`{}", hint.unwrap_or_default()));
-                }
-            };
-            if !ok {
-                let want = match k.as_str() {
-                    "uid" | "gid" => "a number",
-                    "container" => "12 to 64 hex digits (a container id or its prefix)",
-                    "cgroup" => "a cgroup path or glob starting with /",
-                    "exe" => "an absolute path",
-                    "unit" => "a unit name such as app.service",
-                    _ => "a pod uid such as 0d2c6f3e-5b1a-4c7e-9a8b-1f2e3d4c5b6a",
-                };
-                return Err(format!("{at}.{k} must be {want}"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether a reader (uid, gid, workload) matches one of the matchers of `attributes.allow`
-/// (checked at load). Fields the reader lacks match nothing.
-pub fn allows(allow: &serde_json::Value, uid: u32, gid: u32, w: Option<&Workload>) -> bool {
-    let one = |k: &str, v: &serde_json::Value| match k {
-        "uid" => v.as_u64() == Some(u64::from(uid)),
-        "gid" => v.as_u64() == Some(u64::from(gid)),
-        _ => match (w, v.as_str()) {
-            (Some(w), Some(want)) => match k {
-                "cgroup" => glob(want, &w.cgroup),
-                "container" => w.container.as_deref().is_some_and(|c| c.starts_with(want)),
-                f => w.field(f) == Some(want),
-            },
-            _ => false,
-        },
-    };
-    allow.as_array().is_some_and(|l| {
-        l.iter().any(|m| m.as_object().is_some_and(|o| !o.is_empty() && o.iter().all(|(k, v)| one(k, v))))
-    })
-}
-
-/// Renders `{{workload.FIELD}}` and `{{requester.uid}}` / `{{requester.gid}}` in `text`; a field
-/// this reader lacks (or no workload at all) is an error naming it, never an empty string.
-pub fn render(text: &str, uid: u32, gid: u32, w: Option<&Workload>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find("}}").ok_or("a template opens with {{ and does not close with }}")?;
-        let name = after[..end].trim();
-        let value = match name {
-            "requester.uid" => uid.to_string(),
-            "requester.gid" => gid.to_string(),
-            _ => match name.strip_prefix("workload.") {
-                Some(f) if FIELDS.contains(&f) => match w.and_then(|w| w.field(f)) {
-                    Some(v) => v.to_string(),
-                    None => return Err(format!("this reader has no {name}")),
-                },
-                _ => {
-                    return Err(format!(
-                        "unknown template field {name:?} (workload.<{}>, requester.uid)",
-                        FIELDS.join("|")
-                    ));
-                }
-            },
-        };
-        out.push_str(&value);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// `render` over every string in a JSON value (a claim's value, an audience list).
-pub fn render_value(
-    v: &serde_json::Value,
-    uid: u32,
-    gid: u32,
-    w: Option<&Workload>,
-) -> Result<serde_json::Value, String> {
-    use serde_json::Value;
-    Ok(match v {
-        Value::String(s) if s.contains("{{") => Value::String(render(s, uid, gid, w)?),
-        Value::Array(a) => Value::Array(a.iter().map(|x| render_value(x, uid, gid, w)).collect::<Result<_, _>>()?),
-        Value::Object(o) => Value::Object(
-            o.iter().map(|(k, x)| Ok((k.clone(), render_value(x, uid, gid, w)?))).collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
-/// The attributes whose strings may hold templates (the `jwt` issuer's).
-pub const TEMPLATED: [&str; 3] = ["subject", "audience", "claims"];
-
-/// Renders the templated attributes of an entry for a reader, to check that every field is
-/// known for it (the open is refused otherwise) before anything is issued.
-pub fn check_templates(
-    attrs: &serde_json::Map<String, serde_json::Value>,
-    uid: u32,
-    gid: u32,
-    w: Option<&Workload>,
-) -> Result<(), String> {
-    for key in TEMPLATED {
-        if let Some(v) = attrs.get(key) {
-            render_value(v, uid, gid, w).map_err(|e| format!("attributes.{key}: {e}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether an entry's attributes name a template anywhere a template is rendered.
-pub fn has_templates(attrs: &serde_json::Map<String, serde_json::Value>) -> bool {
-    fn any(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::String(s) => s.contains("{{"),
-            serde_json::Value::Array(a) => a.iter().any(any),
-            serde_json::Value::Object(o) => o.values().any(any),
-            _ => false,
-        }
-    }
-    TEMPLATED.iter().any(|k| attrs.get(*k).is_some_and(any))
-}
-
-/// Checks the templates of an entry at load: every field named is one leasefs knows.
-pub fn check_template_names(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
-    let all = Workload {
-        cgroup: "/".into(),
-        unit: Some(String::new()),
-        container: Some(String::new()),
-        pod_uid: Some(String::new()),
-        exe: Some(String::new()),
-        hierarchy: Hierarchy::Unified,
-    };
-    check_templates(attrs, 0, 0, Some(&all))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     const ID: &str = "f82fa918f68bc42e34251e07533889a2ab872a2d1708b71b0825bf803e20d4d6";
 
@@ -498,7 +322,7 @@ mod tests {
     #[test]
     fn this_process_is_identified_and_cached() {
         let me = std::process::id();
-        let start = crate::secret::process_stat(me).unwrap().1;
+        let start = start_time(me).expect("this process's start time");
         let (s, w) = identify(me, start).expect("this process");
         assert_eq!(s, start);
         assert!(w.cgroup.starts_with('/') && w.exe.is_some(), "{w:?}");
@@ -511,46 +335,5 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(identify(pid, cs), None, "reaped: its cache entry is not used");
-    }
-
-    #[test]
-    fn allow_matchers() {
-        let w =
-            Workload::from_cgroup(&format!("/libpod_parent/libpod-{ID}"), Hierarchy::Systemd, Some("/bin/cat".into()));
-        let allow = |v: serde_json::Value| {
-            check_allow(&v).unwrap();
-            allows(&v, 1000, 1000, Some(&w))
-        };
-        assert!(allow(json!([{"container": &ID[..12]}])));
-        assert!(!allow(json!([{"container": "0123456789ab"}])));
-        assert!(allow(json!([{"unit": "x.service"}, {"cgroup": "/libpod_parent/*"}])));
-        assert!(!allow(json!([{"cgroup": "/libpod_parent/*", "uid": 0}])), "every key of a matcher must match");
-        assert!(allow(json!([{"uid": 1000, "exe": "/bin/cat"}])));
-        assert!(!allow(json!([{"pod_uid": "0d2c6f3e-5b1a-4c7e-9a8b-1f2e3d4c5b6a"}])), "a field the reader lacks");
-        assert!(!allows(&json!([{"unit": "x.service"}]), 0, 0, None), "no workload: only uid and gid can match");
-        for bad in [json!([]), json!([{}]), json!({"unit": "x"}), json!([{"unti": "x"}]), json!([{"container": "xyz"}])]
-        {
-            assert!(check_allow(&bad).is_err(), "{bad}");
-        }
-        let e = check_allow(&json!([{"unti": "secret-unit"}])).unwrap_err();
-        assert!(e.contains("did you mean `unit`") && !e.contains("secret-unit"), "{e}");
-        assert!(glob("/a/*/c", "/a/b/x/c") && glob("/a?", "/ab") && !glob("/a", "/ab") && glob("*", ""));
-    }
-
-    #[test]
-    fn templates_render_known_fields_and_refuse_the_rest() {
-        let w = Workload::from_cgroup(&format!("/kubepods/besteffort/podabcdef12-3456/{ID}"), Hierarchy::Unified, None);
-        let r = render("spiffe://x/pod/{{ workload.pod_uid }}/u{{requester.uid}}", 7, 8, Some(&w));
-        assert_eq!(r.unwrap(), "spiffe://x/pod/abcdef12-3456/u7");
-        assert!(render("{{workload.unit}}", 7, 8, Some(&w)).unwrap_err().contains("no workload.unit"));
-        assert!(render("{{workload.pod_uid}}", 7, 8, None).is_err());
-        assert!(render("{{workload.nope}}", 7, 8, Some(&w)).is_err());
-        assert!(render("{{workload.unit", 7, 8, Some(&w)).is_err());
-        let v = render_value(&json!({"a": ["{{requester.uid}}", 1]}), 7, 8, None).unwrap();
-        assert_eq!(v, json!({"a": ["7", 1]}));
-        let attrs = json!({"subject": "{{workload.container}}", "claims": {"x": "{{workload.bogus}}"}});
-        assert!(check_template_names(attrs.as_object().unwrap()).unwrap_err().contains("attributes.claims"));
-        assert!(has_templates(attrs.as_object().unwrap()));
-        assert_eq!(w.env().len(), 3, "cgroup, container, pod_uid: {:?}", w.env());
     }
 }
