@@ -315,6 +315,13 @@ mod tests {
         assert_eq!(e.key, "colour");
         let e = check_for_issuer(IssuerKind::Jwt, ["audiance"]).unwrap_err();
         assert!(e.message.contains("did you mean `audience`"), "{e:?}");
+        // `allow` and templates are judged when the document is read.
+        assert!(check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow": [{"unit": "a.service"}]}))).is_ok());
+        let e =
+            check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow": [{"unti": "a.service"}]}))).unwrap_err();
+        assert!(e.key == "allow" && e.message.contains("did you mean `unit`"), "{e:?}");
+        let e = check_keys(&dynamic, &attrs(serde_json::json!({"subject": "{{workload.pod}}"}))).unwrap_err();
+        assert_eq!(e.key, "subject", "{e:?}");
     }
 
     /// Every attribute an issuer reads is in its list, so that no valid entry is refused.

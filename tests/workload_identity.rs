@@ -333,8 +333,9 @@ fn a_cgroup_bound_lease_is_revoked_once_its_cgroup_has_no_process_left() {
     let job = Cgroup::new(&tag, "ci/job-42.scope");
     // A bundle (its files share one lease per binding), bound to the reader's cgroup.
     let file = env.m("ci/db/password");
-    // Two processes of the job: the second shares the first's lease (one per cgroup).
-    let mut first = Waiting::new(&format!("cat {}; echo; read done", file.display()));
+    // Two processes of the job: the second shares the first's lease (one per cgroup). The first
+    // keeps the file open (fd 3) until told to end.
+    let mut first = Waiting::new(&format!("exec 3< {}; cat <&3; echo; read done", file.display()));
     job.place(first.pid());
     first.go();
     let t1 = first.line();
@@ -344,6 +345,22 @@ fn a_cgroup_bound_lease_is_revoked_once_its_cgroup_has_no_process_left() {
     assert_eq!(leases.len(), 1, "{leases:?}");
     let id = leases[0]["id"].as_str().unwrap().to_string();
     assert_eq!(leases[0]["workload"]["cgroup"], format!("/{tag}/ci/job-42.scope"));
+    // The issuer's script got the job's workload, in its environment and its request.
+    let script_env = std::fs::read_to_string(env.path("last-env.txt")).unwrap();
+    assert!(script_env.contains(&format!("LEASEFS_WORKLOAD_CGROUP=/{tag}/ci/job-42.scope\n")), "{script_env}");
+    assert!(
+        script_env.contains("LEASEFS_WORKLOAD_UNIT=job-42.scope\n") && !script_env.contains("LEASEFS_WORKLOAD_POD_UID")
+    );
+    let request: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("last-request.json")).unwrap()).unwrap();
+    assert_eq!(request["requester"]["workload"]["unit"], "job-42.scope");
+    // The first reader's open file, reopened through /proc/PID/fd/3 (the same node, so the same
+    // lease): from the job's own cgroup it is shared; from another cgroup of the same uid, refused.
+    let fd3 = format!("/proc/{}/fd/3", first.pid());
+    assert_eq!(run_in(&job, &format!("cat {fd3}")).0, t1);
+    let other = Cgroup::new(&tag, "other.scope");
+    let (out, err) = run_in(&other, &format!("cat {fd3}"));
+    assert!(out.is_empty() && err.contains("Permission denied"), "{out} {err}");
     assert!(env.revoked().is_empty(), "live while the job runs");
     // The job's last process exits: the lease is revoked within 2 s.
     let _ = first.finish();
