@@ -6,8 +6,8 @@ use crate::policy::{IssuerKind, KEYS as POLICY_KEYS};
 use crate::secret::{SecretKind, SecretMeta};
 
 /// Keys leasefs itself reads on any document, besides the policy's (`policy::KEYS`).
-const OWN_KEYS: [&str; 8] =
-    ["owner", "group", "mode", "type", "expose", "linkConfig", "max_overhang", "allow_overhang"];
+const OWN_KEYS: [&str; 9] =
+    ["owner", "group", "mode", "type", "expose", "linkConfig", "allow", "max_overhang", "allow_overhang"];
 
 /// How far past its lease a credential may state it is valid when its issuer cannot revoke it,
 /// unless the entry's `max_overhang` says otherwise.
@@ -85,6 +85,15 @@ pub fn check_keys<'a>(
     kind: &SecretKind,
     attrs: &'a serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<&'a str>, KeyProblem> {
+    if let Some(v) = attrs.get("allow") {
+        crate::workload::check_allow(v).map_err(|message| KeyProblem { key: "allow".into(), message })?;
+    }
+    if matches!(kind, SecretKind::Dynamic { .. }) {
+        if let Err(e) = crate::workload::check_template_names(attrs) {
+            let key = attribute_named(&e).unwrap_or_default();
+            return Err(KeyProblem { key, message: e });
+        }
+    }
     let mut pending = Vec::new();
     if attrs.contains_key("max_overhang") || attrs.contains_key("allow_overhang") {
         if !matches!(kind, SecretKind::Dynamic { .. }) {
@@ -388,6 +397,13 @@ mod tests {
         assert_eq!(e.key, "colour");
         let e = check_for_issuer(IssuerKind::Jwt, ["audiance"]).unwrap_err();
         assert!(e.message.contains("did you mean `audience`"), "{e:?}");
+        // `allow` and templates are judged when the document is read.
+        assert!(check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow": [{"unit": "a.service"}]}))).is_ok());
+        let e =
+            check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow": [{"unti": "a.service"}]}))).unwrap_err();
+        assert!(e.key == "allow" && e.message.contains("did you mean `unit`"), "{e:?}");
+        let e = check_keys(&dynamic, &attrs(serde_json::json!({"subject": "{{workload.pod}}"}))).unwrap_err();
+        assert_eq!(e.key, "subject", "{e:?}");
     }
 
     #[test]

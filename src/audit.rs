@@ -61,6 +61,8 @@ struct Line<'a> {
     gid: Option<u32>,
     pid: Option<u32>,
     comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<&'a crate::workload::Workload>,
 }
 
 impl Audit {
@@ -106,6 +108,7 @@ impl Audit {
             gid: who.map(|r| r.gid),
             pid: who.map(|r| r.pid),
             comm: who.map(|r| r.comm.as_str()),
+            workload: who.and_then(|r| r.workload.as_deref()),
         };
         let mut text = match serde_json::to_vec(&line) {
             Ok(t) => t,

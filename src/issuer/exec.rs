@@ -198,6 +198,9 @@ fn tokens(lease_id: &str, id: &str, name: &str, path: &str, who: &Requester) -> 
         ("LEASEFS_GID", who.gid.to_string()),
         ("LEASEFS_PID", who.pid.to_string()),
     ]
+    .into_iter()
+    .chain(who.workload.iter().flat_map(|w| w.env()))
+    .collect()
 }
 
 /// Describes a JSON error by kind and position only: serde's messages can quote the input.

@@ -3,6 +3,7 @@
 //! (`deadline.rs`), revocation (`revoke.rs`), base secrets (`bases.rs`) and the journal.
 
 pub mod bases;
+pub mod cgroup;
 pub mod deadline;
 pub mod issue;
 pub mod journal;
@@ -252,6 +253,9 @@ impl LeaseManager {
                 let lease = Arc::new(lease);
                 self.table.insert(lease.clone());
                 self.schedule(&lease);
+                if policy.reuse == crate::config::Reuse::Cgroup {
+                    cgroup::watch(self, &lease);
+                }
                 self.metrics.issued(kind.as_str(), started.elapsed());
                 self.audit(EventKind::Issue, &lease, "ok", Some(&req.requester));
                 tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at()), uid = req.requester.uid, "issued");
@@ -480,6 +484,7 @@ impl deadline::OnDeadline for LeaseManager {
             Action::Renew if lease.open_handles() > 0 => self.spawn_renewal(lease),
             Action::Renew => {}
             Action::Rotate => rotate::rotate(&self, &lease),
+            Action::Cgroup => cgroup::check(&self, &lease),
         }
     }
 }
