@@ -1,9 +1,11 @@
 //! Issuers: one trait, one file per kind (`exec`, `jwt`, …). An issuer turns a base secret and a request into a credential, and revokes it.
 
 pub mod aws;
+pub mod awsapi;
 pub mod azure;
 pub mod exec;
 pub mod guard;
+pub mod iam;
 pub mod jwt;
 pub mod openbao;
 pub mod postgres;
@@ -64,10 +66,22 @@ pub trait Issuer: Send + Sync {
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError>;
-    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token, STS
-    /// keys) are not journaled: after a crash there would be nothing to do for them.
+    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token) are
+    /// not journaled: after a crash there would be nothing to do for them.
     fn can_revoke(&self) -> bool {
         true
+    }
+    /// Whether this credential (by its revocation handle) can be cut short at its issuer before
+    /// the expiry it states: an STS assumed-role session can (a deny on its role), a
+    /// GetSessionToken session or a signed token cannot.
+    fn revocable_at_issuer(&self, _revocation: &serde_json::Value) -> bool {
+        self.can_revoke()
+    }
+    /// For a revocation that must be undone later (the deny on an STS session's role, lifted
+    /// once the session has expired anyway): when to call `revoke` again. Until that call
+    /// succeeds the lease stays in the journal, so a restart finishes it.
+    fn revoke_again_at(&self, _revocation: &serde_json::Value) -> Option<DateTime<Utc>> {
+        None
     }
     /// Whether `issue` finishes without waiting on I/O or a process (an in-process signer): an
     /// open through it may be answered on the thread that received it.
