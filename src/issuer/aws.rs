@@ -149,7 +149,8 @@ impl Issuer for AwsIssuer {
         let base = req.base;
         let endpoint = base.get("iam_endpoint").unwrap_or("https://iam.amazonaws.com/").to_string();
         let region = base.get("iam_region").unwrap_or("us-east-1");
-        let iam = Iam { http: &self.http, svc: Service { name: "iam", endpoint: with_slash(endpoint), region, base }, role };
+        let iam =
+            Iam { http: &self.http, svc: Service { name: "iam", endpoint: with_slash(endpoint), region, base }, role };
         let _one_at_a_time = self.iam_lock.lock().await;
         revoke_session(&iam, h.session, h.expires, Utc::now()).await
     }

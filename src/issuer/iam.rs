@@ -267,7 +267,10 @@ pub async fn revoke_session(
         iam.store(&after).await?;
     }
     if denying && !iam.policy().await?.contains(&userid) {
-        return Err(fail(format!("role {}: the deny for session {session} did not stick (a concurrent update?)", iam.role)));
+        return Err(fail(format!(
+            "role {}: the deny for session {session} did not stick (a concurrent update?)",
+            iam.role
+        )));
     }
     Ok(())
 }
@@ -310,7 +313,8 @@ mod tests {
 
     #[test]
     fn keeps_statements_it_did_not_write() {
-        let other = r#"{"Version":"2012-10-17","Statement":{"Sid":"Ops","Effect":"Deny","Action":"s3:*","Resource":"*"}}"#;
+        let other =
+            r#"{"Version":"2012-10-17","Statement":{"Sid":"Ops","Effect":"Deny","Action":"s3:*","Resource":"*"}}"#;
         let mut p = DenyPolicy::parse(Some(other)).unwrap();
         p.deny("AROA1:a", t("2030-01-01T00:15:00Z"));
         p.prune(t("2031-01-01T00:00:00Z"));
