@@ -20,7 +20,20 @@ const ADMIN_PW: &str = "recipe-admin-Pw-81c";
 fn psql(db: &str, user: &str, password: &str, sql: &str) -> Output {
     let pg = pg();
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", user, "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            user,
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ])
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "5")
         .output()
@@ -66,7 +79,14 @@ fn the_postgres_recipe_lets_the_credential_insert_into_a_serial_table() {
     let url = cat(&env.m("dynamic/db/app"));
     assert!(url.starts_with("postgres://lfs_"), "the recipe's template");
     let o = Command::new("psql")
-        .args([url.trim(), "-q", "-v", "ON_ERROR_STOP=1", "-tAc", "INSERT INTO orders (item) VALUES ('tea') RETURNING id"])
+        .args([
+            url.trim(),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            "INSERT INTO orders (item) VALUES ('tea') RETURNING id",
+        ])
         .env("PGCONNECT_TIMEOUT", "5")
         .output()
         .unwrap();
@@ -160,7 +180,14 @@ import boto3, os
 s = boto3.Session(profile_name="app")
 print(s.region_name, s.client("sts", endpoint_url=os.environ["EP"]).get_caller_identity()["Arn"])
 "#;
-    let o = python(script, &[("EP", &s.endpoint), ("AWS_CONFIG_FILE", cfg.to_str().unwrap()), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")]);
+    let o = python(
+        script,
+        &[
+            ("EP", &s.endpoint),
+            ("AWS_CONFIG_FILE", cfg.to_str().unwrap()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ],
+    );
     let out = must(o, "boto3 with the profile");
     assert!(out.starts_with("us-east-1 ") && out.contains("assumed-role/app/"), "{out}");
 }

@@ -140,7 +140,7 @@ fn leasefs_revoke_of_a_five_minute_sts_lease_denies_exactly_that_session_on_its_
     let (two, _) = session_of(s, &env, "dynamic/aws/two");
     assert_ne!(one, two);
     let left = (one_expires - Utc::now()).num_seconds();
-    assert!((280..=300).contains(&left), "STS was asked for the lease's 5 minutes: {left} s left");
+    assert!((280..=300).contains(&left), "the credential states the lease's 5 minutes: {left} s left");
     assert_eq!(deny_policy(s, "rev-five"), None);
 
     let id = lease_id(&env, "/dynamic/aws/one");

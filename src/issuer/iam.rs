@@ -332,6 +332,7 @@ mod tests {
             p.deny(&id(n), start + chrono::Duration::seconds(n));
             n += 1;
         }
+        eprintln!("a statement per expiry second: {n} sessions fit");
         assert!((50..100).contains(&n), "a statement per second: {n} sessions");
         p.fit();
         assert!(p.text().len() <= POLICY_LIMIT && p.sessions() as i64 == n);
@@ -343,6 +344,7 @@ mod tests {
             }
             n += 1;
         }
+        eprintln!("combined into one statement: {n} sessions fit");
         assert!((180..230).contains(&n), "combined: {n} sessions fit");
         assert_eq!(p.doc["Statement"].as_array().unwrap().len(), 1, "one statement left, still too big");
         // Lifting or pruning expired sessions makes room again; lift finds a session in any statement.
