@@ -185,16 +185,16 @@ fn leasefs_revoke_of_a_five_minute_sts_lease_denies_exactly_that_session_on_its_
 fn the_deny_is_lifted_at_the_sessions_own_expiry_and_by_the_next_start_after_a_crash() {
     let s = sts();
     let (arn, role_id) = role(s, "rev-short");
-    let mut env = aws_env(s, &[("dynamic:aws:short", &arn, "8s")]);
+    let mut env = aws_env(s, &[("dynamic:aws:short", &arn, "12s")]);
 
-    // Revoked a second in; the session itself runs for 8 s.
+    // Revoked a second or two in; the session itself runs for 12 s.
     let (first, expires) = session_of(s, &env, "dynamic/aws/short");
     let id = lease_id(&env, "/dynamic/aws/short");
     ok(BIN, &["revoke", env.mnt().to_str().unwrap(), &id]);
     wait(&env, Duration::from_secs(5), "the deny", || {
         denied(&deny_policy(s, "rev-short")) == [format!("{role_id}:{first}")]
     });
-    wait(&env, Duration::from_secs(20), "the deny lifted", || deny_policy(s, "rev-short").is_none());
+    wait(&env, Duration::from_secs(25), "the deny lifted", || deny_policy(s, "rev-short").is_none());
     assert!(Utc::now() >= expires, "lifted only once the session had expired ({expires})");
     wait(&env, Duration::from_secs(5), "the journal closing the lease", || journaled(&env, &id, "revoked"));
 
@@ -215,4 +215,48 @@ fn the_deny_is_lifted_at_the_sessions_own_expiry_and_by_the_next_start_after_a_c
         deny_policy(s, "rev-short").is_none()
     });
     wait(&env, Duration::from_secs(5), "the journal closing the lease", || journaled(&env, &id, "revoked"));
+}
+
+#[test]
+fn without_iam_permissions_the_revocation_fails_loudly_until_the_session_has_expired() {
+    let s = sts();
+    let (arn, _) = role(s, "rev-noiam");
+    // A base user that may assume the role and nothing else.
+    let v = boto(
+        s,
+        r#"
+iam.create_user(UserName="assume-only")
+key = iam.create_access_key(UserName="assume-only")["AccessKey"]
+iam.put_user_policy(UserName="assume-only", PolicyName="assume", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}))
+print(json.dumps({"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}))
+"#,
+        &[],
+    );
+    let mut env = Env::new();
+    let base = json!({"access_key_id": v["key"], "secret_access_key": v["secret"], "endpoint": s.endpoint, "iam_endpoint": s.endpoint});
+    let docs = json!([
+        {"path": "base:aws:api", "attributes": {"type": "aws"}, "data": base},
+        dynamic("dynamic:aws:short", "base:aws:api", json!({"role_arn": arn, "ttl": "10s", "format": "credential_process"}))
+    ]);
+    env.doc("aws.json", &docs.to_string());
+    env.config(json!({}));
+    env.start();
+    let (_, expires) = session_of(s, &env, "dynamic/aws/short");
+    let id = lease_id(&env, "/dynamic/aws/short");
+    ok(BIN, &["revoke", env.mnt().to_str().unwrap(), &id]);
+    wait(&env, Duration::from_secs(10), "the refusal audited", || {
+        env.audit().iter().any(|e| e["lease_id"] == id.as_str() && e["outcome"] == "revoke failed")
+    });
+    let refusal = env.audit().into_iter().find(|e| e["lease_id"] == id.as_str() && e["outcome"] == "revoke failed");
+    let detail = refusal.unwrap()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("IAM") && detail.contains("AccessDenied"), "{detail}");
+    let metrics = read(&env.m(".leasefs/metrics")).unwrap();
+    assert!(metrics.contains("leasefs_revocation_failures_total{issuer=\"aws\"}"), "{metrics}");
+    assert!(!journaled(&env, &id, "revoked"));
+    // Once the session has expired the revocation counts as done (a warning says what is left).
+    wait(&env, Duration::from_secs(30), "the revocation done after the session's expiry", || {
+        journaled(&env, &id, "revoked")
+    });
+    assert!(Utc::now() >= expires);
+    assert!(env.log().contains("could not lift the deny of an expired STS session"));
 }
