@@ -112,7 +112,8 @@ impl Engine {
         };
         undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
         let revocable = issuer.revocable(&base, &issued.revocation);
-        if let Err(e) = self.judge_overhang(issue, &mut issued.revocation, issued.expires_at, expires_at, revocable) {
+        let stated = issuer.stated_end(&issued);
+        if let Err(e) = self.judge_overhang(issue, &mut issued.revocation, stated, expires_at, revocable) {
             undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
             return Err(e);
         }

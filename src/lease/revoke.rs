@@ -3,7 +3,7 @@
 //! than `irrevocable_after` is marked irrevocable (shown, counted, logged at error, kept in the
 //! journal) and still retried, slowly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -56,6 +56,8 @@ pub struct Engine {
     undone: Mutex<Vec<JoinHandle<()>>>,
     /// Journal records recovery could not act on (reported, never executed).
     unresolved: Mutex<Vec<Unresolved>>,
+    /// Leases revoked at their issuer whose revocation is undone later (see `revoke_again_at`).
+    lifting: Mutex<HashSet<String>>,
 }
 
 /// Backoff before attempt `attempt + 1`: 1 s, 2 s, 4 s … at most 60 s, each ±25 % so that a fleet
@@ -132,6 +134,7 @@ impl Engine {
             pending: Mutex::new(HashMap::new()),
             undone: Mutex::new(Vec::new()),
             unresolved: Mutex::new(Vec::new()),
+            lifting: Mutex::new(HashSet::new()),
         }
     }
 
@@ -205,7 +208,15 @@ impl Engine {
             loop {
                 match me.revoke_once(&job).await {
                     Ok(()) => {
-                        me.metrics.revoked(job.origin.issuer.as_str());
+                        // The second call of a revocation undone later: no new revocation to count.
+                        let lifted = me.lifting.lock().remove(&job.lease_id);
+                        if !lifted && let Some(at) = me.again_at(&job) {
+                            me.revoked_until(job, at);
+                            return;
+                        }
+                        if !lifted {
+                            me.metrics.revoked(job.origin.issuer.as_str());
+                        }
                         let done = Record::new(
                             Op::Revoked,
                             &job.lease_id,
@@ -217,9 +228,13 @@ impl Engine {
                         if let Err(e) = me.journal(done).await {
                             tracing::warn!(lease = %job.lease_id, error = %e, "revoked, but the journal could not say so; the next start revokes it again");
                         }
-                        me.event(EventKind::Revoke, &job, "revoked", None);
+                        if !lifted {
+                            me.event(EventKind::Revoke, &job, "revoked", None);
+                        }
                         let was = me.pending.lock().remove(&job.lease_id);
-                        if was.is_some_and(|p| p.irrevocable) {
+                        if lifted {
+                            tracing::info!(lease = %job.lease_id, path = %job.origin.path, "the credential has expired; its revocation at the issuer is lifted");
+                        } else if was.is_some_and(|p| p.irrevocable) {
                             tracing::warn!(lease = %job.lease_id, path = %job.origin.path, "an irrevocable lease was revoked after all");
                         } else {
                             tracing::info!(lease = %job.lease_id, path = %job.origin.path, "revoked");
@@ -255,6 +270,30 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// When the issuer wants `revoke` called again for this job, if that is still to come.
+    fn again_at(&self, job: &Job) -> Option<DateTime<Utc>> {
+        let at = self.issuers.get(job.origin.issuer)?.revoke_again_at(&job.revocation)?;
+        (at > self.clock.now()).then_some(at)
+    }
+
+    /// Revoked now (counted, audited, no longer pending), but kept in the journal until the
+    /// issuer's second call at `at` succeeds; after shutdown, the next start makes that call.
+    fn revoked_until(self: &Arc<Self>, job: Job, at: DateTime<Utc>) {
+        self.metrics.revoked(job.origin.issuer.as_str());
+        self.event(EventKind::Revoke, &job, "revoked", None);
+        self.pending.lock().remove(&job.lease_id);
+        tracing::info!(lease = %job.lease_id, path = %job.origin.path, until = %at, "revoked at the issuer until the credential's own expiry");
+        self.lifting.lock().insert(job.lease_id.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let wait = (at - me.clock.now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            if !me.shutting_down.load(Ordering::SeqCst) {
+                me.spawn(job);
+            }
+        });
     }
 
     fn mark_irrevocable(&self, job: &Job, audited: &str, detail: &str) {
