@@ -11,6 +11,8 @@ use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::attrs::Pending;
 use crate::diag::FileError;
+use crate::issuer::exec::{PATH as EXEC_PATH, check_programs};
+use crate::policy::IssuerKind;
 use crate::render::render_static;
 use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
 use crate::trust::Trust;
@@ -155,7 +157,71 @@ fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceEr
         });
     }
     listing.problems.extend(problems);
+    let problems = refuse_unusable(&mut listing.secrets, trust);
+    listing.problems.extend(problems);
     Ok(listing)
+}
+
+/// The line and column where a secret's document starts, for naming it.
+fn place(meta: &SecretMeta, message: String) -> FileError {
+    let Locator::File { file, offset, .. } = &meta.locator else {
+        return FileError::whole(Path::new(meta.path()), message);
+    };
+    let text = std::fs::read_to_string(&file.path).unwrap_or_default();
+    let (line, column) = crate::diag::line_col(&text, *offset as usize);
+    FileError { file: file.path.clone(), line, column, message }
+}
+
+/// A base secret's data, read back from its document (only exec bases, to check their programs).
+fn base_fields(meta: &SecretMeta) -> Option<SecretFields> {
+    let Locator::File { file, offset, len, .. } = &meta.locator else { return None };
+    read_span(&file.path, *offset, *len).and_then(|t| read_doc(&t, meta.path()))?.ok()
+}
+
+/// Drops what could never be opened, naming each: an `exec` base whose programs are not trusted
+/// (or missing), an entry whose `rotate_command` is not, and an entry linked to no base of this
+/// source — so the mount lists nothing `leasefs check` refuses.
+fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust) -> Vec<FileError> {
+    let mut problems = Vec::new();
+    secrets.retain(|m| {
+        let why: Vec<String> = match &m.kind {
+            SecretKind::Base { issuer: IssuerKind::Exec, .. } => match base_fields(m) {
+                Some(fields) => check_programs(trust, &fields),
+                None => Vec::new(),
+            },
+            SecretKind::Dynamic { .. } => (m.policy().rotate_command.as_ref())
+                .and_then(|argv| trust.check_program(&argv[0], EXEC_PATH).err().map(|e| (argv[0].clone(), e)))
+                .map(|(prog, e)| vec![format!("attributes.rotate_command {prog:?} is not trusted: {e}")])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for w in &why {
+            problems.push(place(m, format!("{}: {w}; not served", m.path().replace('/', ":"))));
+        }
+        why.is_empty()
+    });
+    let bases: std::collections::HashSet<&str> =
+        secrets.iter().filter(|m| matches!(m.kind, SecretKind::Base { .. })).map(|m| m.path()).collect();
+    let dangling: Vec<usize> = (secrets.iter().enumerate())
+        .filter(|(_, m)| matches!(&m.kind, SecretKind::Dynamic { link } if !bases.contains(link.as_str())))
+        .map(|(i, _)| i)
+        .collect();
+    for &i in &dangling {
+        let m = &secrets[i];
+        let SecretKind::Dynamic { link } = &m.kind else { continue };
+        problems.push(place(
+            m,
+            format!(
+                "{} links to {:?}, which is not a served base secret of this source; not served",
+                m.path().replace('/', ":"),
+                link.replace('/', ":")
+            ),
+        ));
+    }
+    for i in dangling.into_iter().rev() {
+        secrets.remove(i);
+    }
+    problems
 }
 
 /// Reads and parses a run of document files; returns the entries whose keys wait for their issuer.
