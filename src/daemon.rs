@@ -238,18 +238,9 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
         let _ = notifier.set(session.notifier());
         fs.on_change(move |changes| crate::fuse::invalidate(&notes, changes));
         let mut unmounter = session.unmount_callable();
-        let mut gone = session.unmount_callable();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-        let at = mountpoint.clone();
         let thread = std::thread::Builder::new().name("leasefs-fuse".into()).spawn(move || {
             let r = session.run();
-            // Unmounted from outside (umount(8)): fuser would unmount again when the session drops
-            // and warn of the kernel's EINVAL; its handle is taken here instead, quietly.
-            if !is_mounted(&at) {
-                if let Err(e) = gone.unmount() {
-                    tracing::debug!(error = %e, "already unmounted");
-                }
-            }
             let _ = done_tx.send(());
             r
         })?;

@@ -94,41 +94,6 @@ enum Command {
     },
 }
 
-/// Libraries whose debug output can hold secrets: tokio-postgres logs statement text (such as
-/// `CREATE ROLE … PASSWORD`), aws-sigv4 traces what it signs, HTTP stacks trace headers.
-const QUIET: &[&str] = &[
-    "tokio_postgres",
-    "postgres_protocol",
-    "aws_sigv4",
-    "aws_smithy_runtime_api",
-    "reqwest",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "rustls",
-];
-
-fn init_logs(level: &str, format: LogFormat) {
-    // Records from the `log` crate (tokio-postgres, fuser) come through this bridge; the quiet
-    // crates are dropped here whatever the level, since target filters do not reach bridged records.
-    let _ = tracing_log::LogTracer::builder()
-        .ignore_all(QUIET.iter().copied())
-        .with_max_level(log::LevelFilter::Trace)
-        .init();
-    let caps: String = QUIET.iter().map(|c| format!(",{c}=info")).collect();
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level}{caps}"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info{caps}")));
-    // Colour only on a terminal: a log file or journald gets plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let json = matches!(format, LogFormat::Json);
-    let writer = leasefs::logcap::CappedStderr { json };
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colour);
-    let _ = match format {
-        LogFormat::Text => tracing::subscriber::set_global_default(b.finish()),
-        LogFormat::Json => tracing::subscriber::set_global_default(b.json().finish()),
-    };
-}
-
 fn main() -> ExitCode {
     // The daemon restarts its exec guard as this binary with a hidden argument.
     if std::env::args_os().nth(1).is_some_and(|a| a == leasefs::issuer::guard::GUARD_ARG) {
@@ -147,7 +112,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    init_logs(&cli.log_level, cli.log_format);
+    cli::logs::init(&cli.log_level, matches!(cli.log_format, LogFormat::Json));
     match cli.command {
         Command::Mount { mountpoint, config, insecure_perms } => {
             let cfg = match Config::load(&config) {

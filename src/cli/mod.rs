@@ -2,5 +2,6 @@
 //! `mount.leasefs` helper.
 
 pub mod check;
+pub mod logs;
 pub mod manpage;
 pub mod mount_helper;
