@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
-use crate::attrs::Pending;
+use crate::attrs::{Pending, Step, locate};
 use crate::diag::FileError;
 use crate::issuer::exec::{PATH as EXEC_PATH, check_programs};
 use crate::policy::IssuerKind;
@@ -162,13 +162,17 @@ fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceEr
     Ok(listing)
 }
 
-/// The line and column where a secret's document starts, for naming it.
-fn place(meta: &SecretMeta, message: String) -> FileError {
-    let Locator::File { file, offset, .. } = &meta.locator else {
+/// The line and column of `key` (a path of keys) in a secret's document, or where the document
+/// starts, for naming it.
+fn place(meta: &SecretMeta, key: &[&str], message: String) -> FileError {
+    let Locator::File { file, offset, len, .. } = &meta.locator else {
         return FileError::whole(Path::new(meta.path()), message);
     };
     let text = std::fs::read_to_string(&file.path).unwrap_or_default();
-    let (line, column) = crate::diag::line_col(&text, *offset as usize);
+    let (start, end) = (*offset as usize, *offset as usize + *len as usize);
+    let steps: Vec<Step<'_>> = key.iter().map(|k| Step::Key(k)).collect();
+    let inner = text.get(start..end).and_then(|doc| locate(doc, &steps)).unwrap_or(0);
+    let (line, column) = crate::diag::line_col(&text, start + inner);
     FileError { file: file.path.clone(), line, column, message }
 }
 
@@ -195,8 +199,9 @@ fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust) -> Vec<Fil
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
+        let key: &[&str] = if matches!(m.kind, SecretKind::Base { .. }) { &["data"] } else { &["attributes"] };
         for w in &why {
-            problems.push(place(m, format!("{}: {w}; not served", m.path().replace('/', ":"))));
+            problems.push(place(m, key, format!("{}: {w}; not served", m.path().replace('/', ":"))));
         }
         why.is_empty()
     });
@@ -211,6 +216,7 @@ fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust) -> Vec<Fil
         let SecretKind::Dynamic { link } = &m.kind else { continue };
         problems.push(place(
             m,
+            &["attributes", "linkConfig"],
             format!(
                 "{} links to {:?}, which is not a served base secret of this source; not served",
                 m.path().replace('/', ":"),
