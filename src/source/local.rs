@@ -182,6 +182,25 @@ fn base_fields(meta: &SecretMeta) -> Option<SecretFields> {
     read_span(&file.path, *offset, *len).and_then(|t| read_doc(&t, meta.path()))?.ok()
 }
 
+/// The `#!` interpreter of each program an exec base runs, checked like the program itself: a
+/// script whose shell is missing (a container image without /bin/sh) would fail at every open.
+fn interpreters(trust: &Trust, fields: &SecretFields) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in ["command", "revoke_command"] {
+        let Some(argv) = fields.get(key).and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()) else { continue };
+        let Some(prog) = argv.first().and_then(|p| trust.check_program(p, EXEC_PATH).ok()) else { continue };
+        let mut head = [0u8; 256];
+        let n = std::fs::File::open(&prog).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+        let Some(line) = head[..n].strip_prefix(b"#!") else { continue };
+        let line = String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+        let Some(interp) = line.split_whitespace().next() else { continue };
+        if let Err(why) = trust.check_program(interp, EXEC_PATH) {
+            out.push(format!("{key} {:?} starts with #!{interp}, which is not trusted: {why}", argv[0]));
+        }
+    }
+    out
+}
+
 /// Drops what could never be opened, naming each: an `exec` base whose programs are not trusted
 /// (or missing), an entry whose `rotate_command` is not, and an entry linked to no base of this
 /// source — so the mount lists nothing `leasefs check` refuses.
@@ -190,7 +209,10 @@ fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust) -> Vec<Fil
     secrets.retain(|m| {
         let why: Vec<String> = match &m.kind {
             SecretKind::Base { issuer: IssuerKind::Exec, .. } => match base_fields(m) {
-                Some(fields) => check_programs(trust, &fields),
+                Some(fields) => {
+                    let w = check_programs(trust, &fields);
+                    if w.is_empty() { interpreters(trust, &fields) } else { w }
+                }
                 None => Vec::new(),
             },
             SecretKind::Dynamic { .. } => (m.policy().rotate_command.as_ref())
