@@ -122,7 +122,7 @@ if [ -n "$left" ]; then
   kill -KILL $left 2>/dev/null || true
 fi
 # A mount whose daemon had to be killed is dead: detach it.
-awk '$3 == "fuse.leasefs" {print $2}' /proc/mounts | while read -r m; do
+awk '$1 == "leasefs" && $3 ~ /^fuse/ {print $2}' /proc/mounts | while read -r m; do
   m=$(printf '%b' "$m")
   stat "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null || true
 done

@@ -182,6 +182,10 @@ fn start(config: &str, mountpoint: &Path, opts: &Options) -> Result<(), String> 
             Ok(())
         });
     }
+    // Ready when a leasefs mount is added there: the mountpoint may be a mount already (a shared
+    // bind mount for containers, or a leasefs mount being replaced).
+    let target = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
+    let before = leasefs_mounts_at(&target);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start leasefs: {e}"))?;
     let output = match (log_file, child.stderr.take()) {
         (Some((path, from)), _) => Output::Log { path, from },
@@ -201,10 +205,9 @@ fn start(config: &str, mountpoint: &Path, opts: &Options) -> Result<(), String> 
         }
         (None, None) => return Err("cannot read the daemon's output".into()),
     };
-    let target = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if leasefs::daemon::is_mounted(&target) && std::fs::metadata(&target).is_ok() {
+        if leasefs_mounts_at(&target) > before && std::fs::metadata(&target).is_ok() {
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {
@@ -213,10 +216,25 @@ fn start(config: &str, mountpoint: &Path, opts: &Options) -> Result<(), String> 
             return Err(format!("leasefs exited ({st}) before mounting {}:\n{said}", target.display()));
         }
         if Instant::now() > deadline {
-            return Err(format!("{} was not mounted within 30 s (the daemon is still running)", target.display()));
+            // SAFETY: signalling the child we started; it revokes nothing it has not issued.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            return Err(format!("{} was not mounted within 30 s; leasefs was stopped", target.display()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How many leasefs mounts /proc/mounts lists at `target` (stacked mounts count each).
+fn leasefs_mounts_at(target: &Path) -> usize {
+    let want = target.to_string_lossy().replace(' ', "\\040");
+    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            // leasefs mounts as `leasefs` (its FSName), type fuse (or fuse.leasefs via fusermount3).
+            f.len() > 2 && f[1] == want && f[0] == "leasefs" && f[2].starts_with("fuse")
+        })
+        .count()
 }
 
 #[cfg(test)]
