@@ -241,7 +241,7 @@ fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust) -> Vec<Fil
             &["attributes", "linkConfig"],
             format!(
                 "{} links to {:?}, which is not a served base secret of this source; not served",
-                m.path().replace('/', ":"),
+                m.path(),
                 link.replace('/', ":")
             ),
         ));
