@@ -12,7 +12,7 @@ const FAIL: u8 = 32;
 const KEPT: usize = 16 * 1024;
 
 /// mount(8)'s generic options, which mount passes on to helpers; leasefs has nothing to do with
-/// them. Besides these, any `x-…` option (x-systemd.*, x-gvfs-…) and `comment=…` are ignored.
+/// them. Besides these, the families in [`IGNORED_PREFIXES`] are ignored.
 const GENERIC: &[&str] = &[
     "defaults",
     "auto",
@@ -48,6 +48,9 @@ const GENERIC: &[&str] = &[
     "loud",
 ];
 
+/// Option families mount(8) itself uses or passes on (`user=NAME` for a user mount from fstab).
+const IGNORED_PREFIXES: &[&str] = &["x-", "comment=", "user=", "uhelper=", "helper="];
+
 /// What `-o` asked of leasefs.
 #[derive(Debug, Default, PartialEq)]
 pub struct Options {
@@ -65,7 +68,7 @@ pub fn parse_options(opts: &[String]) -> Result<Options, String> {
             Some(("log_level", v)) if !v.is_empty() => out.log_level = Some(v.to_string()),
             None if o == "insecure_perms" => out.insecure_perms = true,
             None if GENERIC.contains(&o.as_str()) => {}
-            _ if o.starts_with("x-") || o.starts_with("comment=") => {}
+            _ if IGNORED_PREFIXES.iter().any(|p| o.starts_with(p)) => {}
             _ => {
                 return Err(format!(
                     "unknown option {o:?} (leasefs takes log=FILE, log_level=LEVEL, insecure_perms and mount(8)'s generic options)"
