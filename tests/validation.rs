@@ -172,7 +172,8 @@ fn a_mount_serves_the_good_documents_and_names_the_bad_one() {
 #[test]
 fn an_entry_whose_ttl_meets_the_default_min_remaining_is_named_by_check() {
     // reuse uid with a ttl of 30s: the default min_remaining (30s) is never left, so no lease of it
-    // would ever be shared. Only `check` sees the entry and the configuration together.
+    // would ever be shared. The entry is judged against the configuration (check fails; the mount
+    // does not serve it).
     let doc = jwt_entry("  \"reuse\": \"uid\",\n  \"ttl\": \"30s\"");
     let env = Env::new();
     env.doc("short.json", &doc);
@@ -189,7 +190,8 @@ fn an_entry_whose_ttl_meets_the_default_min_remaining_is_named_by_check() {
 #[test]
 fn what_check_refuses_the_mount_does_not_serve_and_names_at_load() {
     // A dangling link, an exec base whose program is missing (as in an image without a shell),
-    // one whose program anyone may change, and the entries linked to them; beside good entries.
+    // one whose program anyone may change, the entries linked to them, and an entry whose leases
+    // the configuration's defaults make unshareable; beside good entries.
     let mut env = Env::new();
     let script = env.script();
     let loose = env.path("loose.sh");
@@ -204,6 +206,8 @@ fn what_check_refuses_the_mount_does_not_serve_and_names_at_load() {
         dynamic("dyn:noshell", "base:exec:noshell", json!({})),
         {"path": "base:exec:loose", "attributes": {"type": "exec"}, "data": {"command": [loose.to_str().unwrap()]}},
         dynamic("dyn:loose", "base:exec:loose", json!({})),
+        // Shares leases, but the default min_remaining (30s) is its whole ttl: none is ever reused.
+        dynamic("dyn:short", "base:exec:good", json!({"reuse": "uid", "ttl": "30s"})),
     ]))
     .unwrap();
     env.doc("catalog.json", &doc);
@@ -222,6 +226,7 @@ fn what_check_refuses_the_mount_does_not_serve_and_names_at_load() {
         (at("\"dyn:dangling\"", "\"linkConfig\""), "base:exec:nowhere"),
         (at("\"base:exec:noshell\"", "\"data\""), "/nonexistent/bin/sh"),
         (at("\"base:exec:loose\"", "\"data\""), "loose.sh"),
+        (at("\"dyn:short\"", "\"ttl\""), "would ever be reused"),
     ];
     for (line, needle) in expect {
         let place = format!("catalog.json:{line}:");
@@ -234,7 +239,7 @@ fn what_check_refuses_the_mount_does_not_serve_and_names_at_load() {
     env.start();
     assert_eq!(cat(&env.m("app/one")), "served-one");
     assert!(cat(&env.m("dyn/good")).starts_with("pw-"));
-    for gone in ["dyn/dangling", "dyn/noshell", "dyn/loose"] {
+    for gone in ["dyn/dangling", "dyn/noshell", "dyn/loose", "dyn/short"] {
         assert!(!env.m(gone).exists(), "{gone} is listed although check refuses it");
     }
     let log = env.log();

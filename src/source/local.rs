@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::attrs::{Pending, Step, locate};
+use crate::config::Defaults;
 use crate::diag::FileError;
 use crate::issuer::exec::{PATH as EXEC_PATH, check_programs};
 use crate::policy::IssuerKind;
@@ -26,11 +27,20 @@ pub struct LocalSource {
     trust: Trust,
     /// `static_page_cache`: listings carry each static secret's exact size as it reads.
     sizes: bool,
+    /// The configuration's lease defaults, against which an entry's own settings are judged.
+    defaults: Option<Arc<Defaults>>,
 }
 
 impl LocalSource {
     pub fn new(root: PathBuf, strict_perms: bool) -> Self {
-        LocalSource { root, trust: Trust::new(strict_perms), sizes: false }
+        LocalSource { root, trust: Trust::new(strict_perms), sizes: false, defaults: None }
+    }
+
+    /// Judges each entry against the configuration's defaults too (as `leasefs check` does): an
+    /// entry whose leases could never be reused under them is not served.
+    pub fn with_defaults(mut self, defaults: Defaults) -> Self {
+        self.defaults = Some(Arc::new(defaults));
+        self
     }
 
     /// Lists each static secret with its exact rendered size (for the page cache: the kernel then
@@ -121,7 +131,7 @@ fn read_text(path: &Path, trust: &Trust) -> Result<(Zeroizing<String>, std::fs::
     Ok((Zeroizing::new(text.to_string()), meta))
 }
 
-fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceError> {
+fn list_dir(root: &Path, trust: &Trust, sizes: bool, defaults: Option<&Defaults>) -> Result<Listing, SourceError> {
     if !root.is_dir() {
         return Err(SourceError::Unavailable(format!("{} is not a readable directory", root.display())));
     }
@@ -157,7 +167,7 @@ fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceEr
         });
     }
     listing.problems.extend(problems);
-    let problems = refuse_unusable(&mut listing.secrets, trust);
+    let problems = refuse_unusable(&mut listing.secrets, trust, defaults);
     listing.problems.extend(problems);
     Ok(listing)
 }
@@ -204,9 +214,16 @@ fn interpreters(trust: &Trust, fields: &SecretFields) -> Vec<String> {
 /// Drops what could never be opened, naming each: an `exec` base whose programs are not trusted
 /// (or missing), an entry whose `rotate_command` is not, and an entry linked to no base of this
 /// source — so the mount lists nothing `leasefs check` refuses.
-fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust) -> Vec<FileError> {
+fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust, defaults: Option<&Defaults>) -> Vec<FileError> {
     let mut problems = Vec::new();
     secrets.retain(|m| {
+        // Lease settings that only meet the defaults here: no lease of the entry could be reused.
+        let dynamic = matches!(m.kind, SecretKind::Dynamic { .. });
+        if let Some((key, why)) = defaults.filter(|_| dynamic).and_then(|d| m.policy().reuse_conflict(d)) {
+            let msg = format!("{}: attributes.{key}: {why}; not served", m.path().replace('/', ":"));
+            problems.push(place(m, &["attributes", key], msg));
+            return false;
+        }
         let why: Vec<String> = match &m.kind {
             SecretKind::Base { issuer: IssuerKind::Exec, .. } => match base_fields(m) {
                 Some(fields) => {
@@ -283,8 +300,8 @@ impl Source for LocalSource {
 
     async fn list(&self) -> Result<Listing, SourceError> {
         let root = self.root.clone();
-        let (trust, sizes) = (self.trust, self.sizes);
-        tokio::task::spawn_blocking(move || list_dir(&root, &trust, sizes))
+        let (trust, sizes, defaults) = (self.trust, self.sizes, self.defaults.clone());
+        tokio::task::spawn_blocking(move || list_dir(&root, &trust, sizes, defaults.as_deref()))
             .await
             .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }
