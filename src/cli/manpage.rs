@@ -40,7 +40,8 @@ const SEE_ALSO: &[&str] = &["mount(8)", "fstab(5)", "fusermount3(1)"];
 const DOCS: &str = "The configuration reference, the security model and the operations guide are installed \
 in /usr/share/doc/leasefs/docs/ (configuration.md, security.md, operations.md).";
 
-fn section(out: &mut String, title: &str, rows: &[(&str, &str)], width: usize) {
+fn section(out: &mut String, title: &str, rows: &[(&str, &str)]) {
+    let width = rows.iter().map(|(a, _)| a.len()).max().unwrap_or(0);
     out.push_str(title);
     out.push_str(":\n");
     for (a, b) in rows {
@@ -52,10 +53,10 @@ fn section(out: &mut String, title: &str, rows: &[(&str, &str)], width: usize) {
 /// The text `--help` prints after the options.
 pub fn after_help() -> String {
     let mut out = String::new();
-    section(&mut out, "EXAMPLES", EXAMPLES, 52);
-    section(&mut out, "FILES", FILES, 30);
-    section(&mut out, "SIGNALS", SIGNALS, 15);
-    section(&mut out, "EXIT STATUS", EXIT_STATUS, 2);
+    section(&mut out, "EXAMPLES", EXAMPLES);
+    section(&mut out, "FILES", FILES);
+    section(&mut out, "SIGNALS", SIGNALS);
+    section(&mut out, "EXIT STATUS", EXIT_STATUS);
     out.push_str(&format!("SEE ALSO:\n    {}\n    {DOCS}", SEE_ALSO.join(", ")));
     out
 }
