@@ -159,7 +159,7 @@ fn strip_comment(line: &str) -> &str {
 }
 
 /// The mechanical change: absolute paths under /etc, /usr, /var and /secrets move under the
-/// scratch root `p`; `sudo` is dropped (the test runs as root); `target/release/leasefs` is the
+/// scratch root `p` (and the configuration's default state_dir with them); `sudo` is dropped (the test runs as root); `target/release/leasefs` is the
 /// test's build; `mount -t leasefs A B` is what mount(8) runs for it, `mount.leasefs A B`
 /// (mount(8) looks for helpers only in /sbin).
 fn adapt(cmd: &str, p: &Path) -> String {
@@ -249,13 +249,6 @@ impl Drop for World {
     }
 }
 
-struct Remove(&'static Path);
-impl Drop for Remove {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.0);
-    }
-}
-
 fn mounted_live(p: &Path) -> bool {
     is_mounted(p) && std::fs::read_dir(p).is_ok()
 }
@@ -267,10 +260,6 @@ fn readme_and_the_install_and_mount_sections_of_operations_work_as_written() {
     all.extend(blocks("docs/operations.md", &["Install", "mount(8)"]));
     let mut w = World::new();
     let p = w.root();
-    // README's configuration keeps the default state_dir, /var/lib/leasefs, which the daemon
-    // makes: removed afterwards unless it was there before.
-    let state = Path::new("/var/lib/leasefs");
-    let _state = state.exists().then_some(()).is_none().then(|| Remove(state));
     let demo_dir = p.join("demo");
 
     // The JSON examples, written where README.md puts them: the configuration at the path
@@ -285,9 +274,16 @@ fn readme_and_the_install_and_mount_sections_of_operations_work_as_written() {
     for d in ["etc/leasefs", "etc/leasefs/secrets"] {
         std::fs::set_permissions(p.join(d), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
-    for (file, body) in [("etc/leasefs/config.json", &jsons[0].body), ("etc/leasefs/secrets/app.json", &jsons[1].body)]
+    // README's configuration leaves state_dir at its default, /var/lib/leasefs: moved under the
+    // scratch root like every other path (a leasefs installed here may be using the real one).
+    let mut config: serde_json::Value = serde_json::from_str(&adapt(&jsons[0].body, &p)).unwrap();
+    assert!(config.get("state_dir").is_none(), "README's configuration now sets state_dir: adapt it like the others");
+    config["state_dir"] = p.join("var/lib/leasefs").to_string_lossy().into();
+    let config = config.to_string();
+    for (file, body) in
+        [("etc/leasefs/config.json", config), ("etc/leasefs/secrets/app.json", adapt(&jsons[1].body, &p))]
     {
-        std::fs::write(p.join(file), adapt(body, &p)).unwrap();
+        std::fs::write(p.join(file), body).unwrap();
         std::fs::set_permissions(p.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
@@ -388,7 +384,10 @@ fn readme_and_the_install_and_mount_sections_of_operations_work_as_written() {
     ] {
         assert!(p.join(f).exists(), "{f} is missing after the docs' install commands");
     }
-    let log = std::fs::read_to_string(p.join("var/log/leasefs/daemon.log")).unwrap();
+    let log_file = p.join("var/log/leasefs/daemon.log");
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    eventually(Duration::from_secs(10), "the mount(8) daemon to log `unmounted`", || log().contains("unmounted"));
+    let log = log();
     assert!(log.contains("unmounted") && !log.contains(" WARN "), "{log}");
 
     // The fstab line: six fields, type leasefs, options the helper accepts (-f: parse, do not mount).
