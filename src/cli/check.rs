@@ -67,12 +67,14 @@ pub fn check(config: &Path, insecure_perms: bool) -> ExitCode {
         eprintln!("{p}");
     }
     bad += problems.len();
+    // Links to no base (a local source has already dropped and named its own).
     for d in fs.catalog().dangling_links(&fs.tree()) {
         eprintln!("{d}");
         bad += 1;
     }
-    // Lease settings that only meet the configuration's defaults here: an entry whose leases could
-    // never be reused (the mount serves it; every open then issues).
+    // The passes below repeat, for sources other than `local`, what a local source does itself at
+    // listing (it drops and names such entries, so they are not met again here): an entry whose
+    // leases could never be reused under the defaults, and an untrusted rotate_command.
     for (prefix, meta) in fs.catalog().listed() {
         if !matches!(meta.kind, leasefs::secret::SecretKind::Dynamic { .. }) {
             continue;
