@@ -46,10 +46,14 @@ pub enum Outcome {
     Revoke,
     Close,
     Shutdown,
+    /// `reuse`/`bind` `cgroup`: the reader's cgroup has no process left.
+    Cgroup,
     /// A refusal or failure: its reason (`LeaseError::reason`).
     Timeout,
     Quota,
     Busy,
+    /// A credential that states a validity past its lease: refused, or served (`allow_overhang`).
+    Outlives,
     Revoked,
     #[serde(rename = "revoke failed")]
     RevokeFailed,
@@ -75,6 +79,7 @@ impl Outcome {
             ErrorKind::ShuttingDown => Outcome::Shutdown,
             ErrorKind::Quota => Outcome::Quota,
             ErrorKind::Busy => Outcome::Busy,
+            ErrorKind::Outlives => Outcome::Outlives,
             ErrorKind::Failed | ErrorKind::Unavailable => Outcome::Error,
         }
     }
@@ -137,6 +142,8 @@ struct Line<'a> {
     gid: Option<u32>,
     pid: Option<u32>,
     comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<&'a crate::workload::Workload>,
 }
 
 impl Audit {
@@ -182,6 +189,7 @@ impl Audit {
             gid: who.map(|r| r.gid),
             pid: who.map(|r| r.pid),
             comm: who.map(|r| r.comm.as_str()),
+            workload: who.and_then(|r| r.workload.as_deref()),
         };
         let mut text = match serde_json::to_vec(&line) {
             Ok(t) => t,

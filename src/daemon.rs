@@ -54,7 +54,9 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
         let prefix = split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
         let source: Arc<dyn Source> = match sc.kind {
             SourceKind::Local => Arc::new(
-                LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms).with_sizes(sc.page_cache()),
+                LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms)
+                    .with_sizes(sc.page_cache())
+                    .with_defaults(cfg.defaults.clone()),
             ),
             SourceKind::Openbao => Arc::new(OpenBaoSource::new(
                 sc.endpoints(),
@@ -278,7 +280,7 @@ pub fn run(mountpoint: &Path, cfg: Config, opts: RunOptions) -> anyhow::Result<(
                         _ = int.recv() => { tracing::info!("SIGINT during a refresh: shutting down"); break; }
                     }
                 }
-                _ = &mut done_rx => { tracing::warn!("the mount went away (unmounted from outside); exiting"); break; }
+                _ = &mut done_rx => { tracing::info!("unmounted from outside (umount); revoking live leases and exiting"); break; }
             }
         }
 

@@ -106,6 +106,10 @@ pub enum Reuse {
     Pid,
     /// The reader's session (`u=$(cat a); p=$(cat b)` in one script share it).
     Session,
+    /// The reader's pod, else container, else systemd unit, else cgroup (`src/workload.rs`).
+    Workload,
+    /// The reader's cgroup; the lease ends when the cgroup has no process left.
+    Cgroup,
 }
 
 impl Reuse {
@@ -115,6 +119,8 @@ impl Reuse {
             "uid" => Some(Reuse::Uid),
             "pid" => Some(Reuse::Pid),
             "session" => Some(Reuse::Session),
+            "workload" => Some(Reuse::Workload),
+            "cgroup" => Some(Reuse::Cgroup),
             _ => None,
         }
     }

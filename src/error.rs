@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Quota,
     /// The entry is issuing as much as it may, at once or per minute (`EAGAIN`).
     Busy,
+    /// The credential states a validity past its lease that its issuer cannot cut short (`EIO`).
+    Outlives,
 }
 
 /// Why an issuance, renewal or revocation failed.
@@ -85,6 +87,7 @@ impl LeaseError {
             ErrorKind::ShuttingDown => "shutdown",
             ErrorKind::Quota => "quota",
             ErrorKind::Busy => "busy",
+            ErrorKind::Outlives => "outlives",
             ErrorKind::Failed | ErrorKind::Unavailable => "error",
         }
     }
@@ -96,7 +99,7 @@ impl ToErrno for LeaseError {
             ErrorKind::Timeout => libc::ETIMEDOUT,
             ErrorKind::Quota => libc::EDQUOT,
             ErrorKind::Busy => libc::EAGAIN,
-            ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown => libc::EIO,
+            ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown | ErrorKind::Outlives => libc::EIO,
         }
     }
 }

@@ -32,3 +32,4 @@ pub mod source;
 pub mod statefile;
 pub mod tls;
 pub mod trust;
+pub mod workload;

@@ -28,6 +28,7 @@ struct Inner {
     abandoned: BTreeMap<String, u64>,
     expired: u64,
     rotate_unheard: u64,
+    overhang_allowed: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
 }
 
@@ -172,6 +173,10 @@ impl Metrics {
     pub fn expired(&self) {
         self.with(|i| i.expired += 1)
     }
+    /// A credential served although it states a validity past its lease (`allow_overhang`).
+    pub fn overhang_allowed(&self, issuer: &str) {
+        self.with(|i| *i.overhang_allowed.entry(issuer.into()).or_default() += 1)
+    }
     /// A rotation that reached nobody (no live opener, no pid file, the command failed).
     pub fn rotate_unheard(&self) {
         self.with(|i| i.rotate_unheard += 1)
@@ -224,6 +229,12 @@ impl Metrics {
             "leasefs_revocations_abandoned_total",
             "Irrevocable leases whose automatic revocation attempts stopped (an hour of slow retries), by issuer.",
             &i.abandoned,
+        );
+        by_issuer(
+            &mut o,
+            "leasefs_overhang_allowed_total",
+            "Credentials served that state a validity past their lease (allow_overhang), by issuer.",
+            &i.overhang_allowed,
         );
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);

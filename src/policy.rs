@@ -200,10 +200,12 @@ impl Policy {
         p.min_remaining = dur("min_remaining")?;
         if let Some(v) = attrs.get("reuse") {
             let r = v.as_str().and_then(Reuse::parse);
-            p.reuse =
-                Some(r.ok_or_else(|| {
-                    err("reuse", "attributes.reuse must be \"none\", \"uid\", \"pid\" or \"session\"")
-                })?);
+            p.reuse = Some(r.ok_or_else(|| {
+                err(
+                    "reuse",
+                    "attributes.reuse must be \"none\", \"uid\", \"pid\", \"session\", \"workload\" or \"cgroup\"",
+                )
+            })?);
         }
         if let Some(v) = attrs.get("files") {
             let map = v.as_object().ok_or_else(|| err("files", "attributes.files must map file names to formats"))?;
@@ -228,10 +230,12 @@ impl Policy {
             // The files of a bundle share one lease per binding: the reader's session by default.
             let bind = match attrs.get("bind") {
                 None => Reuse::Session,
-                Some(v) => v
-                    .as_str()
-                    .and_then(Reuse::parse)
-                    .ok_or_else(|| err("bind", "attributes.bind must be \"session\", \"pid\", \"uid\" or \"none\""))?,
+                Some(v) => v.as_str().and_then(Reuse::parse).ok_or_else(|| {
+                    err(
+                        "bind",
+                        "attributes.bind must be \"session\", \"pid\", \"uid\", \"workload\", \"cgroup\" or \"none\"",
+                    )
+                })?,
             };
             p.reuse = Some(bind);
         }

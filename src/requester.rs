@@ -1,6 +1,8 @@
 //! Who asked: the uid, gid, pid and command of a request, and the session and start time of a
 //! process read from `/proc` when a lease is bound to them.
 
+use std::sync::Arc;
+
 /// Who asked: copied out of the FUSE request.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Requester {
@@ -16,6 +18,9 @@ pub struct Requester {
     /// must not be taken for a later one with the same pid (0: not read, or gone).
     #[serde(skip)]
     pub start: u64,
+    /// Its cgroup, unit, container, pod and executable, read where an entry needs them.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::workload::serialize_shared")]
+    pub workload: Option<Arc<crate::workload::Workload>>,
 }
 
 /// The session id and start time of a live process, from one read of `/proc/PID/stat`.
@@ -35,7 +40,7 @@ impl Requester {
     /// A requester without its command name (reading /proc costs a syscall trio per open;
     /// `with_comm` adds it where it is recorded).
     pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
-        Requester { uid, gid, pid, comm: String::new(), sid: 0, start: 0 }
+        Requester { uid, gid, pid, comm: String::new(), sid: 0, start: 0, workload: None }
     }
 
     /// Fills in the session id and start time from one read of `/proc/PID/stat`.

@@ -28,16 +28,17 @@ const LAYERS: &[(&str, &[&str])] = &[
             "fields",
             "requester",
             "defaults",
+            "workload",
         ],
     ),
     ("openbao client", &["openbao", "openbao_auth"]),
-    ("entry model", &["render", "rotation", "policy", "secret", "attrs", "audit"]),
-    ("issuers and sources", &["issuer", "source"]),
+    ("entry model", &["render", "rotation", "policy", "secret", "audit"]),
+    ("issuers and sources", &["issuer", "source", "attrs"]),
     ("lease manager", &["lease"]),
     ("filesystem", &["fs"]),
     ("adapter", &["fuse", "notifier"]),
     ("daemon", &["config", "demo", "daemon"]),
-    ("command line", &["main"]),
+    ("command line", &["main", "cli"]),
 ];
 
 /// Directories whose `mod.rs` composes rooms that must not know it, and the files there that are

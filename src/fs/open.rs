@@ -75,6 +75,11 @@ impl LeaseFs {
                 self.views.closed(view);
                 return Err(FsError::expired());
             }
+            if !access::same_workload(&lease.requester, who) {
+                self.views.closed(view);
+                self.record(EventKind::Deny, lease.path(), Outcome::Denied, Some("open by another workload"), who);
+                return Err(FsError::eacces("this node is open by another workload; bind its directory instead"));
+            }
             self.leases.hold(lease);
             let event = Event::new(EventKind::Reuse, lease.path(), Outcome::Ok)
                 .lease(&lease.id, lease.issuer())
@@ -103,6 +108,11 @@ impl LeaseFs {
                 if !access::allowed(n.uid, n.gid, n.mode, &who, false) {
                     self.record(EventKind::Deny, &path, Outcome::Denied, Some("permission"), &who);
                     return Err(FsError::eacces("permission denied"));
+                }
+                let who = access::identify(who, meta);
+                if let Err(why) = access::admit(meta, &who) {
+                    self.record(EventKind::Deny, &path, Outcome::Denied, Some(&why), &who);
+                    return Err(FsError::eacces(why));
                 }
                 match &meta.kind {
                     SecretKind::Dynamic { .. } if !is_view(ino) => {

@@ -3,9 +3,11 @@
 //! credential, and revokes it.
 
 pub mod aws;
+pub mod awsapi;
 pub mod azure;
 pub mod exec;
 pub mod guard;
+pub mod iam;
 pub mod jwt;
 pub mod openbao;
 pub mod postgres;
@@ -71,11 +73,31 @@ pub trait Issuer: Send + Sync {
     }
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
+    /// A handle marked `"refused": true` is a credential refused at issuance (it outlived its
+    /// lease): revoke it by any means there is, even one the entry did not ask for.
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError>;
-    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token, STS
-    /// keys) are not journaled: after a crash there would be nothing to do for them.
+    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token) are
+    /// not journaled: after a crash there would be nothing to do for them.
     fn can_revoke(&self) -> bool {
         true
+    }
+    /// Whether this credential can be ended at its issuer before the end it states, so that a
+    /// stated validity past its lease does no harm (the lease's end revokes it). Judged per
+    /// credential: an OpenBao certificate without a lease or serial to revoke cannot be; an STS
+    /// assumed-role session can (a deny on its role), a GetSessionToken session cannot.
+    fn revocable(&self, _base: &SecretFields, _revocation: &serde_json::Value) -> bool {
+        self.can_revoke()
+    }
+    /// The end the credential itself states, when it differs from the lease's own expiry in
+    /// `Issued::expires_at` (STS grants at least 15 minutes to a shorter lease).
+    fn stated_end(&self, issued: &Issued) -> Option<DateTime<Utc>> {
+        issued.expires_at
+    }
+    /// For a revocation that must be undone later (the deny on an STS session's role, lifted
+    /// once the session has expired anyway): when to call `revoke` again. Until that call
+    /// succeeds the lease stays in the journal, so a restart finishes it.
+    fn revoke_again_at(&self, _revocation: &serde_json::Value) -> Option<DateTime<Utc>> {
+        None
     }
     /// Whether `issue` finishes without waiting on I/O or a process (an in-process signer): an
     /// open through it may be answered on the thread that received it.

@@ -1,5 +1,6 @@
-//! The issuance pipeline: base secret → intent journaled → issuer → expiry bounded → rendered →
-//! journaled → a new lease. Whatever fails after something was created is revoked at once.
+//! The issuance pipeline: base secret → intent journaled → issuer → expiry bounded → overhang
+//! judged → rendered → journaled → a new lease. Whatever fails after something was created is
+//! revoked at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use chrono::{DateTime, Utc};
 use super::journal::{Op, Record};
 use super::revoke::{Engine, Job};
 use super::table::{Lease, LeaseInfo, NewLease, Origin};
-use crate::error::LeaseError;
+use crate::audit::{Event, EventKind, Outcome};
+use crate::error::{ErrorKind, LeaseError};
 use crate::fields::{FieldValue, SecretFields};
 use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
@@ -113,6 +115,12 @@ impl Engine {
             Some(t) => t.min(cap),
         };
         undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
+        let revocable = issuer.revocable(&base, &issued.revocation);
+        let stated = issuer.stated_end(&issued);
+        if let Err(e) = self.judge_overhang(issue, &mut issued.revocation, stated, expires_at, revocable) {
+            undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
+            return Err(e);
+        }
         // A credential that says it lasts longer than its lease would be cached that long by
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
@@ -136,6 +144,49 @@ impl Engine {
             reusable: policy.reuse != crate::defaults::Reuse::None,
             rotate: policy.rotate.clone(),
         }))
+    }
+
+    /// Weighs the end a credential states against its lease's: past it by more than
+    /// `max_overhang`, one its issuer cannot revoke is refused (`outlives`; the caller's undo
+    /// revokes what can be: the handle is marked `refused`) unless the entry says
+    /// `allow_overhang: true` (audited, counted).
+    fn judge_overhang(
+        &self,
+        issue: &Issue<'_>,
+        revocation: &mut serde_json::Value,
+        stated: Option<DateTime<Utc>>,
+        lease_end: DateTime<Utc>,
+        revocable: bool,
+    ) -> Result<(), LeaseError> {
+        let Some(stated) = stated else { return Ok(()) };
+        let rule = crate::attrs::overhang(issue.secret.attributes()).map_err(|p| LeaseError::failed(p.message))?;
+        let over = (stated - lease_end).to_std().unwrap_or_default();
+        if over <= rule.max || revocable {
+            return Ok(());
+        }
+        let kind = issue.origin.issuer;
+        let what = format!(
+            "the credential states it is valid until {}, {} s past its lease's end, and {kind} cannot revoke it (max_overhang {} s)",
+            rfc3339(stated),
+            over.as_secs(),
+            rule.max.as_secs()
+        );
+        if !rule.allow {
+            // An issuer revokes now what it would otherwise leave to the end it states.
+            if let Some(o) = revocation.as_object_mut() {
+                o.insert("refused".into(), true.into());
+            }
+            let msg = format!("{what}: refused (allow_overhang: true would serve it)");
+            return Err(LeaseError::new(ErrorKind::Outlives, msg));
+        }
+        tracing::warn!(lease = %issue.lease_id, path = %issue.origin.path, issuer = %kind, overhang_s = over.as_secs(), "served a credential that outlives its lease (allow_overhang)");
+        self.metrics.overhang_allowed(kind.as_str());
+        let detail = format!("{what}: served (allow_overhang)");
+        let event = Event::new(EventKind::Issue, &issue.origin.path, Outcome::Outlives)
+            .lease(issue.lease_id, kind)
+            .detail(detail.as_str());
+        self.audit.record(&event, Some(issue.requester));
+        Ok(())
     }
 
     /// Extends a renewable lease by its own period, never past its cap: the new expiry, if any.

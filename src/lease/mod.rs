@@ -3,6 +3,7 @@
 //! (`deadline.rs`), revocation (`revoke.rs`), base secrets (`bases.rs`) and the journal.
 
 pub mod bases;
+pub mod cgroup;
 pub mod deadline;
 pub mod issue;
 pub mod journal;
@@ -234,6 +235,9 @@ impl LeaseManager {
                 let lease = Arc::new(lease);
                 self.table.insert(lease.clone());
                 self.schedule(&lease);
+                if policy.reuse == crate::defaults::Reuse::Cgroup {
+                    self.deadlines.push(self.clock.now() + cgroup::POLL, &lease, Action::Cgroup);
+                }
                 self.metrics.issued(kind.as_str(), started.elapsed());
                 self.audit(EventKind::Issue, &lease, Outcome::Ok, Some(&req.requester));
                 tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at()), uid = req.requester.uid, "issued");
@@ -436,6 +440,12 @@ impl deadline::OnDeadline for LeaseManager {
                 let (audit, metrics) = (self.audit.clone(), self.metrics.clone());
                 let (trust, timeout) = (self.engine.trust(), self.defaults.issue_timeout.0);
                 rotate::rotate(&rotate::Rotator { audit, metrics, trust, timeout }, &lease)
+            }
+            Action::Cgroup if cgroup::emptied(&lease) => {
+                self.end(&lease, EndReason::Cgroup, None);
+            }
+            Action::Cgroup => {
+                self.deadlines.push(self.clock.now() + cgroup::POLL, &lease, Action::Cgroup);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! journal) and retried every 5 minutes for an hour; then abandoned: still listed and journaled,
 //! retried by `leasefs revoke` and at the next start, never again on its own in this run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -67,8 +67,8 @@ pub struct Engine {
     pub(super) issuers: Issuers,
     pub(super) bases: Arc<Bases>,
     journal: Option<Arc<Journal>>,
-    audit: Arc<Audit>,
-    metrics: Arc<Metrics>,
+    pub(super) audit: Arc<Audit>,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) clock: Clock,
     pub(super) timeout: Duration,
     irrevocable_after: Duration,
@@ -78,6 +78,8 @@ pub struct Engine {
     undone: Mutex<Vec<JoinHandle<()>>>,
     /// Journal records recovery could not act on (reported, never executed).
     unresolved: Mutex<Vec<Unresolved>>,
+    /// Leases revoked at their issuer whose revocation is undone later (see `revoke_again_at`).
+    lifting: Mutex<HashSet<String>>,
 }
 
 /// Finds a base secret (by source prefix and path) in the current catalog.
@@ -146,6 +148,7 @@ impl Engine {
             pending: Mutex::new(HashMap::new()),
             undone: Mutex::new(Vec::new()),
             unresolved: Mutex::new(Vec::new()),
+            lifting: Mutex::new(HashSet::new()),
         }
     }
 
@@ -263,21 +266,58 @@ impl Engine {
         }
     }
 
-    /// A revocation that succeeded: journaled, audited, counted, no longer pending.
-    async fn revoked(&self, job: &Job) {
-        self.metrics.revoked(job.origin.issuer.as_str());
+    /// A revocation that succeeded: journaled, audited, counted, no longer pending (or, for one
+    /// the issuer undoes later, kept in the journal until its second call).
+    async fn revoked(self: &Arc<Self>, job: &Job) {
+        // The second call of a revocation undone later: no new revocation to count.
+        let lifted = self.lifting.lock().remove(&job.lease_id);
+        if !lifted && let Some(at) = self.again_at(job) {
+            self.revoked_until(job.clone(), at);
+            return;
+        }
+        if !lifted {
+            self.metrics.revoked(job.origin.issuer.as_str());
+        }
         let done =
             Record::new(Op::Revoked, &job.lease_id, &job.origin, &job.revocation, job.expires_at, self.clock.now());
         if let Err(e) = self.journal(done).await {
             tracing::warn!(lease = %job.lease_id, error = %e, "revoked, but the journal could not say so; the next start revokes it again");
         }
-        self.event(EventKind::Revoke, job, Outcome::Revoked, None);
+        if !lifted {
+            self.event(EventKind::Revoke, job, Outcome::Revoked, None);
+        }
         let was = self.pending.lock().remove(&job.lease_id);
-        if was.is_some_and(|p| p.stage != Stage::Retrying) {
+        if lifted {
+            tracing::info!(lease = %job.lease_id, path = %job.origin.path, "the credential has expired; its revocation at the issuer is lifted");
+        } else if was.is_some_and(|p| p.stage != Stage::Retrying) {
             tracing::warn!(lease = %job.lease_id, path = %job.origin.path, "an irrevocable lease was revoked after all");
         } else {
             tracing::info!(lease = %job.lease_id, path = %job.origin.path, "revoked");
         }
+    }
+
+    /// When the issuer wants `revoke` called again for this job, if that is still to come.
+    fn again_at(&self, job: &Job) -> Option<DateTime<Utc>> {
+        let at = self.issuers.get(job.origin.issuer)?.revoke_again_at(&job.revocation)?;
+        (at > self.clock.now()).then_some(at)
+    }
+
+    /// Revoked now (counted, audited, no longer pending), but kept in the journal until the
+    /// issuer's second call at `at` succeeds; after shutdown, the next start makes that call.
+    fn revoked_until(self: &Arc<Self>, job: Job, at: DateTime<Utc>) {
+        self.metrics.revoked(job.origin.issuer.as_str());
+        self.event(EventKind::Revoke, &job, Outcome::Revoked, None);
+        self.pending.lock().remove(&job.lease_id);
+        tracing::info!(lease = %job.lease_id, path = %job.origin.path, until = %at, "revoked at the issuer until the credential's own expiry");
+        self.lifting.lock().insert(job.lease_id.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let wait = (at - me.clock.now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            if !me.is_shutting_down() {
+                me.spawn(job);
+            }
+        });
     }
 
     /// A failed attempt, counted and audited: what the audit log says, and what the daemon log

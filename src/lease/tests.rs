@@ -117,7 +117,7 @@ fn request_at(path: &str, attrs: serde_json::Value, uid: u32, pid: u32, start: u
         base: meta("base", SecretKind::Base { issuer: IssuerKind::Exec, expose: false }, serde_json::json!({})),
         source: Arc::new(NoSource),
         source_key: "/".into(),
-        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0, start },
+        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0, start, workload: None },
     }
 }
 
