@@ -59,6 +59,17 @@ pub struct LeaseManager {
 
 type EndedHook = Box<dyn Fn(&str) + Send + Sync>;
 
+/// The audit log's outcome of a lease ended for this reason.
+fn outcome_of(why: EndReason) -> Outcome {
+    match why {
+        EndReason::Expire => Outcome::Expire,
+        EndReason::Revoke => Outcome::Revoke,
+        EndReason::Close => Outcome::Close,
+        EndReason::Shutdown => Outcome::Shutdown,
+        EndReason::Cgroup => Outcome::Cgroup,
+    }
+}
+
 /// A fresh lease id: 128 random bits, hex.
 pub fn new_lease_id() -> String {
     let mut b = [0u8; 16];
@@ -350,7 +361,7 @@ impl LeaseManager {
             self.deadlines.forget(lease);
         }
         let kind = if why == EndReason::Expire { EventKind::Expire } else { EventKind::Revoke };
-        self.audit(kind, lease, why.outcome(), who);
+        self.audit(kind, lease, outcome_of(why), who);
         tracing::info!(lease = %lease.id, path = %lease.path(), reason = why.as_str(), "lease ended; revoking");
         Some(self.engine.spawn(Job {
             lease_id: lease.id.clone(),

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::audit::Outcome;
 use crate::defaults::Reuse;
 use crate::memlock::SharedBytes;
 use crate::policy::IssuerKind;
@@ -52,16 +51,6 @@ impl EndReason {
             EndReason::Close => "close",
             EndReason::Shutdown => "shutdown",
             EndReason::Cgroup => "cgroup",
-        }
-    }
-    /// The audit log's outcome of a lease ended for this reason.
-    pub fn outcome(self) -> Outcome {
-        match self {
-            EndReason::Expire => Outcome::Expire,
-            EndReason::Revoke => Outcome::Revoke,
-            EndReason::Close => Outcome::Close,
-            EndReason::Shutdown => Outcome::Shutdown,
-            EndReason::Cgroup => Outcome::Cgroup,
         }
     }
 }
