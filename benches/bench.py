@@ -3,7 +3,7 @@
 `bindfs -o ro` over that tmpfs (a mature C libfuse3 filesystem), measured in the same run,
 alternating, medians of N runs. Prints a table, writes JSON and an SVG chart.
 
-Usage (as root): benches/bench.py [--runs 5] [--out docs/bench] [--quick]
+Usage (as root): benches/bench.py [--runs 5] [--out docs/bench] [--quick] [--only-workload]
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
@@ -184,6 +184,56 @@ def bindfs_requests_per_cat(plain, work):
         proc.wait(timeout=30)
 
 
+# Two static entries alike but for an `allow` (matching every reader's cgroup): what deriving the
+# reader's workload identity (cgroup, unit, container, pod, exe; cached per process) adds to an open.
+WORKLOAD_DOCS = [
+    {"path": "wl:plain", "attributes": {"mode": "0444"}, "data": {"value": "v"}},
+    {"path": "wl:allow", "attributes": {"mode": "0444", "allow": [{"cgroup": "/*"}]}, "data": {"value": "v"}},
+]
+
+
+def workload_row(mnt, c_loop, rounds=3):
+    """Opens/s and median open+read+close of `wl/plain` and `wl/allow`, alternating, best of `rounds`."""
+    plain, allow = os.path.join(mnt, "wl/plain"), os.path.join(mnt, "wl/allow")
+    c_loop(plain, 0.5)
+    c_loop(allow, 0.5)
+    res = {"without_allow": [], "with_allow": []}
+    for _ in range(rounds):
+        res["without_allow"].append(c_loop(plain, 2.0))
+        res["with_allow"].append(c_loop(allow, 2.0))
+    out = {k: dict(zip(("opens_per_s", "median_s"), max(v))) for k, v in res.items()}
+    out["added_us"] = (out["with_allow"]["median_s"] - out["without_allow"]["median_s"]) * 1e6
+    return out
+
+
+def workload_line(w):
+    return (f"without {w['without_allow']['opens_per_s']:.0f}/s ({w['without_allow']['median_s']*1e6:.1f} us), "
+            f"with {w['with_allow']['opens_per_s']:.0f}/s ({w['with_allow']['median_s']*1e6:.1f} us): +{w['added_us']:.1f} us")
+
+
+def only_workload(work):
+    """`--only-workload`: the workload-identity row alone, on a small mount of its own."""
+    docs = os.path.join(work, "wdocs")
+    os.makedirs(docs)
+    p = os.path.join(docs, "wl.json")
+    with open(p, "w") as f:
+        json.dump(WORKLOAD_DOCS, f)
+    os.chmod(p, 0o600)
+    loop = os.path.join(work, "openloop")
+    sh(f"cc -O2 -o {loop} {os.path.join(ROOT, 'benches', 'openloop.c')}")
+    def c_loop(path, secs):
+        r, med = sh(f"{loop} {path} {secs}").split()
+        return float(r), float(med) / 1e6
+    mnt = os.path.join(work, "wl")
+    lf = Leasefs(work, docs, mnt)
+    try:
+        w = workload_row(mnt, c_loop)
+    finally:
+        lf.stop()
+    print(f"{'workload identity on open':<31}{workload_line(w)}")
+    return w
+
+
 def pct(values, p):
     v = sorted(values)
     return v[min(len(v) - 1, int(len(v) * p))]
@@ -194,11 +244,20 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--quick", action="store_true", help="10k entries instead of 100k; no 1M run")
+    ap.add_argument("--only-workload", action="store_true", help="only the workload-identity row (allow vs none)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.py: run as root (it mounts tmpfs, bindfs and leasefs)")
     if not os.path.exists(BIN):
         sys.exit("bench.py: build first: cargo build --release")
+    if a.only_workload:
+        work = tempfile.mkdtemp(prefix="leasefs-bench-")
+        try:
+            only_workload(work)
+        finally:
+            subprocess.run(["umount", "-l", os.path.join(work, "wl")], stderr=subprocess.DEVNULL)
+            shutil.rmtree(work, ignore_errors=True)
+        return
     n2 = 10 if a.quick else 100
     total = 10 * n2 * 100
     work = tempfile.mkdtemp(prefix="leasefs-bench-")
@@ -255,6 +314,7 @@ def main():
             {"path": "base:slow", "attributes": {"type": "exec"}, "data": {"command": [slow]}},
             {"path": "dyn:slow", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:slow"}, "ttl": "30s"}},
         ]
+        dyn.extend(WORKLOAD_DOCS)
         for i in range(200):
             dyn.append({"path": f"static:d{i // 20}:s{i}", "data": {"value": f"v{i}"}})
         with open(os.path.join(ddocs, "dyn.json"), "w") as f:
@@ -276,6 +336,8 @@ def main():
         # The floor: the same loop on bindfs (a C FUSE filesystem, page cache on) and on tmpfs.
         results["bindfs_open_loop"] = dict(zip(("opens_per_s", "median_s"), c_loop(os.path.join(bmnt, "d0/e0/s0"), 2.0)))
         results["tmpfs_open_loop"] = dict(zip(("opens_per_s", "median_s"), c_loop(os.path.join(plain, "d0/e0/s0"), 2.0)))
+        print("bench: workload identity (allow vs none) ...", flush=True)
+        results["workload"] = workload_row(dmnt, c_loop)
         # 4 readers at once (2 cores here): the sum of their rates against one reader's.
         procs = [subprocess.Popen([loop, os.path.join(dmnt, "dyn/jwt"), "2.0"], stdout=subprocess.PIPE, text=True) for _ in range(4)]
         results["jwt_4_readers_opens_per_s"] = sum(float(p.communicate()[0].split()[0]) for p in procs)
@@ -405,6 +467,7 @@ def report(r, out):
         ("static open/read/close", f"{r['static_open_loop']['opens_per_s']:.0f}/s (median {r['static_open_loop']['median_s']*1e3:.3f} ms)", "-", True),
         ("  same loop on bindfs", f"{r['bindfs_open_loop']['opens_per_s']:.0f}/s (median {r['bindfs_open_loop']['median_s']*1e3:.3f} ms)", "-", True),
         ("  same loop on tmpfs", f"{r['tmpfs_open_loop']['opens_per_s']:.0f}/s (median {r['tmpfs_open_loop']['median_s']*1e3:.3f} ms)", "-", True),
+        ("workload identity on open", workload_line(r["workload"]), "-", True),
     ]
     if "rss_1m_kb" in r:
         others.append(("RSS 1M entries", f"{r['rss_1m_kb']/1024:.1f} MiB", "< 250 MiB", r["rss_1m_kb"] < 250 * 1024))

@@ -2,15 +2,18 @@
 # Builds the leasefs container image (localhost/leasefs:<version>) from Containerfile:
 # a FROM-scratch image with the binary, the shared libraries it links (found with ldd) and a
 # minimal /etc. Needs podman (or docker: IMAGE_TOOL=docker). No registry is contacted.
-# Usage: scripts/image.sh [--bin PATH] [--tag NAME]
+# --exec builds the `exec` target instead (localhost/leasefs:<version>-exec): the same plus a
+# static busybox (/bin/sh and its applets, from the host's busybox-static) for exec issuers.
+# Usage: scripts/image.sh [--bin PATH] [--tag NAME] [--exec]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="" tag=""
+bin="" tag="" target=leasefs
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --exec) target=exec; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "image.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -19,7 +22,9 @@ if [ -z "$bin" ]; then
   bin=target/release/leasefs
 fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-tag=${tag:-localhost/leasefs:$version}
+suffix=""
+[ "$target" = exec ] && suffix=-exec
+tag=${tag:-localhost/leasefs:$version$suffix}
 tool=${IMAGE_TOOL:-podman}
 
 ctx=$(mktemp -d)
@@ -39,6 +44,18 @@ for ca in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; d
 done
 printf 'root:x:0:0:root:/root:/usr/bin/leasefs\nnobody:x:65534:65534:nobody:/nonexistent:/usr/bin/leasefs\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+# The exec target's shell: a static busybox (no shared libraries), root-owned as leasefs's
+# trust checks require of the programs it runs, with a link for each applet in /bin.
+install -d -m 0755 "$ctx/busybox"
+if [ "$target" = exec ]; then
+  bb=$(command -v busybox || true)
+  [ -n "$bb" ] && { ldd "$bb" 2>&1 || true; } | grep -q 'not a dynamic executable' ||
+    { echo "image.sh: --exec needs a static busybox (Debian: apt-get install busybox-static)" >&2; exit 1; }
+  install -D -m 0755 "$bb" "$ctx/busybox/bin/busybox"
+  for applet in $("$bb" --list); do
+    [ -e "$ctx/busybox/bin/$applet" ] || ln -s busybox "$ctx/busybox/bin/$applet"
+  done
+fi
 cp Containerfile "$ctx/Containerfile"
-"$tool" build -q -f "$ctx/Containerfile" -t "$tag" "$ctx" >/dev/null
+"$tool" build -q --target "$target" -f "$ctx/Containerfile" -t "$tag" "$ctx" >/dev/null
 echo "$tag"

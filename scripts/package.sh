@@ -2,7 +2,8 @@
 # Builds the Debian package leasefs_<version>_<arch>.deb with dpkg-deb (no extra tools):
 #   /usr/bin/leasefs, /usr/sbin/mount.leasefs, the systemd units, the man page, shell
 #   completions, /etc/leasefs/config.json (0600, a conffile) and /etc/leasefs/secrets/ (0700),
-#   which pass leasefs's own permission checks, and the state directory /var/lib/leasefs.
+#   which pass leasefs's own permission checks, the state directory /var/lib/leasefs, the log
+#   directory /var/log/leasefs (0700) and the documentation in /usr/share/doc/leasefs.
 # Usage: scripts/package.sh [--bin PATH] [--out DIR] [--fast]
 #   --bin PATH  package this binary instead of building target/release/leasefs
 #   --fast      no compression (for tests)
@@ -60,6 +61,8 @@ cat > "$root/etc/leasefs/config.json" <<'JSON'
 JSON
 chmod 0600 "$root/etc/leasefs/config.json"
 install -d -m 0700 "$root/var/lib/leasefs"
+# The audit log's and mount.leasefs's log=FILE directory (systemd's LogsDirectory= makes it too).
+install -d -m 0700 "$root/var/log/leasefs"
 
 install -d -m 0755 "$root/DEBIAN"
 size=$(du -sk "$root" | cut -f1)
@@ -89,11 +92,40 @@ exit 0
 EOF
 cat > "$root/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
-# Stop the service (it revokes its live leases, then unmounts) before the binary goes away.
+# Stop the service, and on removal every other daemon of this package's binary (started by
+# `mount -t leasefs` or fstab): each revokes its live leases and unmounts before the binary goes.
 set -e
 if [ -d /run/systemd/system ]; then
-  systemctl stop leasefs.service >/dev/null 2>&1 || true
+  systemctl stop leasefs.service 'leasefs@*.service' >/dev/null 2>&1 || true
 fi
+case "$1" in
+  remove|deconfigure) ;;
+  *) exit 0 ;;
+esac
+daemons() {
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/exe" 2>/dev/null)" = /usr/bin/leasefs ] || continue
+    [ "$(cat "$p/comm" 2>/dev/null)" = leasefs-guard ] && continue
+    echo "${p#/proc/}"
+  done
+}
+pids=$(daemons)
+[ -n "$pids" ] || exit 0
+echo "leasefs: stopping $(echo $pids | wc -w) leasefs daemon(s) (revoking their leases, unmounting)" >&2
+kill -TERM $pids 2>/dev/null || true
+# As long as systemd would wait (TimeoutStopSec=90s), then killed.
+i=0
+while [ -n "$(daemons)" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done
+left=$(daemons)
+if [ -n "$left" ]; then
+  echo "leasefs: killing $left (still running after 90 s)" >&2
+  kill -KILL $left 2>/dev/null || true
+fi
+# A mount whose daemon had to be killed is dead: detach it.
+awk '$1 == "leasefs" && $3 ~ /^fuse/ {print $2}' /proc/mounts | while read -r m; do
+  m=$(printf '%b' "$m")
+  stat "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null || true
+done
 exit 0
 EOF
 cat > "$root/DEBIAN/postrm" <<'EOF'
@@ -101,6 +133,8 @@ cat > "$root/DEBIAN/postrm" <<'EOF'
 set -e
 if [ "$1" = purge ]; then
   rm -rf /var/lib/leasefs /var/log/leasefs
+  # What `systemctl enable leasefs` (or leasefs@NAME) linked.
+  rm -f /etc/systemd/system/*.wants/leasefs.service /etc/systemd/system/*.wants/leasefs@*.service
 fi
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload >/dev/null 2>&1 || true

@@ -6,7 +6,39 @@ use crate::policy::{IssuerKind, KEYS as POLICY_KEYS};
 use crate::secret::{SecretKind, SecretMeta};
 
 /// Keys leasefs itself reads on any document, besides the policy's (`policy::KEYS`).
-const OWN_KEYS: [&str; 6] = ["owner", "group", "mode", "type", "expose", "linkConfig"];
+const OWN_KEYS: [&str; 9] =
+    ["owner", "group", "mode", "type", "expose", "linkConfig", "allow", "max_overhang", "allow_overhang"];
+
+/// How far past its lease a credential may state it is valid when its issuer cannot revoke it,
+/// unless the entry's `max_overhang` says otherwise.
+pub const MAX_OVERHANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a dynamic entry allows of a credential that states a validity past its lease's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overhang {
+    /// `max_overhang`: the most a credential leasefs cannot revoke may outlive its lease.
+    pub max: std::time::Duration,
+    /// `allow_overhang: true`: serve it anyway (audited and counted).
+    pub allow: bool,
+}
+
+/// Reads `max_overhang` (a duration) and `allow_overhang` (a boolean); an error names the key.
+pub fn overhang(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Overhang, KeyProblem> {
+    let max = match attrs.get("max_overhang") {
+        None => MAX_OVERHANG,
+        Some(v) => crate::policy::duration_value("max_overhang", v)
+            .map_err(|e| KeyProblem { key: e.key, message: e.message })?,
+    };
+    let allow = match attrs.get("allow_overhang") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => {
+            let message = "attributes.allow_overhang must be true or false".to_string();
+            return Err(KeyProblem { key: "allow_overhang".into(), message });
+        }
+    };
+    Ok(Overhang { max, allow })
+}
 
 /// The per-entry keys each issuer reads from a dynamic entry's `attributes` (`src/issuer/*.rs`).
 /// `exec` passes every attribute to its script, so it has no fixed list.
@@ -53,7 +85,24 @@ pub fn check_keys<'a>(
     kind: &SecretKind,
     attrs: &'a serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<&'a str>, KeyProblem> {
+    if let Some(v) = attrs.get("allow") {
+        crate::workload::check_allow(v).map_err(|message| KeyProblem { key: "allow".into(), message })?;
+    }
+    if matches!(kind, SecretKind::Dynamic { .. }) {
+        if let Err(e) = crate::workload::check_template_names(attrs) {
+            let key = attribute_named(&e).unwrap_or_default();
+            return Err(KeyProblem { key, message: e });
+        }
+    }
     let mut pending = Vec::new();
+    if attrs.contains_key("max_overhang") || attrs.contains_key("allow_overhang") {
+        if !matches!(kind, SecretKind::Dynamic { .. }) {
+            let key = if attrs.contains_key("max_overhang") { "max_overhang" } else { "allow_overhang" };
+            let message = format!("attributes.{key} bounds a dynamic credential's life; this secret is not dynamic");
+            return Err(KeyProblem { key: key.into(), message });
+        }
+        overhang(attrs)?;
+    }
     for key in attrs.keys().map(String::as_str).filter(|k| !is_leasefs_key(k)) {
         match kind {
             SecretKind::Dynamic { .. } => {
@@ -87,6 +136,33 @@ pub fn check_for_issuer<'a>(issuer: IssuerKind, keys: impl IntoIterator<Item = &
     Ok(())
 }
 
+/// Parses an entry's parameters as its issuer will at each open, so that a wrong one is named
+/// when the document loads (`check`, the mount's log) rather than at the first open.
+pub fn check_params(issuer: IssuerKind, attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), KeyProblem> {
+    let problem = |e: crate::policy::AttrError| KeyProblem { key: e.key, message: e.message };
+    match issuer {
+        IssuerKind::Openbao => crate::issuer::openbao::Params::parse(attrs).map(|_| ()).map_err(problem),
+        IssuerKind::Postgres => crate::issuer::postgres::check_grants(attrs).map_err(problem),
+        IssuerKind::Jwt => {
+            let bad = |key: &str, what: &str| KeyProblem {
+                key: key.into(),
+                message: format!("attributes.{key} must be {what}"),
+            };
+            match (attrs.get("claims"), attrs.get("subject"), attrs.get("audience")) {
+                (Some(c), _, _) if !c.is_object() => Err(bad("claims", "an object of claims")),
+                (_, Some(s), _) if !s.is_string() => Err(bad("subject", "a string")),
+                (_, _, Some(a))
+                    if !(a.is_string() || a.as_array().is_some_and(|l| l.iter().all(|v| v.is_string()))) =>
+                {
+                    Err(bad("audience", "a string or an array of strings"))
+                }
+                _ => Ok(()),
+            }
+        }
+        IssuerKind::Exec | IssuerKind::Aws | IssuerKind::Azure => Ok(()),
+    }
+}
+
 /// A dynamic entry's attribute keys that leasefs does not read itself: fine for an `exec` base
 /// (passed to the script), refused for another issuer unless it reads them. Judged once the
 /// source's listing is whole, since the base may be in another file.
@@ -113,8 +189,12 @@ pub fn settle(secrets: &[std::sync::Arc<SecretMeta>], pending: Vec<Pending>) -> 
     for p in pending {
         // A link that finds no base is reported as such (`check`); its keys cannot be judged.
         let Some(issuer) = bases.get(p.link.as_str()) else { continue };
-        if let Err(k) = check_for_issuer(*issuer, p.keys.iter().map(|(k, _)| k.as_str())) {
-            if let Some((_, at)) = p.keys.into_iter().find(|(key, _)| *key == k.key) {
+        let judged = check_for_issuer(*issuer, p.keys.iter().map(|(k, _)| k.as_str()))
+            .and_then(|()| secrets.get(p.secret).map_or(Ok(()), |m| check_params(*issuer, m.attributes())));
+        if let Err(k) = judged {
+            // At its key; a missing key's problem at the entry's first key leasefs does not read.
+            let at = p.keys.iter().position(|(key, _)| *key == k.key).unwrap_or(0);
+            if let Some((_, at)) = p.keys.into_iter().nth(at) {
                 problems.push(FileError { message: k.message, ..at });
                 refused.push(p.secret);
             }
@@ -265,6 +345,17 @@ pub fn place_of(meta: &SecretMeta, key: &str) -> Option<String> {
     })
 }
 
+/// `check`'s warning for an entry that lets a credential outlive its lease (`allow_overhang`).
+pub fn overhang_warning(meta: &SecretMeta, shown_path: &str) -> Option<String> {
+    if meta.attributes().get("allow_overhang") != Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    let place = place_of(meta, "allow_overhang").unwrap_or_else(|| shown_path.to_string());
+    Some(format!(
+        "{place}: attributes.allow_overhang: a credential that states a validity past its lease and cannot be revoked is served (audited `outlives`, counted in leasefs_overhang_allowed_total)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +397,35 @@ mod tests {
         assert_eq!(e.key, "colour");
         let e = check_for_issuer(IssuerKind::Jwt, ["audiance"]).unwrap_err();
         assert!(e.message.contains("did you mean `audience`"), "{e:?}");
+        // `allow` and templates are judged when the document is read.
+        assert!(check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow": [{"unit": "a.service"}]}))).is_ok());
+        let e =
+            check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow": [{"unti": "a.service"}]}))).unwrap_err();
+        assert!(e.key == "allow" && e.message.contains("did you mean `unit`"), "{e:?}");
+        let e = check_keys(&dynamic, &attrs(serde_json::json!({"subject": "{{workload.pod}}"}))).unwrap_err();
+        assert_eq!(e.key, "subject", "{e:?}");
+    }
+
+    #[test]
+    fn overhang_keys_are_judged_at_load() {
+        let dynamic = SecretKind::Dynamic { link: "base/x".into() };
+        let ok = attrs(serde_json::json!({"max_overhang": "5s", "allow_overhang": true}));
+        assert!(check_keys(&dynamic, &ok).unwrap().is_empty());
+        assert_eq!(overhang(&ok).unwrap(), Overhang { max: std::time::Duration::from_secs(5), allow: true });
+        assert_eq!(overhang(&attrs(serde_json::json!({}))).unwrap().max, MAX_OVERHANG);
+        for (bad, key) in [
+            (serde_json::json!({"max_overhang": "soon"}), "max_overhang"),
+            (serde_json::json!({"allow_overhang": "yes"}), "allow_overhang"),
+        ] {
+            let e = check_keys(&dynamic, &attrs(bad)).unwrap_err();
+            assert_eq!(e.key, key, "{e:?}");
+        }
+        let e = check_keys(&SecretKind::Static, &attrs(serde_json::json!({"allow_overhang": true}))).unwrap_err();
+        assert!(e.message.contains("not dynamic"), "{e:?}");
+        let e = check_params(IssuerKind::Postgres, &attrs(serde_json::json!({"grants": [1]}))).unwrap_err();
+        assert_eq!(e.key, "grants");
+        let e = check_params(IssuerKind::Jwt, &attrs(serde_json::json!({"claims": "x"}))).unwrap_err();
+        assert_eq!(e.key, "claims");
     }
 
     /// Every attribute an issuer reads is in its list, so that no valid entry is refused.

@@ -15,7 +15,7 @@ use crate::config::{Config, SourceKind};
 use crate::fs::tree::Owner;
 use crate::fs::{LeaseFs, Settings, SourceSpec};
 use crate::fuse::FuseAdapter;
-use crate::issuer::Issuers;
+use crate::issuer::registry::Issuers;
 use crate::lease::LeaseManager;
 use crate::lease::journal::{Journal, Record};
 use crate::metrics::Metrics;
@@ -54,10 +54,11 @@ pub fn build_sources(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Vec<Sour
         let prefix = split_path(sc.prefix().trim_start_matches('/'), true).map_err(anyhow::Error::msg)?;
         let source: Arc<dyn Source> = match sc.kind {
             SourceKind::Local => Arc::new(
-                LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms).with_sizes(sc.page_cache()),
+                LocalSource::new(sc.path.clone().unwrap_or_default(), !opts.insecure_perms)
+                    .with_sizes(sc.page_cache())
+                    .with_defaults(cfg.defaults.clone()),
             ),
             SourceKind::Openbao => Arc::new(OpenBaoSource::new(
-                sc.prefix().to_string(),
                 sc.endpoints(),
                 sc.auth.clone().unwrap_or(crate::openbao_auth::AuthConfig::Token {
                     token_file: sc.token_file.clone().unwrap_or_default(),
@@ -98,6 +99,7 @@ pub fn build_fs(cfg: &Config, opts: &RunOptions, mounting: bool) -> anyhow::Resu
         cfg.defaults.clone(),
         audit.clone(),
         Arc::new(Metrics::default()),
+        crate::clock::Clock::System,
     );
     let settings = Settings {
         defaults: cfg.defaults.clone(),
@@ -356,7 +358,7 @@ async fn serve(fs: &Arc<LeaseFs>, cfg: &Config, s: &mut Signals, done: &mut toki
                     _ = s.int.recv() => { tracing::info!("SIGINT during a refresh: shutting down"); break; }
                 }
             }
-            _ = &mut *done => { tracing::warn!("the mount went away (unmounted from outside); exiting"); break; }
+            _ = &mut *done => { tracing::info!("unmounted from outside (umount); revoking live leases and exiting"); break; }
         }
     }
 }

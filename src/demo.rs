@@ -3,7 +3,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::config::{Config, Defaults, Dur, SourceConfig};
+use crate::config::{Config, SourceConfig};
+
+use crate::defaults::{Defaults, Dur};
 
 /// The demo's documents: (file name, JSON).
 pub const CATALOG: &[(&str, &str)] = &[(

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Quota,
     /// The entry is issuing as much as it may, at once or per minute (`EAGAIN`).
     Busy,
+    /// The credential states a validity past its lease that its issuer cannot cut short (`EIO`).
+    Outlives,
     /// No memory could be mapped for the secret's bytes (`ENOMEM`).
     NoMemory,
 }
@@ -87,8 +89,8 @@ impl LeaseError {
             ErrorKind::ShuttingDown => "shutdown",
             ErrorKind::Quota => "quota",
             ErrorKind::Busy => "busy",
-            ErrorKind::NoMemory => "memory",
-            ErrorKind::Failed | ErrorKind::Unavailable => "error",
+            ErrorKind::Outlives => "outlives",
+            ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::NoMemory => "error",
         }
     }
 }
@@ -100,7 +102,7 @@ impl ToErrno for LeaseError {
             ErrorKind::Quota => libc::EDQUOT,
             ErrorKind::Busy => libc::EAGAIN,
             ErrorKind::NoMemory => libc::ENOMEM,
-            ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown => libc::EIO,
+            ErrorKind::Failed | ErrorKind::Unavailable | ErrorKind::ShuttingDown | ErrorKind::Outlives => libc::EIO,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::fs::tree::Changes;
 use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened, placeholder_at};
 use crate::metrics::Request as Op;
 use crate::notifier::{Note, Notes};
-use crate::secret::Requester;
+use crate::requester::Requester;
 
 pub struct FuseAdapter {
     fs: Arc<LeaseFs>,

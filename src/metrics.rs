@@ -25,21 +25,11 @@ struct Inner {
     revoked: BTreeMap<String, u64>,
     revoke_failed: BTreeMap<String, u64>,
     irrevocable: BTreeMap<String, u64>,
+    abandoned: BTreeMap<String, u64>,
     expired: u64,
     rotate_unheard: u64,
+    overhang_allowed: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
-}
-
-/// FUSE operations, counted by the filesystem logic.
-#[derive(Default)]
-pub struct Ops {
-    pub lookup: AtomicU64,
-    pub getattr: AtomicU64,
-    pub readdir: AtomicU64,
-    pub open: AtomicU64,
-    pub read: AtomicU64,
-    pub release: AtomicU64,
-    pub errors: AtomicU64,
 }
 
 /// The FUSE requests the adapter answers, counted by operation.
@@ -127,8 +117,10 @@ pub struct Gauges {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
-    pub ops: Ops,
+    /// FUSE requests, counted by the adapter (the one count of them).
     requests: [AtomicU64; Request::ALL.len()],
+    /// Opens answered with an error.
+    open_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -166,12 +158,24 @@ impl Metrics {
     pub fn request(&self, r: Request) {
         self.requests[r as usize].fetch_add(1, Ordering::Relaxed);
     }
+    /// One open answered with an error.
+    pub fn open_failed(&self) {
+        self.open_errors.fetch_add(1, Ordering::Relaxed);
+    }
 
     pub fn irrevocable(&self, issuer: &str) {
         self.with(|i| *i.irrevocable.entry(issuer.into()).or_default() += 1)
     }
+    /// An irrevocable lease whose automatic revocation attempts stopped.
+    pub fn revoke_abandoned(&self, issuer: &str) {
+        self.with(|i| *i.abandoned.entry(issuer.into()).or_default() += 1)
+    }
     pub fn expired(&self) {
         self.with(|i| i.expired += 1)
+    }
+    /// A credential served although it states a validity past its lease (`allow_overhang`).
+    pub fn overhang_allowed(&self, issuer: &str) {
+        self.with(|i| *i.overhang_allowed.entry(issuer.into()).or_default() += 1)
     }
     /// A rotation that reached nobody (no live opener, no pid file, the command failed).
     pub fn rotate_unheard(&self) {
@@ -220,6 +224,18 @@ impl Metrics {
             "Leases marked irrevocable (revocation refused past irrevocable_after), by issuer.",
             &i.irrevocable,
         );
+        by_issuer(
+            &mut o,
+            "leasefs_revocations_abandoned_total",
+            "Irrevocable leases whose automatic revocation attempts stopped (an hour of slow retries), by issuer.",
+            &i.abandoned,
+        );
+        by_issuer(
+            &mut o,
+            "leasefs_overhang_allowed_total",
+            "Credentials served that state a validity past their lease (allow_overhang), by issuer.",
+            &i.overhang_allowed,
+        );
         family(&mut o, "leasefs_expirations_total", "counter", "Leases that reached their expiry.");
         let _ = writeln!(o, "leasefs_expirations_total {}", i.expired);
         family(
@@ -239,25 +255,13 @@ impl Metrics {
         let _ = writeln!(o, "leasefs_open_handles {}", g.open_handles);
         family(&mut o, "leasefs_guard_restarts_total", "counter", "Times the exec guard died and was started again.");
         let _ = writeln!(o, "leasefs_guard_restarts_total {}", GUARD_RESTARTS.load(Ordering::Relaxed));
-        family(&mut o, "leasefs_fuse_ops_total", "counter", "FUSE operations served, by operation.");
-        let ops = &self.ops;
-        for (name, c) in [
-            ("lookup", &ops.lookup),
-            ("getattr", &ops.getattr),
-            ("readdir", &ops.readdir),
-            ("open", &ops.open),
-            ("read", &ops.read),
-            ("release", &ops.release),
-        ] {
-            let _ = writeln!(o, "leasefs_fuse_ops_total{{op=\"{name}\"}} {}", c.load(Ordering::Relaxed));
-        }
         family(&mut o, "leasefs_fuse_requests_total", "counter", "FUSE requests from the kernel, by operation.");
         for r in Request::ALL {
             let n = self.requests[r as usize].load(Ordering::Relaxed);
             let _ = writeln!(o, "leasefs_fuse_requests_total{{op=\"{}\"}} {n}", r.name());
         }
-        family(&mut o, "leasefs_fuse_errors_total", "counter", "FUSE operations answered with an error.");
-        let _ = writeln!(o, "leasefs_fuse_errors_total {}", ops.errors.load(Ordering::Relaxed));
+        family(&mut o, "leasefs_fuse_errors_total", "counter", "Opens answered with an error.");
+        let _ = writeln!(o, "leasefs_fuse_errors_total {}", self.open_errors.load(Ordering::Relaxed));
         o
     }
 }

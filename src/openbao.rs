@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BaoError {
@@ -126,7 +126,8 @@ impl BaoClient {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first = PREFERRED.lock().get(&self.key).copied().unwrap_or(0) % self.nodes.len();
         let mut last = String::new();
-        let (mut round, mut throttled) = (0u32, 0u32);
+        let mut round = 0u32;
+        let mut throttle = crate::retry::Throttle::new("OpenBao", deadline);
         loop {
             for i in (0..self.nodes.len()).map(|k| (first + k) % self.nodes.len()) {
                 let node = &self.nodes[i];
@@ -157,16 +158,10 @@ impl BaoClient {
                     };
                     let status = resp.status();
                     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                        let wait = crate::tls::retry_after(&resp, throttled);
-                        throttled += 1;
-                        if tokio::time::Instant::now() + wait >= deadline {
-                            return Err(BaoError::Unreachable(format!(
-                                "{}: rate limited (429) past the timeout",
-                                node.base
-                            )));
+                        if !throttle.wait(&resp, &node.base).await {
+                            let past = format!("{}: rate limited (429) past the timeout", node.base);
+                            return Err(BaoError::Unreachable(past));
                         }
-                        tracing::info!(node = %node.base, wait_ms = wait.as_millis() as u64, "OpenBao rate limit (429): waiting as Retry-After says");
-                        tokio::time::sleep(wait).await;
                         continue; // the same node
                     }
                     if status == reqwest::StatusCode::BAD_GATEWAY || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
@@ -179,7 +174,7 @@ impl BaoClient {
                 }
             }
             // Every node failed this round: back off (1 s, 2 s, 4 s … ±25 %) within the deadline.
-            let wait = crate::lease::revoke::backoff(round);
+            let wait = crate::retry::backoff(round);
             round += 1;
             if tokio::time::Instant::now() + wait >= deadline {
                 return Err(BaoError::Unreachable(last));

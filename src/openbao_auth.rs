@@ -186,16 +186,3 @@ impl Login {
         Ok(s)
     }
 }
-
-static LOGINS: std::sync::LazyLock<Mutex<std::collections::HashMap<String, Arc<Login>>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Makes a source's login reachable by name, so that the `openbao` issuer always uses the
-/// current token (never a copy cached with a base secret).
-pub fn register(name: &str, login: Arc<Login>) {
-    LOGINS.lock().insert(name.to_string(), login);
-}
-
-pub fn registered(name: &str) -> Option<Arc<Login>> {
-    LOGINS.lock().get(name).cloned()
-}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 pub use crate::rotation::{RotateBy, Rotation};
 use std::time::Duration;
 
-use crate::config::{Defaults, Reuse, parse_duration};
+use crate::defaults::{Defaults, Reuse, parse_duration};
 use crate::render::Format;
 
 /// The issuer kinds a base secret may name in `attributes.type`: the one list of them.
@@ -49,6 +49,20 @@ impl IssuerKind {
     /// The names, for error messages.
     pub fn names() -> String {
         Self::ALL.map(IssuerKind::as_str).join(", ")
+    }
+}
+
+/// Written by its name (`"exec"`), in the audit log and the journal.
+impl serde::Serialize for IssuerKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IssuerKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        IssuerKind::parse(&name).ok_or_else(|| serde::de::Error::custom("an issuer kind this build does not know"))
     }
 }
 
@@ -186,10 +200,12 @@ impl Policy {
         p.min_remaining = dur("min_remaining")?;
         if let Some(v) = attrs.get("reuse") {
             let r = v.as_str().and_then(Reuse::parse);
-            p.reuse =
-                Some(r.ok_or_else(|| {
-                    err("reuse", "attributes.reuse must be \"none\", \"uid\", \"pid\" or \"session\"")
-                })?);
+            p.reuse = Some(r.ok_or_else(|| {
+                err(
+                    "reuse",
+                    "attributes.reuse must be \"none\", \"uid\", \"pid\", \"session\", \"workload\" or \"cgroup\"",
+                )
+            })?);
         }
         if let Some(v) = attrs.get("files") {
             let map = v.as_object().ok_or_else(|| err("files", "attributes.files must map file names to formats"))?;
@@ -214,10 +230,12 @@ impl Policy {
             // The files of a bundle share one lease per binding: the reader's session by default.
             let bind = match attrs.get("bind") {
                 None => Reuse::Session,
-                Some(v) => v
-                    .as_str()
-                    .and_then(Reuse::parse)
-                    .ok_or_else(|| err("bind", "attributes.bind must be \"session\", \"pid\", \"uid\" or \"none\""))?,
+                Some(v) => v.as_str().and_then(Reuse::parse).ok_or_else(|| {
+                    err(
+                        "bind",
+                        "attributes.bind must be \"session\", \"pid\", \"uid\", \"workload\", \"cgroup\" or \"none\"",
+                    )
+                })?,
             };
             p.reuse = Some(bind);
         }
@@ -254,7 +272,8 @@ impl Policy {
             })?;
             p.rotate_at = Some((f * 1000.0).round() as u32);
         }
-        (p.rotate_pid_file, p.rotate_command) = crate::rotation::parse(attrs, p.rotate_signal.is_some())?;
+        (p.rotate_pid_file, p.rotate_command) = crate::rotation::parse(attrs, p.rotate_signal.is_some())
+            .map_err(|(key, message)| AttrError::new(key, message))?;
         p.max_concurrent_issuances = count("max_concurrent_issuances")?;
         p.max_issues_per_minute = count("max_issues_per_minute")?;
         if let Some(v) = attrs.get("per_uid_share") {

@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 /// A rendering format, parsed from `attributes.format`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,8 @@ fn buffer(fields: &SecretFields) -> Bytes {
     Zeroizing::new(Vec::with_capacity(need + 1024))
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+/// A time as the credentials, `leases.json` and the log write it: RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -105,116 +106,139 @@ pub fn render(fields: &SecretFields, format: &Format, expires_at: Option<DateTim
     };
     match format {
         Format::Json => write_json(&mut out, fields)?,
-        Format::CredentialProcess => {
-            #[derive(Serialize)]
-            #[serde(rename_all = "PascalCase")]
-            struct Cp<'a> {
-                version: u8,
-                access_key_id: &'a str,
-                secret_access_key: &'a str,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                session_token: Option<&'a str>,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                expiration: Option<String>,
-            }
-            let cp = Cp {
-                version: 1,
-                access_key_id: need(fields, &["access_key_id", "AccessKeyId"], "credential_process")?,
-                secret_access_key: need(fields, &["secret_access_key", "SecretAccessKey"], "credential_process")?,
-                session_token: fields.get_any(&["session_token", "SessionToken"]),
-                expiration: expiry(),
-            };
-            write_json(&mut out, &cp)?;
-        }
-        Format::ExecCredential => {
-            #[derive(Serialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Status<'a> {
-                token: &'a str,
-                expiration_timestamp: Option<String>,
-            }
-            #[derive(Serialize)]
-            #[serde(rename_all = "camelCase")]
-            struct ExecCredential<'a> {
-                api_version: &'static str,
-                kind: &'static str,
-                status: Status<'a>,
-            }
-            // Borrowed straight from the secret box into the output buffer: no copy of the token.
-            let token = need(fields, &["token", "Token"], "exec_credential")?;
-            let v = ExecCredential {
-                api_version: "client.authentication.k8s.io/v1",
-                kind: "ExecCredential",
-                status: Status { token, expiration_timestamp: expiry() },
-            };
-            write_json(&mut out, &v)?;
-        }
-        Format::AwsIni => {
-            out.extend_from_slice(b"[default]\n");
-            for (key, names) in [
-                ("aws_access_key_id", &["access_key_id", "AccessKeyId"][..]),
-                ("aws_secret_access_key", &["secret_access_key", "SecretAccessKey"][..]),
-                ("aws_session_token", &["session_token", "SessionToken"][..]),
-            ] {
-                let v = if key == "aws_session_token" {
-                    match fields.get_any(names) {
-                        Some(v) => v,
-                        None => continue,
-                    }
-                } else {
-                    need(fields, names, "aws_ini")?
-                };
-                check_one_line(key, v)?;
-                out.extend_from_slice(key.as_bytes());
-                out.extend_from_slice(b" = ");
-                out.extend_from_slice(v.as_bytes());
-                out.push(b'\n');
-            }
-        }
-        Format::Env => {
-            for (k, v) in &fields.fields {
-                use secrecy::ExposeSecret;
-                let key: String =
-                    k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-                let key = if key.starts_with(|c: char| c.is_ascii_digit()) { format!("_{key}") } else { key };
-                out.extend_from_slice(key.as_bytes());
-                out.extend_from_slice(b"='");
-                for b in v.text.expose_secret().bytes() {
-                    if b == b'\'' {
-                        out.extend_from_slice(b"'\\''");
-                    } else {
-                        out.push(b);
-                    }
-                }
-                out.extend_from_slice(b"'\n");
-            }
-        }
+        Format::CredentialProcess => credential_process(&mut out, fields, expiry())?,
+        Format::ExecCredential => exec_credential(&mut out, fields, expiry())?,
+        Format::AwsIni => aws_ini(&mut out, fields)?,
+        Format::Env => env(&mut out, fields),
         Format::Raw(field) => {
             let v = fields
                 .get(field)
                 .ok_or_else(|| format!("format raw:{field}: no field {field:?}; the credential has {fields:?}"))?;
             out.extend_from_slice(v.as_bytes());
         }
-        Format::Template(t) => {
-            let mut rest = t.as_str();
-            while let Some(i) = rest.find("{{") {
-                out.extend_from_slice(&rest.as_bytes()[..i]);
-                let after = &rest[i + 2..];
-                let end = after.find("}}").ok_or("template has an unclosed {{")?;
-                let name = after[..end].trim();
-                match fields.get(name) {
-                    Some(v) => out.extend_from_slice(v.as_bytes()),
-                    None if name == "expires_at" => out.extend_from_slice(expiry().unwrap_or_default().as_bytes()),
-                    None => {
-                        return Err(format!("template names {{{{{name}}}}}, but the credential has {fields:?}"));
-                    }
-                }
-                rest = &after[end + 2..];
-            }
-            out.extend_from_slice(rest.as_bytes());
-        }
+        Format::Template(t) => template(&mut out, fields, t, expiry)?,
     }
     Ok(out)
+}
+
+/// The AWS SDKs' `credential_process` contract (version 1).
+fn credential_process(out: &mut Bytes, fields: &SecretFields, expiration: Option<String>) -> Result<(), String> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Cp<'a> {
+        version: u8,
+        access_key_id: &'a str,
+        secret_access_key: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session_token: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expiration: Option<String>,
+    }
+    let cp = Cp {
+        version: 1,
+        access_key_id: need(fields, &["access_key_id", "AccessKeyId"], "credential_process")?,
+        secret_access_key: need(fields, &["secret_access_key", "SecretAccessKey"], "credential_process")?,
+        session_token: fields.get_any(&["session_token", "SessionToken"]),
+        expiration,
+    };
+    write_json(out, &cp)
+}
+
+/// A Kubernetes client-go `ExecCredential`.
+fn exec_credential(out: &mut Bytes, fields: &SecretFields, expiration: Option<String>) -> Result<(), String> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Status<'a> {
+        token: &'a str,
+        expiration_timestamp: Option<String>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ExecCredential<'a> {
+        api_version: &'static str,
+        kind: &'static str,
+        status: Status<'a>,
+    }
+    // Borrowed straight from the secret box into the output buffer: no copy of the token.
+    let token = need(fields, &["token", "Token"], "exec_credential")?;
+    let v = ExecCredential {
+        api_version: "client.authentication.k8s.io/v1",
+        kind: "ExecCredential",
+        status: Status { token, expiration_timestamp: expiration },
+    };
+    write_json(out, &v)
+}
+
+/// An AWS shared credentials file's `[default]` profile.
+fn aws_ini(out: &mut Bytes, fields: &SecretFields) -> Result<(), String> {
+    out.extend_from_slice(b"[default]\n");
+    for (key, names) in [
+        ("aws_access_key_id", &["access_key_id", "AccessKeyId"][..]),
+        ("aws_secret_access_key", &["secret_access_key", "SecretAccessKey"][..]),
+        ("aws_session_token", &["session_token", "SessionToken"][..]),
+    ] {
+        let v = if key == "aws_session_token" {
+            match fields.get_any(names) {
+                Some(v) => v,
+                None => continue,
+            }
+        } else {
+            need(fields, names, "aws_ini")?
+        };
+        check_one_line(key, v)?;
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b" = ");
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+/// `KEY='value'` lines a shell can source: keys upper-cased, single quotes escaped.
+fn env(out: &mut Bytes, fields: &SecretFields) {
+    use secrecy::ExposeSecret;
+    for (k, v) in &fields.fields {
+        let key: String =
+            k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        let key = if key.starts_with(|c: char| c.is_ascii_digit()) { format!("_{key}") } else { key };
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"='");
+        for b in v.text.expose_secret().bytes() {
+            if b == b'\'' {
+                out.extend_from_slice(b"'\\''");
+            } else {
+                out.push(b);
+            }
+        }
+        out.extend_from_slice(b"'\n");
+    }
+}
+
+/// `{{field}}` replaced by the field's value; `{{expires_at}}` by the expiry when no field has
+/// that name.
+fn template(
+    out: &mut Bytes,
+    fields: &SecretFields,
+    t: &str,
+    expiry: impl Fn() -> Option<String>,
+) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(i) = rest.find("{{") {
+        out.extend_from_slice(&rest.as_bytes()[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find("}}").ok_or("template has an unclosed {{")?;
+        let name = after[..end].trim();
+        match fields.get(name) {
+            Some(v) => out.extend_from_slice(v.as_bytes()),
+            None if name == "expires_at" => out.extend_from_slice(expiry().unwrap_or_default().as_bytes()),
+            None => {
+                return Err(format!("template names {{{{{name}}}}}, but the credential has {fields:?}"));
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+    Ok(())
 }
 
 fn check_one_line(key: &str, v: &str) -> Result<(), String> {

@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::policy::AttrError;
-
 /// How a rotation reaches the daemon that holds a lease, and when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rotation {
@@ -28,11 +26,14 @@ type Attrs = serde_json::Map<String, serde_json::Value>;
 /// An entry's `rotate_pid_file` and `rotate_command`, as written.
 pub type Targets = (Option<Arc<Path>>, Option<Arc<[String]>>);
 
+/// Why `rotate_*` attributes were refused: the key, and what is wrong (never the value).
+pub type Refusal = (&'static str, &'static str);
+
 /// `rotate_pid_file` (an absolute path; needs `rotate_signal`, given as `signal`) and
 /// `rotate_command` (argv; not with `rotate_signal` or `rotate_pid_file`: it runs instead of
 /// signalling). An error names the key, never a value.
-pub fn parse(attrs: &Attrs, signal: bool) -> Result<Targets, AttrError> {
-    let err = |key: &str, m: &str| AttrError::new(key, m);
+pub fn parse(attrs: &Attrs, signal: bool) -> Result<Targets, Refusal> {
+    let err = |key: &'static str, m: &'static str| (key, m);
     let mut pid_file = None;
     if let Some(v) = attrs.get("rotate_pid_file") {
         let path = v.as_str().map(Path::new).filter(|p| p.is_absolute() && p.file_name().is_some());

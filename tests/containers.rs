@@ -203,6 +203,107 @@ fn leasefs_inside_a_container_shares_its_mount_with_the_host() {
     assert!(logs.contains("unmounted"), "{logs}");
 }
 
+/// /etc/leasefs for a container: config.json and secrets/ (0700, documents 0600), with
+/// `documents` as secrets/app.json.
+fn container_etc(env: &Env, documents: &serde_json::Value) -> PathBuf {
+    let cfg = env.path("etc");
+    std::fs::create_dir_all(cfg.join("secrets")).unwrap();
+    for d in [cfg.clone(), cfg.join("secrets")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let doc = cfg.join("secrets/app.json");
+    std::fs::write(&doc, documents.to_string()).unwrap();
+    std::fs::set_permissions(&doc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        json!({"sources": [{"type": "local", "path": "/etc/leasefs/secrets"}], "state_dir": "/var/lib/leasefs", "allow_other": true})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(cfg.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    cfg
+}
+
+#[test]
+fn an_exec_issuer_runs_in_the_exec_image_and_the_plain_image_says_why_it_cannot() {
+    require_root("rootful podman, bind mounts");
+    let exec_image = ok(
+        &format!("{ROOT}/scripts/image.sh"),
+        &["--bin", BIN, "--tag", "localhost/leasefs-test-exec:latest", "--exec"],
+    );
+    assert_eq!(exec_image.trim(), "localhost/leasefs-test-exec:latest");
+    let plain = ok(&format!("{ROOT}/scripts/image.sh"), &["--bin", BIN, "--tag", "localhost/leasefs-test:latest"]);
+    assert_eq!(plain.trim(), "localhost/leasefs-test:latest");
+    let env = Env::new();
+    // An issuer script as docs/issuers.md writes them: #!/bin/sh, the request on stdin.
+    let docs = json!([
+        {"path": "base:exec:db", "attributes": {"type": "exec"}, "data": {"command": ["/etc/leasefs/issuer.sh"]}},
+        {"path": "dyn:db:password", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:exec:db"},
+            "format": "raw:Password", "mode": "0444"}},
+    ]);
+    let cfg = container_etc(&env, &docs);
+    let script = cfg.join("issuer.sh");
+    std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\necho \"{\\\"Password\\\": \\\"pw-$$-$(date +%s)\\\"}\"\n")
+        .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let etc = format!("{}:/etc/leasefs:ro", cfg.display());
+
+    // The plain image has no shell: check says so, naming the script and its #! line.
+    let o = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &etc,
+        plain.trim(),
+        "check",
+        "--config",
+        "/etc/leasefs/config.json",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "check passed in an image without /bin/sh: {err}");
+    assert!(err.contains("issuer.sh") && err.contains("#!/bin/sh") && err.contains("No such file"), "{err}");
+
+    // The exec image runs it: each read on the host is a fresh credential from the container.
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    ok("mount", &["--bind", shared.to_str().unwrap(), shared.to_str().unwrap()]);
+    ok("mount", &["--make-shared", shared.to_str().unwrap()]);
+    let _unmount = Unmount(shared.clone());
+    let name = format!("leasefs-test-exec-{}", std::process::id());
+    let o = podman(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--device",
+        "/dev/fuse",
+        "--cap-add",
+        "SYS_ADMIN",
+        "-v",
+        &etc,
+        "-v",
+        &format!("{}:/secrets:rshared", shared.display()),
+        exec_image.trim(),
+        "mount",
+        "/secrets",
+        "--config",
+        "/etc/leasefs/config.json",
+    ]);
+    assert!(o.status.success(), "podman run: {}", String::from_utf8_lossy(&o.stderr));
+    let _rm = Remove(name.clone());
+    let file = shared.join("dyn/db/password");
+    eventually(Duration::from_secs(20), "the container's mount to reach the host", || file.exists());
+    let (a, b) = (read(&file), read(&file));
+    let logs = String::from_utf8_lossy(&podman(&["logs", &name]).stderr).into_owned();
+    let (a, b) = (a.unwrap_or_else(|e| panic!("{e}: {logs}")), b.unwrap_or_else(|e| panic!("{e}: {logs}")));
+    assert!(a.starts_with("pw-") && b.starts_with("pw-") && a != b, "{a:?} {b:?}: {logs}");
+    podman_ok(&["stop", "-t", "20", &name]);
+}
+
 struct Unmount(PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {

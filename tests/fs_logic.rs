@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasefs::audit::Audit;
-use leasefs::config::Defaults;
+use leasefs::defaults::Defaults;
 use leasefs::fs::tree::Owner;
 use leasefs::fs::{EntryKind, LeaseFs, ROOT, Settings, SourceSpec};
-use leasefs::issuer::Issuers;
+use leasefs::issuer::registry::Issuers;
 use leasefs::lease::{EndReason, LeaseManager};
 use leasefs::metrics::Metrics;
-use leasefs::secret::Requester;
+use leasefs::requester::Requester;
 use leasefs::source::local::LocalSource;
 
 struct Fixture {
@@ -37,6 +37,7 @@ async fn fixture_with(docs: &str, defaults: Defaults) -> Fixture {
         defaults.clone(),
         audit.clone(),
         Arc::new(Metrics::default()),
+        leasefs::clock::Clock::System,
     );
     let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o555 };
     let settings = Settings { defaults, root_owner: owner, control: true };
@@ -132,7 +133,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EBUSY);
     fs.release(again.fh);
     // Revoke every lease: the open handle now reads EKEYEXPIRED, and joining it is refused.
-    fs.leases().revoke_all(EndReason::Revoke);
+    fs.leases().revoke_all(EndReason::Revoke, None);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
     assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::EKEYEXPIRED);
     assert!(!fs.release(o.fh), "read only directly: no pages to drop at close");
@@ -185,7 +186,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_secret_is_listed_with_its_size_and_its_pages_are_kept_only_while_its_contents_are() {
     // Payloads are fetched again at each open (no payload cache), as after `cache_ttl`.
-    let defaults = Defaults { cache_ttl: leasefs::config::Dur::secs(0), ..Defaults::default() };
+    let defaults = Defaults { cache_ttl: leasefs::defaults::Dur::secs(0), ..Defaults::default() };
     let f = fixture_with(DOCS, defaults).await;
     let fs = &f.fs;
     let world = ino(fs, "a/world");

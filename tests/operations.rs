@@ -298,7 +298,7 @@ fn json_logs_metrics_version_manpage_and_completions() {
         "leasefs_issue_duration_seconds_count{issuer=\"exec\"} 1",
         "leasefs_leases_live 1",
         "# TYPE leasefs_issue_duration_seconds histogram",
-        "leasefs_fuse_ops_total{op=\"open\"}",
+        "leasefs_fuse_requests_total{op=\"open\"}",
     ] {
         assert!(metrics.contains(want), "metrics lack {want}:\n{metrics}");
     }

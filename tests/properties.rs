@@ -1,8 +1,8 @@
 //! Property tests: path mapping and the renderers hold their invariants for arbitrary input.
 
+use leasefs::fields::SecretFields;
 use leasefs::paths::split_path;
 use leasefs::render::{Format, render};
-use leasefs::secret::SecretFields;
 use proptest::prelude::*;
 
 /// Undoes the env format's quoting of one line: KEY='v'\''alue' -> (KEY, v'alue).

@@ -213,8 +213,12 @@ fn listings_are_kept_by_the_kernel_and_a_reload_still_shows_changes_at_once() {
     let d = dir.to_str().unwrap();
     let readdirs = || {
         let m = cat(&env.m(".leasefs/metrics"));
-        let line = m.lines().find(|l| l.starts_with(r#"leasefs_fuse_ops_total{op="readdir"}"#)).unwrap().to_string();
-        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        let count = |op: &str| {
+            let line =
+                m.lines().find(|l| l.starts_with(&format!("leasefs_fuse_requests_total{{op=\"{op}\"}}"))).unwrap();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        count("readdir") + count("readdirplus")
     };
     assert_eq!(ok("ls", &[d]), "x\ny\n");
     let ino_x = ok("stat", &["-c", "%i", env.m("team/x").to_str().unwrap()]);

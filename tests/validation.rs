@@ -172,7 +172,8 @@ fn a_mount_serves_the_good_documents_and_names_the_bad_one() {
 #[test]
 fn an_entry_whose_ttl_meets_the_default_min_remaining_is_named_by_check() {
     // reuse uid with a ttl of 30s: the default min_remaining (30s) is never left, so no lease of it
-    // would ever be shared. Only `check` sees the entry and the configuration together.
+    // would ever be shared. The entry is judged against the configuration (check fails; the mount
+    // does not serve it).
     let doc = jwt_entry("  \"reuse\": \"uid\",\n  \"ttl\": \"30s\"");
     let env = Env::new();
     env.doc("short.json", &doc);
@@ -184,4 +185,88 @@ fn an_entry_whose_ttl_meets_the_default_min_remaining_is_named_by_check() {
     env.config(json!({"defaults": {"min_remaining": "10s"}}));
     let o = check(&env);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn what_check_refuses_the_mount_does_not_serve_and_names_at_load() {
+    // A dangling link, an exec base whose program is missing (as in an image without a shell),
+    // one whose program anyone may change, the entries linked to them, and an entry whose leases
+    // the configuration's defaults make unshareable; beside good entries.
+    let mut env = Env::new();
+    let script = env.script();
+    let loose = env.path("loose.sh");
+    std::fs::write(&loose, "#!/bin/sh\necho '{\"Password\": \"x\"}'\n").unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let doc = serde_json::to_string_pretty(&json!([
+        {"path": "app:one", "data": {"value": "served-one"}},
+        {"path": "base:exec:good", "attributes": {"type": "exec"}, "data": {"command": [script, "royal"]}},
+        dynamic("dyn:good", "base:exec:good", json!({"format": "raw:Password"})),
+        dynamic("dyn:dangling", "base:exec:nowhere", json!({})),
+        {"path": "base:exec:noshell", "attributes": {"type": "exec"}, "data": {"command": ["/nonexistent/bin/sh", "-c", "true"]}},
+        dynamic("dyn:noshell", "base:exec:noshell", json!({})),
+        {"path": "base:exec:loose", "attributes": {"type": "exec"}, "data": {"command": [loose.to_str().unwrap()]}},
+        dynamic("dyn:loose", "base:exec:loose", json!({})),
+        // Shares leases, but the default min_remaining (30s) is its whole ttl: none is ever reused.
+        dynamic("dyn:short", "base:exec:good", json!({"reuse": "uid", "ttl": "30s"})),
+    ]))
+    .unwrap();
+    env.doc("catalog.json", &doc);
+    env.config(json!({}));
+    let o = check(&env);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "check passed:\n{err}");
+    // Each named where it goes wrong: the link, the base's data.
+    let at = |from: &str, key: &str| {
+        // The object holding `from` (keys are printed in order: "data" comes before "path").
+        let start = doc[..doc.find(from).unwrap()].rfind("\n  {").unwrap();
+        let line = pos_of(&doc[start..], key).split(':').next().unwrap().parse::<usize>().unwrap();
+        line + doc[..start].matches('\n').count()
+    };
+    let expect = [
+        (at("\"dyn:dangling\"", "\"linkConfig\""), "base:exec:nowhere"),
+        (at("\"base:exec:noshell\"", "\"data\""), "/nonexistent/bin/sh"),
+        (at("\"base:exec:loose\"", "\"data\""), "loose.sh"),
+        (at("\"dyn:short\"", "\"ttl\""), "would ever be reused"),
+    ];
+    for (line, needle) in expect {
+        let place = format!("catalog.json:{line}:");
+        assert!(
+            err.lines().any(|l| l.contains(&place) && l.contains(needle)),
+            "check does not name {place} {needle}:\n{err}"
+        );
+    }
+    // The mount: the same entries are not listed, and its log names each at load.
+    env.start();
+    assert_eq!(cat(&env.m("app/one")), "served-one");
+    assert!(cat(&env.m("dyn/good")).starts_with("pw-"));
+    for gone in ["dyn/dangling", "dyn/noshell", "dyn/loose", "dyn/short"] {
+        assert!(!env.m(gone).exists(), "{gone} is listed although check refuses it");
+    }
+    let log = env.log();
+    for (line, needle) in expect {
+        let place = format!("catalog.json:{line}:");
+        assert!(
+            log.lines().any(|l| l.contains(" WARN ") && l.contains(&place) && l.contains(needle)),
+            "the log does not name {place} {needle} at warn:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_source_directory_is_a_clear_error_for_check_and_the_mount() {
+    let env = Env::new();
+    let gone = env.path("no-such-dir");
+    let cfg = env.config(json!({"sources": [{"type": "local", "path": gone}]}));
+    let o = check(&env);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let needle = format!("the local source's directory {}: No such file or directory", gone.display());
+    assert!(err.contains("config.json: sources[0]") && err.contains(&needle), "{err}");
+    assert!(!err.contains("last listing"), "check speaks of a listing it never had: {err}");
+    // The daemon refuses to start the same way, instead of serving an empty mount.
+    let o = run("timeout", &["20", BIN, "mount", env.mnt().to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&needle), "{err}");
+    assert!(!is_mounted(&env.mnt()));
 }

@@ -1,7 +1,10 @@
 //! The daemon's own access checks, behind the kernel's `default_permissions`: mode bits against the
-//! requester (supplementary groups included), and which open flags ask to write.
+//! requester (supplementary groups included), which open flags ask to write, and the workload
+//! checks of an entry (`attributes.allow`, templates whose fields the reader must have).
 
-use crate::secret::Requester;
+use crate::requester::Requester;
+use crate::secret::{SecretKind, SecretMeta};
+use crate::workload;
 
 /// Whether `who` may read (or write) an entry with this owner, group and mode.
 pub fn allowed(uid: u32, gid: u32, mode: u16, who: &Requester, want_write: bool) -> bool {
@@ -17,6 +20,48 @@ pub fn allowed(uid: u32, gid: u32, mode: u16, who: &Requester, want_write: bool)
     };
     let need = if want_write { 2 } else { 4 };
     bits & need != 0
+}
+
+/// Reads the workload of `who` where the entry needs it: an `attributes.allow`, or a dynamic entry
+/// (its lease records it; a binding or template may use it). Cached per process.
+pub fn identify(who: Requester, meta: &SecretMeta) -> Requester {
+    let needed = matches!(meta.kind, SecretKind::Dynamic { .. }) || meta.attributes().contains_key("allow");
+    if !needed || who.workload.is_some() {
+        return who;
+    }
+    let mut who = who;
+    if let Some((start, w)) = workload::identify(who.pid, who.start) {
+        who.start = start;
+        who.workload = Some(w);
+    }
+    who
+}
+
+/// The workload checks of an open (after `identify`): the reader matches `attributes.allow`,
+/// and has every field the entry's templates name. Err: why not, for the audit log (no value).
+pub fn admit(meta: &SecretMeta, who: &Requester) -> Result<(), String> {
+    let attrs = meta.attributes();
+    let w = who.workload.as_deref();
+    if let Some(allow) = attrs.get("allow") {
+        if !workload::allows(allow, who.uid, who.gid, w) {
+            return Err(if w.is_none() {
+                "attributes.allow: the reader's cgroup could not be read".into()
+            } else {
+                "the reader matches no matcher of attributes.allow".into()
+            });
+        }
+    }
+    if matches!(meta.kind, SecretKind::Dynamic { .. }) && workload::has_templates(attrs) {
+        workload::check_templates(attrs, who.uid, who.gid, w)?;
+    }
+    Ok(())
+}
+
+/// Whether `who` is of the workload that `holder` (the requester a lease was issued to) was of:
+/// an open that joins a node open already never crosses containers, pods or units.
+pub fn same_workload(holder: &Requester, who: &Requester) -> bool {
+    let Some(h) = &holder.workload else { return true };
+    workload::identify(who.pid, who.start).is_some_and(|(_, w)| w.key() == h.key())
 }
 
 /// Whether open flags ask to change the file (leasefs is read-only but for `/.leasefs/revoke`).

@@ -9,8 +9,9 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::error::FsError;
-use crate::config::Defaults;
-use crate::secret::{SecretFields, SecretMeta};
+use crate::defaults::Defaults;
+use crate::fields::SecretFields;
+use crate::secret::SecretMeta;
 use crate::source::{Source, SourceError};
 
 /// How many payloads are kept.

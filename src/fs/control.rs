@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use super::error::FsError;
 use super::tree::{Control, Counts, NodeKind};
 use super::{Attr, LeaseFs};
-use crate::audit::EventKind;
+use crate::audit::{EventKind, Outcome};
 use crate::lease::{EndReason, LeaseManager};
 use crate::render::Bytes;
-use crate::secret::Requester;
+use crate::requester::Requester;
 
 /// A source as `status.json` shows it.
 #[derive(Default, Clone, serde::Serialize)]
@@ -70,9 +70,9 @@ pub fn revoke(leases: &Arc<LeaseManager>, data: &[u8], who: &Requester) -> Resul
     }
     for word in text.split_whitespace() {
         if word == "all" {
-            let n = leases.revoke_all_by(EndReason::Revoke, Some(who)).len();
+            let n = leases.revoke_all(EndReason::Revoke, Some(who)).len();
             tracing::info!(count = n, uid = who.uid, comm = %who.comm, "revoke all requested");
-        } else if !leases.revoke_by(word, Some(who)) {
+        } else if !leases.revoke(word, Some(who)) {
             return Err(FsError::new(libc::ENOENT, "no live lease with that id"));
         }
     }
@@ -101,7 +101,7 @@ impl LeaseFs {
         };
         if let Err(e) = &result {
             let kind = if e.errno == libc::EACCES { EventKind::Deny } else { EventKind::Error };
-            self.record(kind, &path, "refused", Some(&e.message), &who);
+            self.record(kind, &path, Outcome::Refused, Some(&e.message), &who);
         }
         result
     }

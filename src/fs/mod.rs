@@ -25,11 +25,12 @@ use handles::Handles;
 use tree::{Changes, Node, NodeKind, SourceListing, Tree};
 pub use types::*;
 
-use crate::audit::{Audit, Event, EventKind};
-use crate::config::Defaults;
+use crate::audit::{Audit, Event, EventKind, Outcome};
+use crate::defaults::Defaults;
 use crate::diag::FileError;
 use crate::lease::LeaseManager;
-use crate::secret::{Requester, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 use crate::source::Source;
 use views::Views;
 
@@ -116,10 +117,6 @@ impl LeaseFs {
         who.uid == 0 || who.uid == self.settings.root_owner.uid
     }
 
-    fn count(&self, op: &std::sync::atomic::AtomicU64) {
-        op.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Finds a base secret by source prefix and path (journal recovery after a restart).
     pub fn resolve_base(&self, source_key: &str, path: &str) -> Option<(Arc<SecretMeta>, Arc<dyn Source>)> {
         let i = self.catalog.find(source_key)?;
@@ -201,7 +198,6 @@ impl LeaseFs {
 
     /// `lookup` by process `pid` of user `uid`.
     pub fn lookup_for(&self, parent: u64, name: &str, uid: u32, pid: u32) -> Result<Entry, FsError> {
-        self.count(&self.leases.metrics.ops.lookup);
         let tree = self.tree();
         let p = tree.node(parent).ok_or_else(FsError::enoent)?;
         if !p.is_dir() {
@@ -234,7 +230,6 @@ impl LeaseFs {
     /// handle's contents; the second value says so, and such attributes must not be cached.
     /// The kernel's getattr carries no file handle for `fstat`, so the handle is found by the caller's pid.
     pub fn getattr(&self, ino: u64, fh: Option<u64>, pid: u32) -> Result<(Attr, bool), FsError> {
-        self.count(&self.leases.metrics.ops.getattr);
         let tree = self.tree();
         let entry = self.views.entry(ino).ok_or_else(FsError::enoent)?;
         let n = tree.node(entry).ok_or_else(FsError::enoent)?;
@@ -283,7 +278,6 @@ impl LeaseFs {
 
     /// Calls `add` for each entry from `offset` on, until it returns true (buffer full).
     pub fn readdir(&self, ino: u64, offset: u64, mut add: impl FnMut(DirEntry<'_>) -> bool) -> Result<(), FsError> {
-        self.count(&self.leases.metrics.ops.readdir);
         let tree = self.tree();
         let n = tree.node(ino).ok_or_else(FsError::enoent)?;
         let NodeKind::Dir(dir) = &n.kind else {
@@ -310,9 +304,8 @@ impl LeaseFs {
         Ok(())
     }
 
-    fn record(&self, event: EventKind, path: &str, outcome: &str, detail: Option<&str>, who: &Requester) {
-        self.audit
-            .record(&Event { event, path, lease_id: None, issuer: None, outcome, detail, count: None }, Some(who));
+    fn record(&self, event: EventKind, path: &str, outcome: Outcome, detail: Option<&str>, who: &Requester) {
+        self.audit.record(&Event::new(event, path, outcome).detail(detail), Some(who));
     }
 
     pub fn open_handles(&self) -> usize {

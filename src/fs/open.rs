@@ -8,11 +8,13 @@ use super::handles::Handle;
 use super::tree::{Control, Node, NodeKind, Tree};
 use super::views::{Bind, Bound, is_view};
 use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
-use crate::audit::{Event, EventKind};
+use crate::audit::{Event, EventKind, Outcome};
+use crate::fields::SecretFields;
 use crate::lease::{Lease, OpenRequest};
 use crate::memlock::SharedBytes;
 use crate::render::render_static;
-use crate::secret::{Requester, SecretFields, SecretKind, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::{SecretKind, SecretMeta};
 
 impl LeaseFs {
     /// Starts an open for the adapter: the work as a `'static` future, and whether it may finish
@@ -37,7 +39,6 @@ impl LeaseFs {
     /// Opens an entry: fetches a static payload (cached for `cache_ttl`), issues a dynamic secret,
     /// or renders a control file. A dynamic secret is opened through a view (a node id of its own).
     pub async fn open(&self, ino: u64, flags: i32, who: Requester) -> Result<Opened, FsError> {
-        self.count(&self.leases.metrics.ops.open);
         let who = if self.audit.is_enabled() { who.with_comm() } else { who };
         let joined = if is_view(ino) { self.join(ino, flags, &who) } else { None };
         let r = match joined {
@@ -48,7 +49,7 @@ impl LeaseFs {
             },
         };
         if r.is_err() {
-            self.count(&self.leases.metrics.ops.errors);
+            self.leases.metrics.open_failed();
         }
         r
     }
@@ -74,16 +75,15 @@ impl LeaseFs {
                 self.views.closed(view);
                 return Err(FsError::expired());
             }
+            if !access::same_workload(&lease.requester, who) {
+                self.views.closed(view);
+                self.record(EventKind::Deny, lease.path(), Outcome::Denied, Some("open by another workload"), who);
+                return Err(FsError::eacces("this node is open by another workload; bind its directory instead"));
+            }
             self.leases.hold(lease);
-            let event = Event {
-                event: EventKind::Reuse,
-                path: lease.path(),
-                lease_id: Some(&lease.id),
-                issuer: Some(lease.issuer().as_str()),
-                outcome: "ok",
-                detail: Some("the same node, open already"),
-                count: None,
-            };
+            let event = Event::new(EventKind::Reuse, lease.path(), Outcome::Ok)
+                .lease(&lease.id, lease.issuer())
+                .detail("the same node, open already");
             self.audit.record(&event, Some(who));
         }
         let size = have.bytes.len().unwrap_or(0) as u64;
@@ -106,8 +106,13 @@ impl LeaseFs {
                 }
                 let path = tree.path_of(entry);
                 if !access::allowed(n.uid, n.gid, n.mode, &who, false) {
-                    self.record(EventKind::Deny, &path, "denied", Some("permission"), &who);
+                    self.record(EventKind::Deny, &path, Outcome::Denied, Some("permission"), &who);
                     return Err(FsError::eacces("permission denied"));
+                }
+                let who = access::identify(who, meta);
+                if let Err(why) = access::admit(meta, &who) {
+                    self.record(EventKind::Deny, &path, Outcome::Denied, Some(&why), &who);
+                    return Err(FsError::eacces(why));
                 }
                 match &meta.kind {
                     SecretKind::Dynamic { .. } if !is_view(ino) => {
@@ -162,7 +167,7 @@ impl LeaseFs {
         let NodeKind::Secret { source, .. } = &n.kind else { return Err(FsError::eio("not a static secret")) };
         let result = self.open_static(ino, *source, meta).await.map_err(|e| e.at(path));
         let detail = result.as_ref().err().map(|e| e.message.clone());
-        let outcome = if result.is_ok() { "ok" } else { "error" };
+        let outcome = if result.is_ok() { Outcome::Ok } else { Outcome::Error };
         self.record(EventKind::Open, path, outcome, detail.as_deref(), &who);
         let bytes = result?;
         if self.catalog.spec(*source).page_cache {
@@ -197,7 +202,7 @@ impl LeaseFs {
         };
         let Some(base) = tree.base(*source, link).cloned() else {
             let msg = format!("{path} links to {link:?}, which is not a base secret of its source");
-            self.record(EventKind::Error, path, "error", Some(&msg), &who);
+            self.record(EventKind::Error, path, Outcome::Error, Some(&msg), &who);
             return Err(FsError::eio(msg));
         };
         let slot = self.catalog.spec(*source);
@@ -314,7 +319,6 @@ impl LeaseFs {
         paged: bool,
         f: impl FnOnce(Result<&[u8], FsError>) -> R,
     ) -> R {
-        self.count(&self.leases.metrics.ops.read);
         match self.handles.bytes_to_read(fh, paged) {
             None => f(Err(FsError::bad_handle())),
             Some((b, newly_paged)) => {
@@ -330,7 +334,6 @@ impl LeaseFs {
     /// reads through the page cache filled with contents served with direct I/O (a static secret
     /// served through the page cache keeps its pages; a handle read only directly has none).
     pub fn release(&self, fh: u64) -> bool {
-        self.count(&self.leases.metrics.ops.release);
         let Some(h) = self.handles.remove(fh) else { return true };
         if let Some(lease) = &h.lease {
             if h.paged {
@@ -359,13 +362,13 @@ mod tests {
     use std::time::Duration;
 
     use crate::audit::Audit;
-    use crate::config::Defaults;
+    use crate::defaults::Defaults;
     use crate::fs::tree::Owner;
     use crate::fs::{LeaseFs, ROOT, Settings, SourceSpec};
-    use crate::issuer::Issuers;
+    use crate::issuer::registry::Issuers;
     use crate::lease::LeaseManager;
     use crate::metrics::Metrics;
-    use crate::secret::Requester;
+    use crate::requester::Requester;
     use crate::source::local::LocalSource;
 
     /// The system refuses the mapping for a secret's bytes: the open fails with ENOMEM (no
@@ -389,6 +392,7 @@ mod tests {
             defaults.clone(),
             audit.clone(),
             Arc::new(Metrics::default()),
+            crate::clock::Clock::System,
         );
         let owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o555 };
         let settings = Settings { defaults, root_owner: owner, control: true };

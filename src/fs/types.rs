@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::error::FsError;
 use super::tree::Owner;
-use crate::config::Defaults;
+use crate::defaults::Defaults;
 use crate::source::Source;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

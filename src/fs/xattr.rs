@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::error::FsError;
 use super::tree::{Node, NodeKind, Tree};
-use crate::config::format_duration;
+use crate::defaults::format_duration;
 use crate::secret::SecretKind;
 
 /// The value of attribute `name` of inode `ino`.

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 pub struct AzureIssuer {
     timeout: Duration,
@@ -81,24 +81,17 @@ impl App<'_> {
         deadline: Instant,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, zeroize::Zeroizing<String>), LeaseError> {
-        let mut throttled = 0u32;
+        let mut throttle = crate::retry::Throttle::new("azure: Graph", deadline.into());
         loop {
             let resp = build().send().await.map_err(|e| {
                 fail(if e.is_timeout() { "timed out".to_string() } else { format!("unreachable: {e}") })
             })?;
             let status = resp.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let wait = crate::tls::retry_after(&resp, throttled);
-                throttled += 1;
-                if Instant::now() + wait >= deadline {
+                if !throttle.wait(&resp, &self.graph).await {
                     return Err(LeaseError::timeout(deadline.saturating_duration_since(Instant::now()))
                         .context("azure: throttled (429) past issue_timeout"));
                 }
-                tracing::info!(
-                    wait_s = wait.as_secs(),
-                    "azure: Graph throttled the request (429); waiting as Retry-After says"
-                );
-                tokio::time::sleep(wait).await;
                 continue;
             }
             let what = resp.url().path().to_string();

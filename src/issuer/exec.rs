@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest, parse_expiry};
-use crate::secret::{Requester, SecretFields};
+use crate::fields::SecretFields;
+use crate::requester::Requester;
 use crate::trust::Trust;
 
 /// Output larger than this is refused (`EIO`): the bound of every issuer's credential.
@@ -198,6 +199,9 @@ fn tokens(lease_id: &str, id: &str, name: &str, path: &str, who: &Requester) -> 
         ("LEASEFS_GID", who.gid.to_string()),
         ("LEASEFS_PID", who.pid.to_string()),
     ]
+    .into_iter()
+    .chain(who.workload.iter().flat_map(|w| w.env()))
+    .collect()
 }
 
 /// Describes a JSON error by kind and position only: serde's messages can quote the input.
@@ -306,6 +310,11 @@ impl Issuer for ExecIssuer {
         let (fields, expires_at, revocation) =
             parse_output(&ran.stdout).map_err(|m| LeaseError::failed(format!("exec: {:?}: {m}", argv[0])))?;
         Ok(Issued { fields, expires_at, revocation })
+    }
+
+    /// Only a base with a `revoke_command` can end a credential before the expiry it states.
+    fn revocable(&self, base: &SecretFields, _revocation: &serde_json::Value) -> bool {
+        base.get("revoke_command").is_some()
     }
 
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError> {

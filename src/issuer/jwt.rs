@@ -5,7 +5,7 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 pub struct JwtIssuer;
 
@@ -35,9 +35,17 @@ impl Issuer for JwtIssuer {
         let now = Utc::now();
         let exp = now + chrono::Duration::from_std(req.ttl).map_err(|_| fail("ttl out of range"))?;
         let attrs = req.secret.attributes();
+        // `{{workload.*}}` and `{{requester.uid}}` in subject, audience and claims (the open
+        // checked that this reader has every field named).
+        let who = req.requester;
+        let render = |key: &str, v: &serde_json::Value| {
+            crate::workload::render_value(v, who.uid, who.gid, who.workload.as_deref())
+                .map_err(|e| fail(&format!("attributes.{key}: {e}")))
+        };
         let mut claims = serde_json::Map::new();
         if let Some(extra) = attrs.get("claims") {
-            let obj = extra.as_object().ok_or_else(|| fail("attributes.claims must be an object"))?;
+            let obj = render("claims", extra)?;
+            let obj = obj.as_object().ok_or_else(|| fail("attributes.claims must be an object"))?;
             claims.extend(obj.clone());
         }
         let set = |claims: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: serde_json::Value| {
@@ -46,14 +54,13 @@ impl Issuer for JwtIssuer {
         if let Some(iss) = base.get("issuer") {
             set(&mut claims, "iss", iss.into());
         }
-        let subject = attrs
-            .get("subject")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("uid:{}", req.requester.uid));
-        set(&mut claims, "sub", subject.into());
+        let subject = match attrs.get("subject").filter(|v| v.is_string()) {
+            Some(v) => render("subject", v)?,
+            None => format!("uid:{}", req.requester.uid).into(),
+        };
+        set(&mut claims, "sub", subject);
         if let Some(aud) = attrs.get("audience") {
-            set(&mut claims, "aud", aud.clone());
+            set(&mut claims, "aud", render("audience", aud)?);
         }
         set(&mut claims, "iat", now.timestamp().into());
         set(&mut claims, "nbf", now.timestamp().into());
@@ -61,9 +68,10 @@ impl Issuer for JwtIssuer {
         set(&mut claims, "jti", req.lease_id.into());
         let token = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key)
             .map_err(|e| fail(&format!("cannot sign: {e}")))?;
+        // The `exp` the signed token states, read back (a `claims` attribute cannot move it).
+        let exp = stated_exp(&token).unwrap_or(exp);
         let mut fields = SecretFields::default();
         fields.insert("token", token);
-        let exp = chrono::DateTime::from_timestamp(exp.timestamp(), 0).unwrap_or(exp);
         fields.insert("expires_at", exp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         Ok(Issued { fields, expires_at: Some(exp), revocation: serde_json::json!({"jti": req.lease_id}) })
     }
@@ -81,6 +89,15 @@ impl Issuer for JwtIssuer {
     async fn revoke(&self, _req: &RevokeRequest<'_>) -> Result<(), LeaseError> {
         Ok(())
     }
+}
+
+/// The `exp` claim of a compact JWT's payload, unverified (ours, just signed).
+fn stated_exp(token: &str) -> Option<chrono::DateTime<Utc>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    chrono::DateTime::from_timestamp(claims.get("exp")?.as_i64()?, 0)
 }
 
 fn fail(msg: &str) -> LeaseError {

@@ -1,24 +1,30 @@
-//! Issuers: one trait, one file per kind (`exec`, `jwt`, …). An issuer turns a base secret and a request into a credential, and revokes it.
+//! Issuers: the `Issuer` trait and what it takes and hands back; one file per kind (`exec`, `jwt`, …),
+//! and `registry.rs`, one of each by kind. An issuer turns a base secret and a request into a
+//! credential, and revokes it.
 
 pub mod aws;
+pub mod awsapi;
 pub mod azure;
 pub mod exec;
 pub mod guard;
+pub mod iam;
 pub mod jwt;
 pub mod openbao;
 pub mod postgres;
+pub mod registry;
 pub mod sshkey;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use crate::error::LeaseError;
+use crate::fields::SecretFields;
+use crate::openbao_auth::Login;
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretFields, SecretMeta};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 
 /// Everything an issuer may use to issue one credential.
 pub struct IssueRequest<'a> {
@@ -34,6 +40,8 @@ pub struct IssueRequest<'a> {
     pub ttl: Duration,
     /// What `prepare` chose, already journaled (e.g. a role name).
     pub intent: Option<&'a serde_json::Value>,
+    /// The OpenBao login of the source the base secret comes from, if it has one.
+    pub login: Option<&'a Login>,
 }
 
 /// What an issuer hands back.
@@ -52,6 +60,8 @@ pub struct RevokeRequest<'a> {
     pub secret_id: &'a str,
     pub base: &'a SecretFields,
     pub revocation: &'a serde_json::Value,
+    /// The OpenBao login of the source the base secret comes from, if it has one.
+    pub login: Option<&'a Login>,
 }
 
 #[async_trait]
@@ -63,11 +73,31 @@ pub trait Issuer: Send + Sync {
     }
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, LeaseError>;
     /// Revokes a credential. Issuers that cannot revoke (expiry is the issuer's own) return Ok.
+    /// A handle marked `"refused": true` is a credential refused at issuance (it outlived its
+    /// lease): revoke it by any means there is, even one the entry did not ask for.
     async fn revoke(&self, req: &RevokeRequest<'_>) -> Result<(), LeaseError>;
-    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token, STS
-    /// keys) are not journaled: after a crash there would be nothing to do for them.
+    /// Whether `revoke` does anything. Leases of issuers that cannot revoke (a signed token) are
+    /// not journaled: after a crash there would be nothing to do for them.
     fn can_revoke(&self) -> bool {
         true
+    }
+    /// Whether this credential can be ended at its issuer before the end it states, so that a
+    /// stated validity past its lease does no harm (the lease's end revokes it). Judged per
+    /// credential: an OpenBao certificate without a lease or serial to revoke cannot be; an STS
+    /// assumed-role session can (a deny on its role), a GetSessionToken session cannot.
+    fn revocable(&self, _base: &SecretFields, _revocation: &serde_json::Value) -> bool {
+        self.can_revoke()
+    }
+    /// The end the credential itself states, when it differs from the lease's own expiry in
+    /// `Issued::expires_at` (STS grants at least 15 minutes to a shorter lease).
+    fn stated_end(&self, issued: &Issued) -> Option<DateTime<Utc>> {
+        issued.expires_at
+    }
+    /// For a revocation that must be undone later (the deny on an STS session's role, lifted
+    /// once the session has expired anyway): when to call `revoke` again. Until that call
+    /// succeeds the lease stays in the journal, so a restart finishes it.
+    fn revoke_again_at(&self, _revocation: &serde_json::Value) -> Option<DateTime<Utc>> {
+        None
     }
     /// Whether `issue` finishes without waiting on I/O or a process (an in-process signer): an
     /// open through it may be answered on the thread that received it.
@@ -77,44 +107,6 @@ pub trait Issuer: Send + Sync {
     /// Extends a renewable lease by about `increment`; the new expiry, or None when it cannot be renewed.
     async fn renew(&self, _req: &RevokeRequest<'_>, _increment: Duration) -> Result<Option<DateTime<Utc>>, LeaseError> {
         Ok(None)
-    }
-}
-
-/// The issuers by kind (`attributes.type` of a base secret).
-#[derive(Clone, Default)]
-pub struct Issuers {
-    by_kind: HashMap<IssuerKind, Arc<dyn Issuer>>,
-    /// Who may own the programs that are run (exec scripts, `rotate_command`).
-    pub trust: crate::trust::Trust,
-}
-
-impl Issuers {
-    /// The issuers built into this binary, one per [`IssuerKind`]; `timeout` bounds their network
-    /// calls; `strict_perms` refuses programs others could have changed.
-    pub fn builtin(timeout: Duration, strict_perms: bool) -> Self {
-        let trust = crate::trust::Trust::new(strict_perms);
-        let mut i = Issuers { trust, ..Issuers::default() };
-        for kind in IssuerKind::ALL {
-            let issuer: Arc<dyn Issuer> = match kind {
-                IssuerKind::Exec => Arc::new(exec::ExecIssuer { trust }),
-                IssuerKind::Jwt => Arc::new(jwt::JwtIssuer),
-                IssuerKind::Postgres => Arc::new(postgres::PostgresIssuer::new(timeout)),
-                IssuerKind::Aws => Arc::new(aws::AwsIssuer::new(timeout)),
-                IssuerKind::Openbao => Arc::new(openbao::OpenBaoIssuer::new(timeout)),
-                IssuerKind::Azure => Arc::new(azure::AzureIssuer::new(timeout)),
-            };
-            i.insert(kind, issuer);
-        }
-        i
-    }
-
-    /// Puts `issuer` in place for `kind` (tests put a test issuer in place of a real one).
-    pub fn insert(&mut self, kind: IssuerKind, issuer: Arc<dyn Issuer>) {
-        self.by_kind.insert(kind, issuer);
-    }
-
-    pub fn get(&self, kind: IssuerKind) -> Option<Arc<dyn Issuer>> {
-        self.by_kind.get(&kind).cloned()
     }
 }
 

@@ -8,7 +8,8 @@ use chrono::Utc;
 use tokio_postgres::{Client, NoTls};
 
 use super::{IssueRequest, Issued, Issuer, LeaseError, RevokeRequest};
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
+use crate::policy::AttrError;
 
 pub struct PostgresIssuer {
     timeout: Duration,
@@ -112,17 +113,27 @@ async fn connect(base: &SecretFields, timeout: Duration) -> Result<Client, Lease
     Ok(client)
 }
 
-/// The entry's `grants`: one SQL string or an array, with `{{name}}` standing for the quoted role.
+/// The entry's `grants`: one SQL string or an array of them (read when its document loads too).
+fn grant_list(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<String>, AttrError> {
+    let bad = || AttrError::new("grants", "attributes.grants must be a string or an array of strings");
+    match attrs.get("grants") {
+        None => Ok(Vec::new()),
+        Some(serde_json::Value::String(s)) => Ok(vec![s.clone()]),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect::<Result<_, _>>()
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Checks an entry's `grants` as an issuance will read them.
+pub fn check_grants(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), AttrError> {
+    grant_list(attrs).map(|_| ())
+}
+
+/// The entry's `grants`, with `{{name}}` standing for the quoted role.
 fn grants(req: &IssueRequest<'_>, role: &str) -> Result<Vec<String>, LeaseError> {
-    let list: Vec<String> = match req.secret.attributes().get("grants") {
-        None => Vec::new(),
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| fail("attributes.grants must be strings")))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(fail("attributes.grants must be a string or an array of strings")),
-    };
+    let list = grant_list(req.secret.attributes()).map_err(|e| fail(e.message))?;
     Ok(list.into_iter().map(|g| g.replace("{{name}}", &quote_ident(role))).collect())
 }
 
@@ -160,6 +171,8 @@ impl Issuer for PostgresIssuer {
                 }
             }
         }
+        // The end the role states, read back (`VALID UNTIL`, as the server stored it).
+        let expires_at = valid_until_of(&client, &role).await.unwrap_or(expires_at);
         let a = admin(req.base)?;
         let mut fields = SecretFields::default();
         let url = format!(
@@ -187,6 +200,14 @@ impl Issuer for PostgresIssuer {
         let _serial = self.acl.lock().await;
         drop_role(&client, role).await
     }
+}
+
+/// A role's `VALID UNTIL` as the server keeps it; None when it has none (or it cannot be read).
+async fn valid_until_of(client: &Client, role: &str) -> Option<chrono::DateTime<Utc>> {
+    let sql = "SELECT floor(extract(epoch FROM rolvaliduntil))::bigint FROM pg_roles \
+               WHERE rolname = $1 AND rolvaliduntil IS NOT NULL AND rolvaliduntil <> 'infinity'";
+    let row = client.query_opt(sql, &[&role]).await.ok()??;
+    chrono::DateTime::from_timestamp(row.try_get::<_, i64>(0).ok()?, 0)
 }
 
 /// The database's own message (never the statement, which may hold a password).

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::table::Origin;
 use crate::error::LeaseError;
-use crate::secret::SecretFields;
+use crate::fields::SecretFields;
 
 /// When a base secret was read, and its data.
 type Entry = (Instant, Arc<SecretFields>);

@@ -18,6 +18,8 @@ pub enum Action {
     Renew,
     /// Signal the processes that opened it to re-read (`rotate_signal`).
     Rotate,
+    /// Look whether the reader's cgroup is empty (`bind: "cgroup"`).
+    Cgroup,
 }
 
 /// Deadlines that fell due, and when the next one is.

@@ -1,5 +1,6 @@
-//! The issuance pipeline: base secret → intent journaled → issuer → expiry bounded → rendered →
-//! journaled → a new lease. Whatever fails after something was created is revoked at once.
+//! The issuance pipeline: base secret → intent journaled → issuer → expiry bounded → overhang
+//! judged → rendered → journaled → a new lease. Whatever fails after something was created is
+//! revoked at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,16 @@ use chrono::{DateTime, Utc};
 
 use super::journal::{Op, Record};
 use super::revoke::{Engine, Job};
-use super::table::{Lease, LeaseInfo, NewLease, Origin, rfc3339};
-use crate::error::LeaseError;
+use super::table::{Lease, LeaseInfo, NewLease, Origin};
+use crate::audit::{Event, EventKind, Outcome};
+use crate::error::{ErrorKind, LeaseError};
+use crate::fields::{FieldValue, SecretFields};
 use crate::issuer::{IssueRequest, Issued, parse_expiry};
 use crate::memlock::SharedBytes;
 use crate::policy::Effective;
-use crate::render::{Bytes, render};
-use crate::secret::{FieldValue, Requester, SecretFields, SecretMeta};
+use crate::render::{Bytes, render, rfc3339};
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 
 /// One issuance under way.
 pub struct Issue<'a> {
@@ -66,6 +70,7 @@ impl Engine {
             .get(origin.issuer)
             .ok_or_else(|| LeaseError::failed(format!("issuer kind {} is not available", origin.issuer)))?;
         let base = self.bases.fields(origin).await?;
+        let login = origin.source.openbao_login();
         let policy = issue.policy;
         let mut req = IssueRequest {
             lease_id: issue.lease_id,
@@ -75,6 +80,7 @@ impl Engine {
             requester: issue.requester,
             ttl: policy.ttl,
             intent: None,
+            login: login.as_deref(),
         };
         let intent = issuer.prepare(&req);
         let record = |op, revocation: &serde_json::Value, exp| {
@@ -96,19 +102,18 @@ impl Engine {
         // One bound for every issuer, as exec's output has (SPEC §10.6); revoked by `undo`.
         crate::issuer::check_credential_size(origin.issuer, &issued.fields)?;
         let now = self.clock.now();
-        let cap = now + chrono::Duration::from_std(policy.max_ttl).unwrap_or(chrono::Duration::hours(1));
-        let expires_at = match issued.expires_at {
-            None => now + chrono::Duration::from_std(policy.ttl).unwrap_or(chrono::Duration::minutes(15)),
-            Some(t) if t <= now => {
-                undo.armed = Some((issued.revocation.clone(), Some(t)));
-                return Err(LeaseError::failed(format!(
-                    "the issuer returned a credential that expired at {} (refused; revoking it)",
-                    rfc3339(t)
-                )));
-            }
-            Some(t) => t.min(cap),
-        };
+        let end = lease_end(policy, issued.expires_at, now);
+        if let Err(t) = end {
+            undo.armed = Some((issued.revocation.clone(), Some(t)));
+        }
+        let (expires_at, cap) = end.map_err(expired)?;
         undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
+        let revocable = issuer.revocable(&base, &issued.revocation);
+        let stated = issuer.stated_end(&issued);
+        if let Err(e) = self.judge_overhang(issue, &mut issued.revocation, stated, expires_at, revocable) {
+            undo.armed = Some((issued.revocation.clone(), Some(expires_at)));
+            return Err(e);
+        }
         // A credential that says it lasts longer than its lease would be cached that long by
         // SDKs: the fields that state an expiry say the lease's when it is earlier.
         cap_expiry(&mut issued.fields, expires_at);
@@ -131,9 +136,52 @@ impl Engine {
             revocation,
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,
-            reusable: policy.reuse != crate::config::Reuse::None,
+            reusable: policy.reuse != crate::defaults::Reuse::None,
             rotate: policy.rotate.clone(),
         }))
+    }
+
+    /// Weighs the end a credential states against its lease's: past it by more than
+    /// `max_overhang`, one its issuer cannot revoke is refused (`outlives`; the caller's undo
+    /// revokes what can be: the handle is marked `refused`) unless the entry says
+    /// `allow_overhang: true` (audited, counted).
+    fn judge_overhang(
+        &self,
+        issue: &Issue<'_>,
+        revocation: &mut serde_json::Value,
+        stated: Option<DateTime<Utc>>,
+        lease_end: DateTime<Utc>,
+        revocable: bool,
+    ) -> Result<(), LeaseError> {
+        let Some(stated) = stated else { return Ok(()) };
+        let rule = crate::attrs::overhang(issue.secret.attributes()).map_err(|p| LeaseError::failed(p.message))?;
+        let over = (stated - lease_end).to_std().unwrap_or_default();
+        if over <= rule.max || revocable {
+            return Ok(());
+        }
+        let kind = issue.origin.issuer;
+        let what = format!(
+            "the credential states it is valid until {}, {} s past its lease's end, and {kind} cannot revoke it (max_overhang {} s)",
+            rfc3339(stated),
+            over.as_secs(),
+            rule.max.as_secs()
+        );
+        if !rule.allow {
+            // An issuer revokes now what it would otherwise leave to the end it states.
+            if let Some(o) = revocation.as_object_mut() {
+                o.insert("refused".into(), true.into());
+            }
+            let msg = format!("{what}: refused (allow_overhang: true would serve it)");
+            return Err(LeaseError::new(ErrorKind::Outlives, msg));
+        }
+        tracing::warn!(lease = %issue.lease_id, path = %issue.origin.path, issuer = %kind, overhang_s = over.as_secs(), "served a credential that outlives its lease (allow_overhang)");
+        self.metrics.overhang_allowed(kind.as_str());
+        let detail = format!("{what}: served (allow_overhang)");
+        let event = Event::new(EventKind::Issue, &issue.origin.path, Outcome::Outlives)
+            .lease(issue.lease_id, kind)
+            .detail(detail.as_str());
+        self.audit.record(&event, Some(issue.requester));
+        Ok(())
     }
 
     /// Extends a renewable lease by its own period, never past its cap: the new expiry, if any.
@@ -145,12 +193,14 @@ impl Engine {
         let increment = self.clock.until(lease.cap).min(lease.period).max(Duration::from_secs(1));
         let work = async {
             let base = self.bases.fields(&lease.origin).await?;
+            let login = lease.origin.source.openbao_login();
             let req = crate::issuer::RevokeRequest {
                 lease_id: &lease.id,
                 path: lease.path(),
                 secret_id: &lease.origin.secret_id,
                 base: &base,
                 revocation: &lease.revocation,
+                login: login.as_deref(),
             };
             issuer.renew(&req, increment).await
         };
@@ -190,6 +240,29 @@ pub fn cap_expiry(fields: &mut SecretFields, at: DateTime<Utc>) {
             };
         }
     }
+}
+
+/// The lease's expiry (the issuer's, within `max_ttl`, else `ttl` from now) and its cap; `Err`
+/// with the credential's own expiry if that has passed already.
+fn lease_end(
+    policy: &Effective,
+    stated: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), DateTime<Utc>> {
+    let cap = now + chrono::Duration::from_std(policy.max_ttl).unwrap_or(chrono::Duration::hours(1));
+    match stated {
+        None => Ok((now + chrono::Duration::from_std(policy.ttl).unwrap_or(chrono::Duration::minutes(15)), cap)),
+        Some(t) if t <= now => Err(t),
+        Some(t) => Ok((t.min(cap), cap)),
+    }
+}
+
+/// A credential refused for having expired at `t` already.
+fn expired(t: DateTime<Utc>) -> LeaseError {
+    LeaseError::failed(format!(
+        "the issuer returned a credential that expired at {} (refused; revoking it)",
+        rfc3339(t)
+    ))
 }
 
 /// The rendered files in locked memory; `ENOMEM` when none can be mapped.

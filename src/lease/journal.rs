@@ -12,6 +12,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::table::Origin;
+use crate::policy::IssuerKind;
 use crate::statefile::{Access, StateTrust};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,37 @@ pub enum Op {
     Intent,
     Issued,
     Revoked,
+}
+
+/// The issuer kind a record names. A name this build does not know (a record of another
+/// version, or an edited one) is kept as written: such a record is reported and kept in the
+/// journal, never run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum IssuerName {
+    Known(IssuerKind),
+    Unknown(String),
+}
+
+impl Default for IssuerName {
+    fn default() -> Self {
+        IssuerName::Unknown(String::new())
+    }
+}
+
+impl IssuerName {
+    pub fn known(&self) -> Option<IssuerKind> {
+        match self {
+            IssuerName::Known(k) => Some(*k),
+            IssuerName::Unknown(_) => None,
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            IssuerName::Known(k) => k.as_str(),
+            IssuerName::Unknown(s) => s,
+        }
+    }
 }
 
 /// One journal line. Holds no secret: the revocation handle is a name or an id.
@@ -33,7 +65,7 @@ pub struct Record {
     #[serde(default)]
     pub secret_id: String,
     #[serde(default)]
-    pub issuer: String,
+    pub issuer: IssuerName,
     /// The prefix of the source that holds the base secret.
     #[serde(default)]
     pub source: String,
@@ -62,7 +94,7 @@ impl Record {
             lease_id: lease_id.into(),
             path: origin.path.clone(),
             secret_id: origin.secret_id.clone(),
-            issuer: origin.issuer.as_str().into(),
+            issuer: IssuerName::Known(origin.issuer),
             source: origin.source_key.clone(),
             base: origin.base.path().to_string(),
             revocation: revocation.clone(),
@@ -313,7 +345,7 @@ mod tests {
             lease_id: id.into(),
             path: "/p".into(),
             secret_id: "s".into(),
-            issuer: "exec".into(),
+            issuer: IssuerName::Known(IssuerKind::Exec),
             source: "/".into(),
             base: "b".into(),
             revocation: serde_json::Value::Null,
@@ -389,5 +421,20 @@ mod tests {
         drop(j);
         let (_j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.pending.len(), 100);
+    }
+
+    #[test]
+    fn the_issuer_is_read_as_a_kind_and_an_unknown_one_is_kept_as_written() {
+        let lines = [
+            r#"{"op":"issued","lease_id":"a","issuer":"postgres","source":"/","base":"b","time":"2030-01-01T00:00:00Z"}"#,
+            r#"{"op":"issued","lease_id":"z","issuer":"vaultish","source":"/","base":"b","time":"2030-01-01T00:00:00Z"}"#,
+        ];
+        let (r, _) = replay(format!("{}\n{}\n", lines[0], lines[1]).as_bytes());
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.pending[0].issuer, IssuerName::Known(IssuerKind::Postgres));
+        assert_eq!(r.pending[1].issuer, IssuerName::Unknown("vaultish".into()));
+        // Written back as it was read: compaction keeps such a record for a build that knows it.
+        assert!(serde_json::to_string(&r.pending[1]).unwrap().contains(r#""issuer":"vaultish""#));
+        assert!(serde_json::to_string(&r.pending[0]).unwrap().contains(r#""issuer":"postgres""#));
     }
 }

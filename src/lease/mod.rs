@@ -3,6 +3,7 @@
 //! (`deadline.rs`), revocation (`revoke.rs`), base secrets (`bases.rs`) and the journal.
 
 pub mod bases;
+pub mod cgroup;
 pub mod deadline;
 pub mod issue;
 pub mod journal;
@@ -19,20 +20,22 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, Event, EventKind};
+use crate::audit::{Audit, Event, EventKind, Outcome};
 use crate::clock::Clock;
-use crate::config::Defaults;
+use crate::defaults::Defaults;
 pub use crate::error::LeaseError;
-use crate::issuer::Issuers;
+use crate::issuer::registry::Issuers;
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretMeta};
+use crate::render::rfc3339;
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 use crate::source::Source;
 use deadline::{Action, Deadlines};
 use journal::{Journal, Record};
 use revoke::{Engine, Job};
+use table::Table;
 pub use table::{EndReason, Lease, LeaseInfo, LeaseState, OpenRequest, Origin};
-use table::{Table, rfc3339};
 
 pub struct LeaseManager {
     defaults: Defaults,
@@ -55,6 +58,17 @@ pub struct LeaseManager {
 
 type EndedHook = Box<dyn Fn(&str) + Send + Sync>;
 
+/// The audit log's outcome of a lease ended for this reason.
+fn outcome_of(why: EndReason) -> Outcome {
+    match why {
+        EndReason::Expire => Outcome::Expire,
+        EndReason::Revoke => Outcome::Revoke,
+        EndReason::Close => Outcome::Close,
+        EndReason::Shutdown => Outcome::Shutdown,
+        EndReason::Cgroup => Outcome::Cgroup,
+    }
+}
+
 /// A fresh lease id: 128 random bits, hex; an error if the OS random source fails.
 pub fn new_lease_id() -> Result<String, LeaseError> {
     let mut b = [0u8; 16];
@@ -64,17 +78,8 @@ pub fn new_lease_id() -> Result<String, LeaseError> {
 }
 
 impl LeaseManager {
+    /// A manager; `clock` is `Clock::System` but in tests (tokio's paused clock).
     pub fn new(
-        issuers: Issuers,
-        journal: Option<Arc<Journal>>,
-        defaults: Defaults,
-        audit: Arc<Audit>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
-        Self::with_clock(issuers, journal, defaults, audit, metrics, Clock::System)
-    }
-
-    pub fn with_clock(
         issuers: Issuers,
         journal: Option<Arc<Journal>>,
         defaults: Defaults,
@@ -133,7 +138,7 @@ impl LeaseManager {
 
     /// Whether an issuer of this kind answers without I/O (an open may then finish in place).
     pub fn is_inline(&self, kind: IssuerKind) -> bool {
-        self.engine.issuers.get(kind).is_some_and(|i| i.is_inline())
+        self.engine.is_inline(kind)
     }
 
     /// Live leases, then irrevocable ones: metadata only.
@@ -162,19 +167,8 @@ impl LeaseManager {
         }
     }
 
-    fn audit(&self, kind: EventKind, lease: &Lease, outcome: &str, who: Option<&Requester>) {
-        self.audit.record(
-            &Event {
-                event: kind,
-                path: lease.path(),
-                lease_id: Some(&lease.id),
-                issuer: Some(lease.issuer().as_str()),
-                outcome,
-                detail: None,
-                count: None,
-            },
-            who,
-        );
+    fn audit(&self, kind: EventKind, lease: &Lease, outcome: Outcome, who: Option<&Requester>) {
+        self.audit.record(&Event::new(kind, lease.path(), outcome).lease(&lease.id, lease.issuer()), who);
     }
 
     /// Queues a lease's expiry (and, for a renewable one, its renewal at 2/3 of what is left).
@@ -206,7 +200,7 @@ impl LeaseManager {
                     lease.set_expiry(new.min(lease.cap));
                     me.deadlines.forget(&lease);
                     me.schedule(&lease);
-                    me.audit(EventKind::Renew, &lease, "ok", None);
+                    me.audit(EventKind::Renew, &lease, Outcome::Ok, None);
                     tracing::info!(lease = %lease.id, path = %lease.path(), expires_at = %rfc3339(lease.expires_at()), "renewed");
                 }
                 Ok(_) => {}
@@ -230,7 +224,7 @@ impl LeaseManager {
             return;
         }
         if lease.revoke_on_close {
-            self.end(lease, EndReason::Close);
+            self.end(lease, EndReason::Close, None);
         } else if !lease.reusable {
             let n = lease.held();
             lease.zeroize();
@@ -239,13 +233,9 @@ impl LeaseManager {
     }
 
     /// Ends a lease once: zeroizes its bytes (open handles then read EKEYEXPIRED), removes it from
-    /// the table, and revokes it at its issuer in the background.
-    pub fn end(self: &Arc<Self>, lease: &Arc<Lease>, why: EndReason) -> Option<JoinHandle<()>> {
-        self.end_by(lease, why, None)
-    }
-
-    /// `end`, on behalf of `who` (recorded in the audit log).
-    pub fn end_by(
+    /// the table, and revokes it at its issuer in the background. `who` asked for it, if anyone
+    /// did (recorded in the audit log).
+    pub fn end(
         self: &Arc<Self>,
         lease: &Arc<Lease>,
         why: EndReason,
@@ -265,7 +255,7 @@ impl LeaseManager {
             self.deadlines.forget(lease);
         }
         let kind = if why == EndReason::Expire { EventKind::Expire } else { EventKind::Revoke };
-        self.audit(kind, lease, why.as_str(), who);
+        self.audit(kind, lease, outcome_of(why), who);
         tracing::info!(lease = %lease.id, path = %lease.path(), reason = why.as_str(), "lease ended; revoking");
         Some(self.engine.spawn(Job {
             lease_id: lease.id.clone(),
@@ -276,41 +266,32 @@ impl LeaseManager {
         }))
     }
 
-    /// Revokes one lease by id (`/.leasefs/revoke`, `leasefs revoke`).
-    pub fn revoke(self: &Arc<Self>, id: &str) -> bool {
-        self.revoke_by(id, None)
-    }
-
-    /// `revoke`, on behalf of `who`.
-    pub fn revoke_by(self: &Arc<Self>, id: &str, who: Option<&Requester>) -> bool {
+    /// Revokes one lease by id (`/.leasefs/revoke`, `leasefs revoke`), on behalf of `who`. An
+    /// irrevocable lease (one that ended but whose issuer keeps refusing) is tried again now.
+    pub fn revoke(self: &Arc<Self>, id: &str, who: Option<&Requester>) -> bool {
         match self.get(id) {
             Some(l) => {
-                self.end_by(&l, EndReason::Revoke, who);
+                self.end(&l, EndReason::Revoke, who);
                 true
             }
-            None => false,
+            None => self.engine.retry(id),
         }
     }
 
-    /// Revokes every live lease.
-    pub fn revoke_all(self: &Arc<Self>, why: EndReason) -> Vec<JoinHandle<()>> {
-        self.revoke_all_by(why, None)
-    }
-
-    /// `revoke_all`, on behalf of `who`.
-    pub fn revoke_all_by(self: &Arc<Self>, why: EndReason, who: Option<&Requester>) -> Vec<JoinHandle<()>> {
-        self.table.all().iter().filter_map(|l| self.end_by(l, why, who)).collect()
+    /// Revokes every live lease, on behalf of `who` if anyone asked.
+    pub fn revoke_all(self: &Arc<Self>, why: EndReason, who: Option<&Requester>) -> Vec<JoinHandle<()>> {
+        self.table.all().iter().filter_map(|l| self.end(l, why, who)).collect()
     }
 
     /// At shutdown: revoke live leases (`revoke`) and unfinished issuances; wait for it (bounded).
     pub async fn shutdown(self: &Arc<Self>, revoke: bool) {
-        self.engine.shutting_down.store(true, Ordering::SeqCst);
+        self.engine.shut_down();
         // Let issuances under way finish (each is bounded by issue_timeout), so that their leases
         // are in the table when it is revoked, and those that fail are revoked (SPEC §10.4).
         self.in_flight.close();
         let limit = self.defaults.issue_timeout.0 + Duration::from_secs(1);
         let _ = tokio::time::timeout(limit, self.in_flight.wait()).await;
-        let mut handles = if revoke { self.revoke_all(EndReason::Shutdown) } else { Vec::new() };
+        let mut handles = if revoke { self.revoke_all(EndReason::Shutdown, None) } else { Vec::new() };
         let n = handles.len();
         handles.extend(self.engine.take_undone());
         let limit = self.defaults.issue_timeout.0 * 3 + Duration::from_secs(5);
@@ -355,12 +336,22 @@ impl deadline::OnDeadline for LeaseManager {
             // A lease renewed since has a later expiry deadline of its own.
             Action::Expire if lease.expires_at() <= now => {
                 self.metrics.expired();
-                self.end(&lease, EndReason::Expire);
+                self.end(&lease, EndReason::Expire, None);
             }
             Action::Expire => {}
             Action::Renew if lease.open_handles() > 0 => self.spawn_renewal(lease),
             Action::Renew => {}
-            Action::Rotate => rotate::rotate(&self, &lease),
+            Action::Rotate => {
+                let (audit, metrics) = (self.audit.clone(), self.metrics.clone());
+                let (trust, timeout) = (self.engine.trust(), self.defaults.issue_timeout.0);
+                rotate::rotate(&rotate::Rotator { audit, metrics, trust, timeout }, &lease)
+            }
+            Action::Cgroup if cgroup::emptied(&lease) => {
+                self.end(&lease, EndReason::Cgroup, None);
+            }
+            Action::Cgroup => {
+                self.deadlines.push(self.clock.now() + cgroup::POLL, &lease, Action::Cgroup);
+            }
         }
     }
 }

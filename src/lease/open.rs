@@ -2,15 +2,16 @@
 //! issuance must pass (quota, pressure, shutdown), then the issuance, audited either way.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::deadline::Action;
 use super::issue::Issue;
-use super::table::{self, Lease, OpenRequest, Origin, rfc3339};
-use super::{LeaseError, LeaseManager, new_lease_id, pressure};
-use crate::audit::{Event, EventKind};
+use super::table::{self, Lease, OpenRequest, Origin};
+use super::{LeaseError, LeaseManager, cgroup, new_lease_id, pressure};
+use crate::audit::{Event, EventKind, Outcome};
 use crate::error::ErrorKind;
 use crate::policy::{Effective, IssuerKind};
+use crate::render::rfc3339;
 use crate::secret::SecretKind;
 
 impl LeaseManager {
@@ -48,7 +49,7 @@ impl LeaseManager {
         if let Some(l) = self.table.reuse(&req.path, policy.reuse, &req.requester, policy.min_remaining, capped, now) {
             l.opened_by(&req.requester);
             self.metrics.reused(kind.as_str());
-            self.audit(EventKind::Reuse, &l, "ok", Some(&req.requester));
+            self.audit(EventKind::Reuse, &l, Outcome::Ok, Some(&req.requester));
             return Ok(l);
         }
         if let Err(e) = pressure::within_quota(self.table.usage(req.requester.uid), req.requester.uid, &self.defaults) {
@@ -64,7 +65,7 @@ impl LeaseManager {
             }
         };
         let _in_flight = self.in_flight.token();
-        if self.engine.shutting_down.load(Ordering::SeqCst) {
+        if self.engine.is_shutting_down() {
             return Err(LeaseError::new(ErrorKind::ShuttingDown, "leasefs is shutting down"));
         }
         self.issue_new(&req, kind, policy).await
@@ -99,8 +100,11 @@ impl LeaseManager {
                 let lease = Arc::new(lease);
                 self.table.insert(lease.clone());
                 self.schedule(&lease);
+                if policy.reuse == crate::defaults::Reuse::Cgroup {
+                    self.deadlines.push(self.clock.now() + cgroup::POLL, &lease, Action::Cgroup);
+                }
                 self.metrics.issued(kind.as_str(), started.elapsed());
-                self.audit(EventKind::Issue, &lease, "ok", Some(&req.requester));
+                self.audit(EventKind::Issue, &lease, Outcome::Ok, Some(&req.requester));
                 tracing::info!(lease = %lease.id, path = %req.path, issuer = %kind, expires_at = %rfc3339(lease.expires_at()), uid = req.requester.uid, "issued");
                 Ok(lease)
             }
@@ -112,18 +116,8 @@ impl LeaseManager {
     fn issue_failed(&self, req: &OpenRequest, kind: IssuerKind, lease_id: &str, e: LeaseError) -> LeaseError {
         self.metrics.failed(kind.as_str(), e.reason());
         let detail = e.to_string();
-        self.audit.record(
-            &Event {
-                event: EventKind::Error,
-                path: &req.path,
-                lease_id: Some(lease_id),
-                issuer: Some(kind.as_str()),
-                outcome: e.reason(),
-                detail: Some(&detail),
-                count: None,
-            },
-            Some(&req.requester),
-        );
+        let ev = Event::new(EventKind::Error, &req.path, Outcome::of(&e)).lease(lease_id, kind).detail(detail.as_str());
+        self.audit.record(&ev, Some(&req.requester));
         // Logged once, by the filesystem adapter, as the failed open it causes.
         e.context(format!("issuance failed (lease {lease_id})"))
     }
@@ -132,17 +126,9 @@ impl LeaseManager {
     fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) {
         self.metrics.failed(kind.as_str(), e.reason());
         let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return };
-        self.audit.record(
-            &Event {
-                event: EventKind::Deny,
-                path: &req.path,
-                lease_id: None,
-                issuer: Some(kind.as_str()),
-                outcome: e.reason(),
-                detail: Some(&e.to_string()),
-                count: Some(count),
-            },
-            Some(&req.requester),
-        );
+        let detail = e.to_string();
+        let ev =
+            Event::new(EventKind::Deny, &req.path, Outcome::of(e)).issuer(kind).detail(detail.as_str()).count(count);
+        self.audit.record(&ev, Some(&req.requester));
     }
 }

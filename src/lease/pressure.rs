@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::table::Usage;
-use crate::config::Defaults;
+use crate::defaults::Defaults;
 use crate::error::{ErrorKind, LeaseError};
 use crate::policy::Effective;
 use tokio::time::Instant;

@@ -8,12 +8,13 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::LeaseManager;
 use super::table::Lease;
-use crate::audit::{Event, EventKind};
+use crate::audit::{Audit, Event, EventKind, Outcome};
+use crate::metrics::Metrics;
 use crate::policy::RotateBy;
-use crate::secret::{Requester, process_stat};
+use crate::requester::{Requester, process_stat};
 use crate::trust::Trust;
 
 /// The real uid of a live process, from `/proc/PID/status`.
@@ -114,8 +115,25 @@ fn signal_pid_file(path: &Path, sig: i32, done: &[u32], daemon_uid: u32) -> Resu
     }
 }
 
+/// What a rotation works with: where it is audited and counted, who may own a `rotate_command`,
+/// and how long one may run (`issue_timeout`).
+#[derive(Clone)]
+pub struct Rotator {
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub trust: Trust,
+    pub timeout: Duration,
+}
+
+impl Rotator {
+    fn audit(&self, lease: &Lease, outcome: Outcome, who: Option<&Requester>) {
+        let ev = Event::new(EventKind::Rotate, lease.path(), outcome).lease(&lease.id, lease.issuer());
+        self.audit.record(&ev, who);
+    }
+}
+
 /// At `rotate_at`: no new open shares the lease, and the daemon holding it is told to re-read.
-pub fn rotate(m: &Arc<LeaseManager>, lease: &Arc<Lease>) {
+pub fn rotate(m: &Rotator, lease: &Arc<Lease>) {
     let Some(rotation) = lease.rotate.clone() else { return };
     lease.retire();
     match rotation.by {
@@ -127,11 +145,10 @@ pub fn rotate(m: &Arc<LeaseManager>, lease: &Arc<Lease>) {
         RotateBy::Command(argv) => {
             let (m, lease) = (m.clone(), lease.clone());
             tokio::spawn(async move {
-                let (trust, timeout) = (m.engine.issuers.trust, m.defaults.issue_timeout.0);
-                let ran = crate::issuer::exec::run_rotate_command(&trust, &argv, &lease.id, lease.path(), timeout);
+                let ran = crate::issuer::exec::run_rotate_command(&m.trust, &argv, &lease.id, lease.path(), m.timeout);
                 match ran.await {
                     Ok(()) => {
-                        m.audit(EventKind::Rotate, &lease, "command", None);
+                        m.audit(&lease, Outcome::Command, None);
                         tracing::info!(lease = %lease.id, path = %lease.path(), program = %argv[0], "rotation: rotate_command ran");
                     }
                     Err(e) => {
@@ -147,21 +164,21 @@ pub fn rotate(m: &Arc<LeaseManager>, lease: &Arc<Lease>) {
 
 /// Signals the lease's openers and the pid in its pid file, auditing each signal: Ok if one went
 /// out, else why none did.
-fn signal_all(m: &LeaseManager, lease: &Lease, sig: i32, pid_file: Option<&Path>) -> Result<(), String> {
+fn signal_all(m: &Rotator, lease: &Lease, sig: i32, pid_file: Option<&Path>) -> Result<(), String> {
     let who =
         |pid: u32| Requester { pid, uid: process_uid(pid).unwrap_or(lease.requester.uid), ..lease.requester.clone() };
     let openers = signal_openers(lease, sig);
     for (pid, sent) in &openers {
-        m.audit(EventKind::Rotate, lease, if *sent { "signalled" } else { "failed" }, Some(&who(*pid)));
+        m.audit(lease, if *sent { Outcome::Signalled } else { Outcome::Failed }, Some(&who(*pid)));
     }
     let signalled: Vec<u32> = openers.iter().filter(|(_, sent)| *sent).map(|(pid, _)| *pid).collect();
     let mut why = if signalled.is_empty() { vec!["no live opener".to_string()] } else { Vec::new() };
     match pid_file {
         None => why.push("no rotate_pid_file".into()),
-        Some(path) => match signal_pid_file(path, sig, &signalled, m.engine.issuers.trust.uid) {
+        Some(path) => match signal_pid_file(path, sig, &signalled, m.trust.uid) {
             Ok((_, false)) => {}
             Ok((pid, true)) => {
-                m.audit(EventKind::Rotate, lease, "signalled", Some(&who(pid)));
+                m.audit(lease, Outcome::Signalled, Some(&who(pid)));
                 tracing::info!(lease = %lease.id, path = %lease.path(), pid, signal = sig, pid_file = %path.display(), "rotation: signalled the daemon in its pid file");
                 return Ok(());
             }
@@ -175,17 +192,11 @@ fn signal_all(m: &LeaseManager, lease: &Lease, sig: i32, pid_file: Option<&Path>
 }
 
 /// A rotation that reached nobody: the daemon will hold the lease past its expiry.
-fn unheard(m: &LeaseManager, lease: &Lease, why: &str) {
+fn unheard(m: &Rotator, lease: &Lease, why: &str) {
     m.metrics.rotate_unheard();
-    let ev = Event {
-        event: EventKind::Rotate,
-        path: lease.path(),
-        lease_id: Some(&lease.id),
-        issuer: Some(lease.issuer().as_str()),
-        outcome: "rotate_unheard",
-        detail: Some(why),
-        count: None,
-    };
+    let ev = Event::new(EventKind::Rotate, lease.path(), Outcome::RotateUnheard)
+        .lease(&lease.id, lease.issuer())
+        .detail(why);
     m.audit.record(&ev, None);
     tracing::warn!(lease = %lease.id, path = %lease.path(), why, "rotation reached nobody: whoever holds this lease was not told to re-read and may use it past its expiry");
 }

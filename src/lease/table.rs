@@ -10,10 +10,12 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::config::Reuse;
+use crate::defaults::Reuse;
 use crate::memlock::SharedBytes;
 use crate::policy::IssuerKind;
-use crate::secret::{Requester, SecretMeta};
+use crate::render::rfc3339;
+use crate::requester::Requester;
+use crate::secret::SecretMeta;
 use crate::source::Source;
 
 /// What the filesystem hands over to open a dynamic secret.
@@ -37,6 +39,8 @@ pub enum EndReason {
     /// `revoke_on_close`: its last handle closed.
     Close,
     Shutdown,
+    /// `bind`/`reuse: "cgroup"`: the reader's cgroup has no process left.
+    Cgroup,
 }
 
 impl EndReason {
@@ -46,6 +50,7 @@ impl EndReason {
             EndReason::Revoke => "revoke",
             EndReason::Close => "close",
             EndReason::Shutdown => "shutdown",
+            EndReason::Cgroup => "cgroup",
         }
     }
 }
@@ -214,6 +219,7 @@ impl Lease {
             gid: self.requester.gid,
             pid: self.requester.pid,
             comm: self.requester.comm.clone(),
+            workload: self.requester.workload.clone(),
             issued_at: rfc3339(self.issued_at),
             expires_at: rfc3339(self.expires_at()),
             remaining_seconds: self.remaining(now).as_secs(),
@@ -223,16 +229,15 @@ impl Lease {
     }
 }
 
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseState {
     Live,
     /// Ended, but its issuer has refused revocation for longer than `irrevocable_after`.
     Irrevocable,
+    /// Irrevocable, and refused through an hour of slow retries: no more automatic attempts in
+    /// this run (`leasefs revoke` tries again; so does the next start).
+    Abandoned,
 }
 
 /// A lease as `leases.json` shows it: metadata only.
@@ -246,6 +251,9 @@ pub struct LeaseInfo {
     pub gid: u32,
     pub pid: u32,
     pub comm: String,
+    /// The reader's cgroup, unit, container, pod and executable, where read.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::workload::serialize_shared")]
+    pub workload: Option<Arc<crate::workload::Workload>>,
     pub issued_at: String,
     pub expires_at: String,
     pub remaining_seconds: u64,
@@ -273,6 +281,7 @@ impl LeaseInfo {
             gid: who.gid,
             pid: who.pid,
             comm: who.comm,
+            workload: who.workload,
             issued_at: rfc3339(issued_at),
             expires_at: rfc3339(expires_at),
             remaining_seconds: 0,
@@ -373,6 +382,7 @@ impl Table {
                 // The same process: a later one that got the pid is not it.
                 Reuse::Pid => l.requester.same_process(who),
                 Reuse::Session => l.requester.sid == who.sid,
+                Reuse::Workload | Reuse::Cgroup => same_workload(reuse, &l.requester, who),
                 Reuse::None => false,
             })
             .max_by_key(|l| l.expires_at())
@@ -396,8 +406,30 @@ pub struct Turns {
     queues: Mutex<HashMap<(String, Binding), Queue>>,
 }
 
-/// Who may share a lease: (uid, pid or session id or 0, start time or 0).
+/// Who may share a lease: (uid, pid or session id or 0, start time or 0, or a hash of the
+/// reader's workload or cgroup).
 pub type Binding = (u32, u32, u64);
+
+/// What `reuse: "workload"` or `"cgroup"` shares a lease by; None when the reader's workload
+/// could not be read (its leases are then its process's own).
+fn workload_key(reuse: Reuse, who: &Requester) -> Option<String> {
+    let w = who.workload.as_ref()?;
+    Some(if reuse == Reuse::Cgroup { format!("cgroup:{}", w.cgroup) } else { w.key() })
+}
+
+/// Whether a lease issued to `holder` may be shared with `who` under `reuse` workload or cgroup.
+fn same_workload(reuse: Reuse, holder: &Requester, who: &Requester) -> bool {
+    match (workload_key(reuse, holder), workload_key(reuse, who)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => holder.same_process(who),
+        _ => false,
+    }
+}
+
+fn hash_of(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+}
 
 /// The requester with what its binding needs read, and the binding (none for `reuse: none`).
 /// A process is its pid and start time, read (with the session, in one pass of
@@ -406,7 +438,7 @@ pub type Binding = (u32, u32, u64);
 pub fn binding(who: Requester, reuse: Reuse, rotate: bool) -> (Requester, Option<Binding>) {
     let who = match reuse {
         Reuse::Session => who.with_session(),
-        Reuse::Pid => who.with_start(),
+        Reuse::Pid | Reuse::Workload | Reuse::Cgroup => who.with_start(),
         _ if rotate => who.with_start(),
         _ => who,
     };
@@ -415,6 +447,11 @@ pub fn binding(who: Requester, reuse: Reuse, rotate: bool) -> (Requester, Option
         Reuse::Uid => Some((who.uid, 0, 0)),
         Reuse::Pid => Some((who.uid, who.pid, who.start)),
         Reuse::Session => Some((who.uid, who.sid, 0)),
+        // A queue per workload (a hash: the queue only orders issuances; `reuse` compares keys).
+        Reuse::Workload | Reuse::Cgroup => match workload_key(reuse, &who) {
+            Some(k) => Some((who.uid, u32::MAX, hash_of(&k))),
+            None => Some((who.uid, who.pid, who.start)),
+        },
     };
     (who, scope)
 }

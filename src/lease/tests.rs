@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use super::*;
-use crate::config::Dur;
+use crate::defaults::Dur;
 use crate::error::ErrorKind;
+use crate::fields::SecretFields;
 use crate::issuer::{IssueRequest, Issued, Issuer, RevokeRequest};
-use crate::secret::{Locator, SecretFields, SecretKind};
+use crate::secret::{Locator, SecretKind};
 use crate::source::{Listing, SourceError};
 
 #[derive(Default)]
@@ -94,7 +95,7 @@ fn manager(issuer: &Arc<TestIssuer>, d: Defaults) -> Arc<LeaseManager> {
     *issuer.clock.lock() = Some(clock.clone());
     let mut issuers = Issuers::default();
     issuers.insert(IssuerKind::Exec, issuer.clone());
-    LeaseManager::with_clock(issuers, None, d, Arc::new(Audit::disabled()), Arc::new(Metrics::default()), clock)
+    LeaseManager::new(issuers, None, d, Arc::new(Audit::disabled()), Arc::new(Metrics::default()), clock)
 }
 
 fn meta(path: &str, kind: SecretKind, attrs: serde_json::Value) -> Arc<SecretMeta> {
@@ -119,7 +120,7 @@ fn request_at(path: &str, attrs: serde_json::Value, uid: u32, pid: u32, start: u
         base: meta("base", SecretKind::Base { issuer: IssuerKind::Exec, expose: false }, serde_json::json!({})),
         source: Arc::new(NoSource),
         source_key: "/".into(),
-        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0, start },
+        requester: Requester { uid, gid: uid, pid, comm: "test".into(), sid: 0, start, workload: None },
     }
 }
 
@@ -187,8 +188,8 @@ async fn leases_expire_in_deadline_order_and_are_revoked_exactly_once() {
     assert!(!mid.is_live() && !long.is_live());
     assert_eq!(*i.revoked.lock(), [short.id.clone(), mid.id.clone(), long.id.clone()]);
     // Ending again (a late revoke, a close) does nothing more.
-    assert!(m.end(&short, EndReason::Revoke).is_none());
-    assert!(!m.revoke(&short.id));
+    assert!(m.end(&short, EndReason::Revoke, None).is_none());
+    assert!(!m.revoke(&short.id, None));
     settle().await;
     assert_eq!(i.revoked.lock().len(), 3);
     assert_eq!(m.live(), 0);
@@ -247,6 +248,68 @@ async fn a_refused_revocation_is_retried_with_backoff_then_marked_irrevocable_th
     assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id));
     assert!(m.irrevocable().is_empty());
     assert_eq!(m.pending_revocations(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_irrevocable_lease_is_abandoned_after_an_hour_of_slow_retries_and_retried_by_hand() {
+    let i = Arc::new(TestIssuer { refuse: AtomicUsize::new(usize::MAX), ..TestIssuer::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let clock = Clock::tokio();
+    let mut issuers = Issuers::default();
+    issuers.insert(IssuerKind::Exec, i.clone());
+    let audit = Arc::new(Audit::open_trusted(&log, false).unwrap());
+    let m = LeaseManager::new(issuers, None, defaults(), audit, Arc::new(Metrics::default()), clock);
+    let tries = || usize::MAX - i.refuse.load(Ordering::SeqCst);
+    let l = m.open(request("x", serde_json::json!({"ttl": "10s"}), 0, 1)).await.unwrap();
+    advance(11 + 62).await;
+    assert_eq!(m.irrevocable()[0].state, LeaseState::Irrevocable);
+    // Twelve slow retries, 5 minutes apart; refused through all of them: abandoned.
+    advance(11 * 300).await;
+    assert_eq!(m.irrevocable()[0].state, LeaseState::Irrevocable, "still within the hour");
+    advance(300 + 5).await;
+    let irr = m.irrevocable();
+    assert_eq!((irr.len(), irr[0].state), (1, LeaseState::Abandoned));
+    assert!(m.list().iter().any(|x| x.id == l.id && x.state == LeaseState::Abandoned), "still listed");
+    let metrics = m.metrics.render(m.gauges(0));
+    assert!(metrics.contains("leasefs_revocations_abandoned_total{issuer=\"exec\"} 1"), "{metrics}");
+    assert!(metrics.contains("leasefs_leases_irrevocable 1"), "{metrics}");
+    let audited = std::fs::read_to_string(&log).unwrap();
+    let abandoned: Vec<&str> = audited.lines().filter(|l| l.contains(r#""outcome":"revoke_abandoned""#)).collect();
+    assert_eq!(abandoned.len(), 1, "{audited}");
+    assert!(abandoned[0].contains(r#""event":"irrevocable""#) && abandoned[0].contains(&l.id), "{}", abandoned[0]);
+    // No attempt on its own any more.
+    let n = tries();
+    advance(3 * 3600).await;
+    assert_eq!(tries(), n, "an abandoned revocation is not retried on its own");
+    // By hand (`leasefs revoke`), twice at once: one attempt; refused again, it stays abandoned.
+    assert!(m.revoke(&l.id, None));
+    assert!(m.revoke(&l.id, None));
+    settle().await;
+    assert_eq!(tries(), n + 1, "one attempt for both");
+    assert_eq!(m.irrevocable()[0].state, LeaseState::Abandoned);
+    // The issuer is back: by hand again, revoked, once.
+    i.refuse.store(0, Ordering::SeqCst);
+    assert!(m.revoke(&l.id, None));
+    settle().await;
+    assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id));
+    assert!(m.irrevocable().is_empty());
+    assert_eq!(m.pending_revocations(), 0);
+    assert!(!m.revoke(&l.id, None), "nothing left to revoke");
+}
+
+#[tokio::test(start_paused = true)]
+async fn leasefs_revoke_of_an_irrevocable_lease_tries_it_at_once() {
+    let i = Arc::new(TestIssuer { refuse: AtomicUsize::new(usize::MAX), ..TestIssuer::default() });
+    let m = manager(&i, defaults());
+    let l = m.open(request("y", serde_json::json!({"ttl": "10s"}), 0, 1)).await.unwrap();
+    advance(11 + 62).await;
+    assert_eq!(m.irrevocable().len(), 1);
+    i.refuse.store(0, Ordering::SeqCst);
+    assert!(m.revoke(&l.id, None), "an ended lease still pending is found");
+    settle().await;
+    assert_eq!(*i.revoked.lock(), std::slice::from_ref(&l.id), "revoked now, not at the next 5-minute retry");
+    assert!(m.irrevocable().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -395,7 +458,7 @@ async fn at_rotate_at_the_processes_that_opened_a_lease_get_its_signal_and_it_is
     let l = m.open(request_at("rot", attrs.clone(), uid, reader.id(), 0)).await.ok().unwrap();
     assert!(l.requester.start > 0, "the opener's start time is recorded");
     // An opener recorded with another start time: an earlier process whose pid `other` got since.
-    let (_, other_start) = crate::secret::process_stat(other.id()).unwrap();
+    let (_, other_start) = crate::requester::process_stat(other.id()).unwrap();
     let again = m.open(request_at("rot", attrs.clone(), uid, other.id(), other_start + 1)).await.ok().unwrap();
     assert_eq!(again.id, l.id, "shared by uid");
     advance(14).await;

@@ -9,10 +9,14 @@ use zeroize::Zeroizing;
 
 use super::document::{data_of, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
-use crate::attrs::Pending;
+use crate::attrs::{Pending, Step, locate};
+use crate::defaults::Defaults;
 use crate::diag::FileError;
+use crate::fields::SecretFields;
+use crate::issuer::exec::{PATH as EXEC_PATH, check_programs};
+use crate::policy::IssuerKind;
 use crate::render::render_static;
-use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
+use crate::secret::{Locator, SecretKind, SecretMeta};
 use crate::trust::Trust;
 
 /// Documents larger than this are refused (a secret catalog is small; this bounds memory).
@@ -24,11 +28,20 @@ pub struct LocalSource {
     trust: Trust,
     /// `static_page_cache`: listings carry each static secret's exact size as it reads.
     sizes: bool,
+    /// The configuration's lease defaults, against which an entry's own settings are judged.
+    defaults: Option<Arc<Defaults>>,
 }
 
 impl LocalSource {
     pub fn new(root: PathBuf, strict_perms: bool) -> Self {
-        LocalSource { root, trust: Trust::new(strict_perms), sizes: false }
+        LocalSource { root, trust: Trust::new(strict_perms), sizes: false, defaults: None }
+    }
+
+    /// Judges each entry against the configuration's defaults too (as `leasefs check` does): an
+    /// entry whose leases could never be reused under them is not served.
+    pub fn with_defaults(mut self, defaults: Defaults) -> Self {
+        self.defaults = Some(Arc::new(defaults));
+        self
     }
 
     /// Lists each static secret with its exact rendered size (for the page cache: the kernel then
@@ -119,7 +132,7 @@ fn read_text(path: &Path, trust: &Trust) -> Result<(Zeroizing<String>, std::fs::
     Ok((Zeroizing::new(text.to_string()), meta))
 }
 
-fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceError> {
+fn list_dir(root: &Path, trust: &Trust, sizes: bool, defaults: Option<&Defaults>) -> Result<Listing, SourceError> {
     if !root.is_dir() {
         return Err(SourceError::Unavailable(format!("{} is not a readable directory", root.display())));
     }
@@ -155,7 +168,106 @@ fn list_dir(root: &Path, trust: &Trust, sizes: bool) -> Result<Listing, SourceEr
         });
     }
     listing.problems.extend(problems);
+    let problems = refuse_unusable(&mut listing.secrets, trust, defaults);
+    listing.problems.extend(problems);
     Ok(listing)
+}
+
+/// The line and column of `key` (a path of keys) in a secret's document, or where the document
+/// starts, for naming it.
+fn place(meta: &SecretMeta, key: &[&str], message: String) -> FileError {
+    let Locator::File { file, offset, len, .. } = &meta.locator else {
+        return FileError::whole(Path::new(meta.path()), message);
+    };
+    let text = std::fs::read_to_string(&file.path).unwrap_or_default();
+    let (start, end) = (*offset as usize, *offset as usize + *len as usize);
+    let steps: Vec<Step<'_>> = key.iter().map(|k| Step::Key(k)).collect();
+    let inner = text.get(start..end).and_then(|doc| locate(doc, &steps)).unwrap_or(0);
+    let (line, column) = crate::diag::line_col(&text, start + inner);
+    FileError { file: file.path.clone(), line, column, message }
+}
+
+/// A base secret's data, read back from its document (only exec bases, to check their programs).
+fn base_fields(meta: &SecretMeta) -> Option<SecretFields> {
+    let Locator::File { file, offset, len, .. } = &meta.locator else { return None };
+    read_span(&file.path, *offset, *len).and_then(|t| read_doc(&t, meta.path()))?.ok()
+}
+
+/// The `#!` interpreter of each program an exec base runs, checked like the program itself: a
+/// script whose shell is missing (a container image without /bin/sh) would fail at every open.
+fn interpreters(trust: &Trust, fields: &SecretFields) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in ["command", "revoke_command"] {
+        let Some(argv) = fields.get(key).and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()) else { continue };
+        let Some(prog) = argv.first().and_then(|p| trust.check_program(p, EXEC_PATH).ok()) else { continue };
+        let mut head = [0u8; 256];
+        let n = std::fs::File::open(&prog).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+        let Some(line) = head[..n].strip_prefix(b"#!") else { continue };
+        let line = String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+        let Some(interp) = line.split_whitespace().next() else { continue };
+        if let Err(why) = trust.check_program(interp, EXEC_PATH) {
+            out.push(format!("{key} {:?} starts with #!{interp}, which is not trusted: {why}", argv[0]));
+        }
+    }
+    out
+}
+
+/// Drops what could never be opened, naming each: an `exec` base whose programs are not trusted
+/// (or missing), an entry whose `rotate_command` is not, and an entry linked to no base of this
+/// source — so the mount lists nothing `leasefs check` refuses.
+fn refuse_unusable(secrets: &mut Vec<Arc<SecretMeta>>, trust: &Trust, defaults: Option<&Defaults>) -> Vec<FileError> {
+    let mut problems = Vec::new();
+    secrets.retain(|m| {
+        // Lease settings that only meet the defaults here: no lease of the entry could be reused.
+        let dynamic = matches!(m.kind, SecretKind::Dynamic { .. });
+        if let Some((key, why)) = defaults.filter(|_| dynamic).and_then(|d| m.policy().reuse_conflict(d)) {
+            let msg = format!("{}: attributes.{key}: {why}; not served", m.path().replace('/', ":"));
+            problems.push(place(m, &["attributes", key], msg));
+            return false;
+        }
+        let why: Vec<String> = match &m.kind {
+            SecretKind::Base { issuer: IssuerKind::Exec, .. } => match base_fields(m) {
+                Some(fields) => {
+                    let w = check_programs(trust, &fields);
+                    if w.is_empty() { interpreters(trust, &fields) } else { w }
+                }
+                None => Vec::new(),
+            },
+            SecretKind::Dynamic { .. } => (m.policy().rotate_command.as_ref())
+                .and_then(|argv| trust.check_program(&argv[0], EXEC_PATH).err().map(|e| (argv[0].clone(), e)))
+                .map(|(prog, e)| vec![format!("attributes.rotate_command {prog:?} is not trusted: {e}")])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let key: &[&str] = if matches!(m.kind, SecretKind::Base { .. }) { &["data"] } else { &["attributes"] };
+        for w in &why {
+            problems.push(place(m, key, format!("{}: {w}; not served", m.path().replace('/', ":"))));
+        }
+        why.is_empty()
+    });
+    let bases: std::collections::HashSet<&str> =
+        secrets.iter().filter(|m| matches!(m.kind, SecretKind::Base { .. })).map(|m| m.path()).collect();
+    let dangling: Vec<usize> = (secrets.iter().enumerate())
+        .filter(|(_, m)| matches!(&m.kind, SecretKind::Dynamic { link } if !bases.contains(link.as_str())))
+        .map(|(i, _)| i)
+        .collect();
+    for &i in &dangling {
+        let m = &secrets[i];
+        let SecretKind::Dynamic { link } = &m.kind else { continue };
+        problems.push(place(
+            m,
+            &["attributes", "linkConfig"],
+            format!(
+                "{} links to {:?}, which is not a served base secret of this source; not served",
+                m.path(),
+                link.replace('/', ":")
+            ),
+        ));
+    }
+    for i in dangling.into_iter().rev() {
+        secrets.remove(i);
+    }
+    problems
 }
 
 /// Reads and parses a run of document files; returns the entries whose keys wait for their issuer.
@@ -189,8 +301,8 @@ impl Source for LocalSource {
 
     async fn list(&self) -> Result<Listing, SourceError> {
         let root = self.root.clone();
-        let (trust, sizes) = (self.trust, self.sizes);
-        tokio::task::spawn_blocking(move || list_dir(&root, &trust, sizes))
+        let (trust, sizes, defaults) = (self.trust, self.sizes, self.defaults.clone());
+        tokio::task::spawn_blocking(move || list_dir(&root, &trust, sizes, defaults.as_deref()))
             .await
             .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }

@@ -4,13 +4,16 @@ pub mod document;
 pub mod local;
 pub mod openbao;
 mod royal;
+mod text;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::diag::FileError;
-use crate::secret::{SecretFields, SecretMeta};
+use crate::fields::SecretFields;
+use crate::openbao_auth::Login;
+use crate::secret::SecretMeta;
 
 /// Everything a source knows about its secrets, without any value.
 #[derive(Debug, Default)]
@@ -40,4 +43,9 @@ pub trait Source: Send + Sync {
     async fn list(&self) -> Result<Listing, SourceError>;
     /// Reads one secret's payload (a static value, or a base secret's data).
     async fn read(&self, secret: &SecretMeta) -> Result<SecretFields, SourceError>;
+    /// How this source logs in to OpenBao, if it does: the `openbao` issuer of its dynamic
+    /// mounts asks it for a current token at each use (never a copy kept with a base secret).
+    fn openbao_login(&self) -> Option<Arc<Login>> {
+        None
+    }
 }

@@ -7,11 +7,12 @@ use async_trait::async_trait;
 
 use super::{Listing, Source, SourceError};
 use crate::diag::FileError;
+use crate::fields::SecretFields;
 use crate::openbao::{BaoClient, BaoError, Endpoints, fields_of};
 use crate::openbao_auth::{AuthConfig, Login};
 use crate::paths::split_path;
 use crate::policy::IssuerKind;
-use crate::secret::{Locator, SecretFields, SecretKind, SecretMeta};
+use crate::secret::{Locator, SecretKind, SecretMeta};
 
 /// Where the synthesized base secret of a dynamic mount lives (never listed).
 pub const BASE_DIR: &str = "_openbao";
@@ -19,8 +20,6 @@ pub const BASE_DIR: &str = "_openbao";
 pub struct OpenBaoSource {
     endpoints: Endpoints,
     login: Arc<Login>,
-    /// The name its login is registered under (for the `openbao` issuer).
-    name: String,
     kv_mounts: Vec<String>,
     dynamic_mounts: Vec<String>,
     timeout: Duration,
@@ -28,7 +27,6 @@ pub struct OpenBaoSource {
 
 impl OpenBaoSource {
     pub fn new(
-        name: String,
         endpoints: Endpoints,
         auth: AuthConfig,
         kv_mounts: Vec<String>,
@@ -36,8 +34,7 @@ impl OpenBaoSource {
         timeout: Duration,
     ) -> Self {
         let login = Login::new(auth, endpoints.clone(), timeout);
-        crate::openbao_auth::register(&name, login.clone());
-        OpenBaoSource { endpoints, login, name, kv_mounts, dynamic_mounts, timeout }
+        OpenBaoSource { endpoints, login, kv_mounts, dynamic_mounts, timeout }
     }
 
     fn address(&self) -> &str {
@@ -145,6 +142,10 @@ impl Source for OpenBaoSource {
         format!("openbao:{}", self.endpoints.addresses.join(","))
     }
 
+    fn openbao_login(&self) -> Option<Arc<Login>> {
+        Some(self.login.clone())
+    }
+
     async fn list(&self) -> Result<Listing, SourceError> {
         let client = self.client().await?;
         let now = SystemTime::now();
@@ -191,8 +192,8 @@ impl Source for OpenBaoSource {
             (SecretKind::Base { .. }, _) => {
                 let mut f = SecretFields::default();
                 self.endpoints.to_fields(&mut f);
-                // The issuer asks the login for a current token at each use.
-                f.insert("login", self.name.clone());
+                // The issuer asks this source's login for a current token at each use
+                // (`openbao_login`).
                 Ok(f)
             }
             (_, Locator::Remote(path)) => {

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::document::FileText;
+use super::text::FileText;
 use crate::diag::FileError;
 use crate::paths::split_path;
 use crate::policy::Policy;

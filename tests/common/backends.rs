@@ -215,7 +215,7 @@ pub fn bao() -> &'static Bao {
 }
 
 impl Bao {
-    fn bin() -> PathBuf {
+    pub fn bin() -> PathBuf {
         need(
             std::env::var_os("LEASEFS_BAO").map(PathBuf::from).unwrap_or_else(|| cache().join("bin/bao")),
             "the OpenBao server (bao)",
