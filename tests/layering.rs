@@ -45,8 +45,8 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// the composer's own methods (`impl LeaseFs` blocks in a file of their own).
 const ROOMS: &[(&str, &[&str])] = &[("lease", &["lease::open"]), ("fs", &["fs::open", "fs::control"])];
 
-/// src/a/b.rs → `a::b`; src/a/mod.rs → `a`; lib.rs → `` (the root). Test-only files (`tests.rs`)
-/// are left out.
+/// src/a/b.rs → `a::b`; src/a/mod.rs → `a`; lib.rs → `` (the root). Test-only files (`tests.rs`
+/// and the files under a `tests/` directory beside it) are left out.
 fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -64,12 +64,12 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
     for f in files {
         let rel = f.strip_prefix(src).unwrap().with_extension("");
         let mut parts: Vec<String> = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-        match parts.last().map(String::as_str) {
-            Some("tests") => continue,
-            Some("mod" | "lib") => {
-                parts.pop();
-            }
-            _ => {}
+        // Test-only files: `tests.rs` and the files of its directory.
+        if parts.iter().any(|p| p == "tests") {
+            continue;
+        }
+        if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+            parts.pop();
         }
         mods.insert(parts.join("::"), f);
     }
