@@ -138,23 +138,31 @@ fn the_daemon_is_not_dumpable_has_no_core_and_locks_secret_pages() {
     assert!(!is_mounted(&env.mnt()));
 }
 
-/// The kernel's page cache in kB (`Cached:` in /proc/meminfo).
-fn cached_kb() -> i64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    m.lines().find(|l| l.starts_with("Cached:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-}
+/// Reads the file whole through one descriptor, then prints how many of *its* pages the page
+/// cache holds while that descriptor is still open (cachestat(2), syscall 451, Linux 6.5+): other
+/// tests' reads at the same moment do not count.
+const PAGES_AFTER_READ: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Range(ctypes.Structure): _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+class Stat(ctypes.Structure): _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+n = 0
+while True:
+    b = os.read(fd, 1 << 20)
+    if not b: break
+    n += len(b)
+r, s = Range(0, 0), Stat()
+if libc.syscall(451, fd, ctypes.byref(r), ctypes.byref(s), 0) != 0:
+    sys.exit("cachestat: " + os.strerror(ctypes.get_errno()))
+print(n, s.cache)
+"#;
 
-/// How much the page cache grows while `f` runs (the smallest of three tries, to shed noise from
-/// other tests running at the same time).
-fn cache_growth_kb(mut f: impl FnMut()) -> i64 {
-    (0..3)
-        .map(|_| {
-            let before = cached_kb();
-            f();
-            cached_kb() - before
-        })
-        .min()
-        .unwrap()
+/// (bytes read, pages of the file cached right after) for one read of `path`.
+fn pages_after_read(path: &std::path::Path) -> (usize, u64) {
+    let out = ok("python3", &["-c", PAGES_AFTER_READ, path.to_str().unwrap()]);
+    let mut it = out.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (it.next().unwrap() as usize, it.next().unwrap())
 }
 
 #[test]
@@ -169,15 +177,13 @@ fn contents_never_enter_the_page_cache_without_static_page_cache() {
     env.config(json!({"sources": source, "defaults": {"cache_ttl": "1m"}}));
     env.start();
     let f = env.m("big");
-    // The first open reads the document file (which the kernel caches like any file); after that
-    // each read of 12 MiB through leasefs must leave the page cache where it was.
-    assert_eq!(read(&f).unwrap().len(), MB12);
-    let leasefs = cache_growth_kb(|| {
-        for _ in 0..2 {
-            assert_eq!(read(&f).unwrap().len(), MB12);
-        }
-    });
-    // Control: the same 12 MiB through bindfs (a FUSE filesystem using the page cache) does grow it,
+    // Each read of 12 MiB through leasefs leaves none of the file's pages in the page cache.
+    for _ in 0..2 {
+        let (n, pages) = pages_after_read(&f);
+        assert_eq!(n, MB12);
+        assert!(pages < 16, "reading through leasefs left {pages} pages of the file in the page cache");
+    }
+    // Control: the same 12 MiB through bindfs (a FUSE filesystem using the page cache) is cached,
     // so the measurement can see FUSE pages.
     let src = env.path("plain");
     std::fs::create_dir(&src).unwrap();
