@@ -68,8 +68,16 @@ impl Cluster {
 
     /// Unseals node `i` (retrying while it joins).
     fn unseal(&self, i: usize) {
-        eventually(Duration::from_secs(30), "a node to unseal", || {
-            self.curl(i, "PUT", "sys/unseal", Some(json!({"key": self.key})))["sealed"] == false
+        self.unseal_all(&[i]);
+    }
+
+    /// Unseals the nodes `which`, asking each still sealed in turn until none is (a node started
+    /// with the others down answers only once it has read its raft log: slow on a loaded machine).
+    fn unseal_all(&self, which: &[usize]) {
+        let mut sealed: Vec<usize> = which.to_vec();
+        eventually(Duration::from_secs(60), "the nodes to unseal", || {
+            sealed.retain(|&i| self.curl(i, "PUT", "sys/unseal", Some(json!({"key": self.key})))["sealed"] != false);
+            sealed.is_empty()
         });
     }
 
@@ -373,10 +381,8 @@ fn after_the_whole_cluster_was_down_longer_than_the_token_ttl_leasefs_recovers_b
     for i in 0..3 {
         cl.start_node(i);
     }
-    for i in 0..3 {
-        cl.unseal(i);
-    }
-    eventually(Duration::from_secs(30), "an active node again", || cl.leader().is_some());
+    cl.unseal_all(&[0, 1, 2]);
+    eventually(Duration::from_secs(60), "an active node again", || cl.leader().is_some());
     // No restart of leasefs: it logs in again and issues.
     eventually(Duration::from_secs(30), "issuance after the outage", || read(&creds).is_ok());
     let logins = env.log().matches("logged in to OpenBao with a TLS client certificate").count();
