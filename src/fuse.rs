@@ -460,14 +460,7 @@ fn reply_opened(notes: &Notes, fs: &LeaseFs, ino: INodeNo, r: Result<Opened, FsE
     if matches!(fill, Fill::None) && !o.refresh_attr {
         return reply.opened(FileHandle(o.fh), flags);
     }
-    let mut note = Note::Open { ino: ino.0, fill, refresh: o.refresh_attr, reply, fh: o.fh, flags, fallback };
-    if !REQUEST_THREAD.get() {
-        // A task (a script's answer): no hop to a notifier when nothing is queued for the node.
-        match notes.here(note) {
-            Ok(()) => return,
-            Err(n) => note = n,
-        }
-    }
+    let note = Note::Open { ino: ino.0, fill, refresh: o.refresh_attr, reply, fh: o.fh, flags, fallback };
     if let Err(Note::Open { reply, .. }) = notes.send(note) {
         reply.opened(FileHandle(o.fh), fallback);
     }

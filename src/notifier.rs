@@ -8,13 +8,12 @@
 //! close before the next binding's store — while opens of different views are answered in parallel.
 
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fuser::{FileHandle, FopenFlags, INodeNo, Notifier, ReplyOpen};
-use parking_lot::Mutex;
 
 use crate::memlock::{LockedBuf, SharedBytes};
 
@@ -53,20 +52,10 @@ impl Note {
     }
 }
 
-/// One notifier thread's queue.
-struct Lane {
-    tx: Sender<Note>,
-    /// Notes sent and not yet done.
-    pending: AtomicUsize,
-    /// Held while a note is sent to the kernel.
-    busy: Mutex<()>,
-}
-
 /// A handle on the notifier threads; cheap to clone.
 #[derive(Clone)]
 pub struct Notes {
-    lanes: Arc<[Lane]>,
-    notifier: Arc<OnceLock<Notifier>>,
+    tx: Arc<[Sender<Note>]>,
 }
 
 impl Notes {
@@ -80,47 +69,20 @@ impl Notes {
 
     /// Starts `n` notifier threads.
     pub fn start_n(notifier: Arc<OnceLock<Notifier>>, n: usize) -> std::io::Result<Notes> {
-        let mut rxs = Vec::with_capacity(n);
-        let lanes: Arc<[Lane]> = (0..n.max(1))
-            .map(|_| {
-                let (tx, rx) = channel();
-                rxs.push(rx);
-                Lane { tx, pending: AtomicUsize::new(0), busy: Mutex::new(()) }
-            })
-            .collect();
-        for (i, rx) in rxs.into_iter().enumerate() {
-            let (notifier, lanes) = (notifier.clone(), lanes.clone());
-            let name = format!("leasefs-notify{i}");
-            std::thread::Builder::new().name(name).spawn(move || serve(&notifier, &lanes[i], rx))?;
+        let mut tx = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let (t, rx) = channel();
+            let notifier = notifier.clone();
+            std::thread::Builder::new().name(format!("leasefs-notify{i}")).spawn(move || serve(&notifier, rx))?;
+            tx.push(t);
         }
-        Ok(Notes { lanes, notifier })
-    }
-
-    fn lane(&self, ino: u64) -> &Lane {
-        &self.lanes[(ino % self.lanes.len() as u64) as usize]
+        Ok(Notes { tx: tx.into() })
     }
 
     /// Queues a notification on its inode's notifier. `Err` gives it back if the thread is gone
     /// (the caller then answers as if it had failed).
     pub fn send(&self, n: Note) -> Result<(), Note> {
-        let lane = self.lane(n.ino());
-        lane.pending.fetch_add(1, Ordering::SeqCst);
-        lane.tx.send(n).map_err(|e| {
-            lane.pending.fetch_sub(1, Ordering::SeqCst);
-            e.0
-        })
-    }
-
-    /// Does what `n` asks on this thread — which must not be a request thread — if nothing is
-    /// queued ahead of it for its inode; else gives it back (to be sent).
-    pub fn here(&self, n: Note) -> Result<(), Note> {
-        let lane = self.lane(n.ino());
-        let _busy = lane.busy.lock();
-        if lane.pending.load(Ordering::SeqCst) != 0 {
-            return Err(n);
-        }
-        run(self.notifier.get(), n);
-        Ok(())
+        self.tx[(n.ino() % self.tx.len() as u64) as usize].send(n).map_err(|e| e.0)
     }
 
     pub fn inval(&self, ino: u64, offset: i64) {
@@ -145,12 +107,9 @@ fn gone() {
     }
 }
 
-fn serve(notifier: &OnceLock<Notifier>, lane: &Lane, rx: Receiver<Note>) {
+fn serve(notifier: &OnceLock<Notifier>, rx: Receiver<Note>) {
     while let Ok(note) = rx.recv() {
-        let busy = lane.busy.lock();
         run(notifier.get(), note);
-        lane.pending.fetch_sub(1, Ordering::SeqCst);
-        drop(busy);
     }
 }
 
