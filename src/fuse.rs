@@ -15,23 +15,30 @@ use tokio::runtime::Handle;
 use crate::fs::tree::Changes;
 use crate::fs::{Attr, EntryKind, FsError, LeaseFs, Opened, placeholder_at};
 use crate::metrics::Request as Op;
-use crate::notifier::{Note, Notes};
+use crate::notifier::{Fill, Note, Notes};
 use crate::requester::Requester;
+
+thread_local! {
+    /// Set on the threads that serve requests: they never wait for a notification.
+    static REQUEST_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 pub struct FuseAdapter {
     fs: Arc<LeaseFs>,
     rt: Handle,
-    /// The notifier thread: every store and invalidation goes through it, never through a request
-    /// thread (the kernel may wait on a page that only a request thread can fill).
+    /// The notifier threads: stores and invalidations never go through a request thread.
     notes: Notes,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<LeaseFs>, rt: Handle, notes: Notes) -> Self {
-        // A lease that ends takes its pages along: a private mmap's next fault then reaches the
-        // daemon and fails like a read does.
+        // A lease that ends takes its pages along: a held descriptor's next read, or a private
+        // mmap's next fault, then reaches the daemon and fails with EKEYEXPIRED. Off a request
+        // thread (expiry, revocation) the end waits until they are gone (it is audited after).
         let n = notes.clone();
-        fs.on_drop_pages(move |ino| n.inval(ino, 0));
+        fs.on_drop_pages(move |ino| {
+            if REQUEST_THREAD.get() { n.inval(ino, 0) } else { n.inval_wait(ino, 0, Duration::from_secs(1)) }
+        });
         FuseAdapter { fs, rt, notes }
     }
 
@@ -196,6 +203,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.count(Op::Open);
+        REQUEST_THREAD.set(true);
         let mut open = self.fs.opening(ino.0, flags.0, who(req));
         // An open the filesystem calls inline (a cached static payload, an in-process issuer such
         // as jwt) is polled once here and answered without a hop to the runtime; if it has to wait
@@ -204,13 +212,13 @@ impl Filesystem for FuseAdapter {
         let _rt = self.rt.enter();
         if open.inline {
             if let Poll::Ready(r) = open.future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-                return reply_opened(&self.notes, ino, r, reply);
+                return reply_opened(&self.notes, &self.fs, ino, r, reply);
             }
         }
-        let notes = self.notes.clone();
+        let (notes, fs) = (self.notes.clone(), self.fs.clone());
         self.rt.spawn(async move {
             let r = open.future.await;
-            reply_opened(&notes, ino, r, reply)
+            reply_opened(&notes, &fs, ino, r, reply)
         });
     }
 
@@ -275,15 +283,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.count(Op::Release);
+        REQUEST_THREAD.set(true);
         // Releasing may start a revocation (revoke_on_close), which runs on the runtime.
         let _rt = self.rt.enter();
-        let drop_pages = self.fs.release(fh.0);
+        // What the handle cached (a view's bytes; a mmap or splice of direct I/O contents) goes,
+        // queued before the view can be handed to another lookup.
+        self.fs.release_with(fh.0, || self.notes.inval(ino.0, 0));
         reply.ok();
-        // Direct I/O keeps reads out of the page cache, but a private mmap or a splice goes through
-        // it: drop what such reads cached for this inode once their handle closes.
-        if drop_pages {
-            self.notes.inval(ino.0, 0);
-        }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
@@ -423,32 +429,40 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// Answers an open as the filesystem says: direct I/O or kept pages where asked. Contents served
-/// with direct I/O first get the kernel's size of the inode raised to theirs, by the notifier
-/// thread, which then answers: `sendfile`/`splice` of a FUSE file go through the page cache,
-/// bounded by that size (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), and
-/// busybox `cat` would print nothing. One placeholder byte goes where it is never the first byte
-/// of its page (such a page is not up to date, so a read fetches the real one); where `size - 1`
-/// starts a page it goes at `size`, and the attributes are dropped so that `fstat` asks. No FLUSH
-/// is needed on close: nothing is ever buffered for writing.
-fn reply_opened(notes: &Notes, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
-    match r {
-        Ok(o) => {
-            let when = |on: bool, f: FopenFlags| if on { f } else { FopenFlags::empty() };
-            let flags = FopenFlags::FOPEN_NOFLUSH
-                | when(o.direct_io, FopenFlags::FOPEN_DIRECT_IO)
-                | when(o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE);
-            let at = (o.direct_io && o.size > 0).then(|| placeholder_at(o.size));
-            if at.is_none() && !o.refresh_attr && !o.drop_pages {
-                return reply.opened(FileHandle(o.fh), flags);
-            }
-            let note =
-                Note::Open { ino: ino.0, drop: o.drop_pages, at, refresh: o.refresh_attr, reply, fh: o.fh, flags };
-            if let Err(Note::Open { reply, .. }) = notes.send(note) {
-                reply.opened(FileHandle(o.fh), flags);
-            }
+/// Answers an open as the filesystem says: direct I/O or kept pages where asked. A view's contents
+/// are first stored in its page cache by its notifier, which then answers (with direct I/O if that
+/// fails). Contents served with direct I/O on a shared node first get the kernel's size raised to
+/// theirs by one placeholder byte: `sendfile`/`splice` go through the page cache, bounded by that
+/// size (kernels without "fuse: use copy_splice_read for FOPEN_DIRECT_IO"), and busybox `cat`
+/// would print nothing. The byte goes where it is never the first byte of its page (that page is
+/// never up to date, so a read fetches the real one); where `size - 1` starts a page it goes at
+/// `size`, and the attributes are dropped so that `fstat` asks. No FLUSH: nothing is buffered.
+fn reply_opened(notes: &Notes, fs: &LeaseFs, ino: INodeNo, r: Result<Opened, FsError>, reply: ReplyOpen) {
+    let o = match r {
+        Ok(o) => o,
+        Err(e) => return reply.error(failed("open", ino, &e)),
+    };
+    let when = |on: bool, f: FopenFlags| if on { f } else { FopenFlags::empty() };
+    let flags = FopenFlags::FOPEN_NOFLUSH
+        | when(o.direct_io, FopenFlags::FOPEN_DIRECT_IO)
+        | when(o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE);
+    let (fill, fallback) = if o.store {
+        let direct = FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_DIRECT_IO;
+        match fs.contents(o.fh) {
+            Some(bytes) => (Fill::Contents(bytes), direct),
+            None => return reply.opened(FileHandle(o.fh), direct),
         }
-        Err(e) => reply.error(failed("open", ino, &e)),
+    } else if o.direct_io && o.size > 0 {
+        (Fill::Placeholder(placeholder_at(o.size)), flags)
+    } else {
+        (Fill::None, flags)
+    };
+    if matches!(fill, Fill::None) && !o.refresh_attr {
+        return reply.opened(FileHandle(o.fh), flags);
+    }
+    let note = Note::Open { ino: ino.0, fill, refresh: o.refresh_attr, reply, fh: o.fh, flags, fallback };
+    if let Err(Note::Open { reply, .. }) = notes.send(note) {
+        reply.opened(FileHandle(o.fh), fallback);
     }
 }
 

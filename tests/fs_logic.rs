@@ -119,7 +119,11 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     assert_ne!(token, other, "each lookup hands out a private node");
     let me = who(0, 0);
     let o = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    // The view is this binding's alone: its contents are stored in its page cache before the open
+    // is answered, and the kernel serves the reads.
+    assert!(o.store && o.keep_cache && !o.direct_io, "{o:?}");
     let size = fs.read(o.fh, 0, 1 << 20, false, |r| r.unwrap().len());
+    assert_eq!(o.size as usize, size);
     assert!(size > 50);
     let (a, _) = fs.getattr(token, None, me.pid).unwrap();
     assert_eq!(a.size as usize, size, "fstat of the view sees its contents' size");
@@ -129,24 +133,24 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     assert_eq!(entry.entry_ttl, std::time::Duration::ZERO, "looked up again at each path walk");
     // The view opened again (as /proc/PID/fd/N does) serves the same contents, to its user only.
     let again = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(!again.store && again.keep_cache, "the first open stored the same bytes: {again:?}");
     assert_eq!(fs.read(again.fh, 0, 1 << 20, false, |r| r.unwrap().len()), size);
     assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EBUSY);
-    fs.release(again.fh);
-    // Revoke every lease: the open handle now reads EKEYEXPIRED, and joining it is refused.
+    assert!(!fs.release(again.fh), "another handle on the view is open: its pages stay");
+    // Revoke every lease: the open handle now reads EKEYEXPIRED (its pages were dropped when the
+    // lease ended), `fstat` keeps its size, and joining it is refused.
     fs.leases().revoke_all(EndReason::Revoke, None);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
+    assert_eq!(fs.getattr(token, None, me.pid).unwrap().0.size as usize, size, "fstat after expiry");
     assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::EKEYEXPIRED);
-    assert!(!fs.release(o.fh), "read only directly: no pages to drop at close");
-    // Closed, the view (a bind-mounted file keeps one) opens afresh: a new lease, old pages dropped.
+    assert!(fs.release(o.fh), "the view's last close drops its pages");
+    // Closed, the view (a bind-mounted file keeps one) opens afresh with a new lease; the kernel
+    // was last told the old size, which the new token (as long) lands on.
     let fresh = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
-    assert!(fresh.drop_pages && fresh.refresh_attr, "a view bound before drops what it cached");
+    assert!(fresh.store && !fresh.refresh_attr && fresh.size as usize == size, "{fresh:?}");
     assert!(fs.read(fresh.fh, 0, 1 << 20, false, |r| r.unwrap().len()) > 50);
-    fs.release(fresh.fh);
+    assert!(fs.release(fresh.fh));
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EBADF);
-    // A read that fills the page cache (a mmap fault, splice) makes the close drop the pages.
-    let o = fs.open(other, libc::O_RDONLY, me.clone()).await.unwrap();
-    assert!(fs.read(o.fh, 0, 4096, true, |r| r.is_ok()));
-    assert!(fs.release(o.fh), "pages filled from a dynamic secret go at close");
     // Forgotten views go; the tree's own node of a dynamic file never holds a lease (ESTALE: the
     // kernel looks the name up again).
     fs.forget(token, 1);

@@ -26,9 +26,6 @@ pub struct Handle {
     pub paged: bool,
 }
 
-/// A handle's inode and lease id, at its first read through the page cache.
-pub type PagedLease = (u64, String);
-
 #[derive(Default)]
 struct Inner {
     by_fh: HashMap<u64, Handle>,
@@ -72,16 +69,12 @@ impl Handles {
         self.inner.lock().by_fh.get(&fh).map(|h| h.bytes.clone())
     }
 
-    /// The bytes of `fh` for a read; `paged` (the read fills the page cache) is remembered. The
-    /// first paged read of a lease's handle also returns its inode and the lease id (the pages
-    /// must go when the lease ends).
-    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<(Arc<SharedBytes>, Option<PagedLease>)> {
+    /// The bytes of `fh` for a read; `paged` (the read fills the page cache) is remembered.
+    pub fn bytes_to_read(&self, fh: u64, paged: bool) -> Option<Arc<SharedBytes>> {
         let mut g = self.inner.lock();
         let h = g.by_fh.get_mut(&fh)?;
-        let newly = paged && !h.paged;
         h.paged |= paged;
-        let lease = if newly { h.lease.as_ref().map(|l| (h.ino, l.id.clone())) } else { None };
-        Some((h.bytes.clone(), lease))
+        Some(h.bytes.clone())
     }
 
     /// The bytes `pid` holds open on `ino` (the largest, if it opened it more than once).

@@ -211,6 +211,7 @@ impl LeaseFs {
             // A node id of its own, looked up again at every path walk (entry TTL 0): this reader's
             // open gets an inode, and pages, that no other reader shares.
             attr.ino = self.views.create(ino, uid, pid);
+            attr.size = self.views.size(attr.ino, attr.size);
             return Ok(Entry { attr, ttl, entry_ttl: Duration::ZERO });
         }
         Ok(Entry { attr, ttl, entry_ttl: ttl })

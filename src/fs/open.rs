@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::handles::Handle;
 use super::tree::{Control, Node, NodeKind, Tree};
 use super::views::{Bind, Bound, is_view};
-use super::{FsError, LeaseFs, Opened, Opening, access, control, placeholder_at};
+use super::{FsError, LeaseFs, Opened, Opening, access, control};
 use crate::audit::{Event, EventKind, Outcome};
 use crate::fields::SecretFields;
 use crate::lease::{Lease, OpenRequest};
@@ -72,11 +72,11 @@ impl LeaseFs {
     fn joined(&self, view: u64, who: &Requester, have: Bound) -> Result<Opened, FsError> {
         if let Some(lease) = &have.lease {
             if !lease.is_live() {
-                self.views.closed(view);
+                self.views.closed(view, |v| self.drop_pages_of(v));
                 return Err(FsError::expired());
             }
             if !access::same_workload(&lease.requester, who) {
-                self.views.closed(view);
+                self.views.closed(view, |v| self.drop_pages_of(v));
                 self.record(EventKind::Deny, lease.path(), Outcome::Denied, Some("open by another workload"), who);
                 return Err(FsError::eacces("this node is open by another workload; bind its directory instead"));
             }
@@ -86,11 +86,11 @@ impl LeaseFs {
                 .detail("the same node, open already");
             self.audit.record(&event, Some(who));
         }
-        let size = have.bytes.len().unwrap_or(0) as u64;
-        let pid = who.pid;
+        let (size, pid) = (have.size, who.pid);
         let (bytes, lease) = (have.bytes, have.lease);
         let fh = self.handles.insert(Handle { ino: view, pid, bytes, lease, written: 0, cached: false, paged: false });
-        Ok(Opened { fh, direct_io: true, keep_cache: false, refresh_attr: false, drop_pages: false, size })
+        // The first open filled (or is filling) the view's pages with these same bytes.
+        Ok(Opened { keep_cache: true, ..Opened::direct(fh, size) }.cached())
     }
 
     /// Opens tree inode `entry` on behalf of node `ino` (the same inode, or a view of it).
@@ -225,6 +225,11 @@ impl LeaseFs {
     /// Binds view `view` to a lease's bytes and opens a handle on them. If another open bound
     /// the view meanwhile, this one shares that binding (same user) or is refused (`EBUSY`), and
     /// its own lease is let go.
+    ///
+    /// The view is private to this binding, so its contents go through its page cache: the open is
+    /// answered once they are stored there (`store`), and the kernel serves the reads, the end of
+    /// file and `fstat` itself. The pages go at the view's last close and when the lease ends
+    /// (then a held descriptor's next read reaches the daemon and fails with `EKEYEXPIRED`).
     fn view_handle(
         &self,
         view: u64,
@@ -232,9 +237,9 @@ impl LeaseFs {
         bytes: Arc<SharedBytes>,
         lease: Arc<Lease>,
     ) -> Result<Opened, FsError> {
-        let b = Bound { uid: who.uid, bytes, lease: Some(lease.clone()) };
-        let rebound = match self.views.bind(view, &b) {
-            Ok(Bind::Fresh { rebound }) => rebound,
+        let b = Bound::new(who.uid, bytes, Some(lease.clone()));
+        let told = match self.views.bind(view, &b) {
+            Ok(Bind::Fresh { told, .. }) => told,
             Ok(Bind::Joined(have)) => {
                 self.leases.closed(&lease);
                 return self.joined(view, who, have);
@@ -244,14 +249,14 @@ impl LeaseFs {
                 return Err(busy());
             }
         };
-        let size = b.bytes.len().unwrap_or(0) as u64;
-        // A fresh node: the raise lands on the size unless the placeholder had to go past it, or
-        // an earlier binding's size may still be the kernel's.
-        let refresh_attr = rebound || (size > 0 && placeholder_at(size) != size - 1);
-        let pid = who.pid;
+        let (size, pid) = (b.size, who.pid);
         let h = Handle { ino: view, pid, bytes: b.bytes, lease: b.lease, written: 0, cached: false, paged: false };
         let fh = self.handles.insert(h);
-        Ok(Opened { fh, direct_io: true, keep_cache: false, refresh_attr, drop_pages: rebound, size })
+        // Storing raises the kernel's size to the contents' (and makes it ask for the attributes
+        // again); a smaller size than it holds must be asked for.
+        let opened =
+            Opened { keep_cache: true, store: size > 0, refresh_attr: size < told, ..Opened::direct(fh, size) };
+        Ok(opened.cached())
     }
 
     /// A handle served with direct I/O on a node every reader shares (a static secret of a
@@ -268,7 +273,7 @@ impl LeaseFs {
         let refresh_attr = !self.sizes.raise(ino, listed, size);
         let pid = who.pid;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease, written: 0, cached: false, paged: false });
-        Opened { fh, direct_io: true, keep_cache: false, refresh_attr, drop_pages: false, size }
+        Opened { refresh_attr, ..Opened::direct(fh, size) }
     }
 
     /// A handle on a static secret of `page_cache` source. Its contents go through the page cache
@@ -290,7 +295,7 @@ impl LeaseFs {
         let size = bytes.len().unwrap_or(0) as u64;
         let pid = who.pid;
         let fh = self.handles.insert(Handle { ino, pid, bytes, lease: None, written: 0, cached: true, paged: false });
-        Ok(Opened { fh, direct_io: false, keep_cache, refresh_attr: false, drop_pages: false, size })
+        Ok(Opened { keep_cache, ..Opened::direct(fh, size) }.cached())
     }
 
     fn render_for(meta: &SecretMeta, fields: &SecretFields) -> Result<crate::render::Bytes, FsError> {
@@ -309,8 +314,7 @@ impl LeaseFs {
     }
 
     /// Serves a read from the handle's bytes; after expiry, `EKEYEXPIRED`. `paged`: the kernel
-    /// reads to fill its page cache (not a reader's direct read), so the pages must go at close
-    /// (and, for a lease's bytes, when the lease ends).
+    /// reads to fill its page cache (not a reader's direct read), so the pages must go at close.
     pub fn read<R>(
         &self,
         fh: u64,
@@ -321,30 +325,45 @@ impl LeaseFs {
     ) -> R {
         match self.handles.bytes_to_read(fh, paged) {
             None => f(Err(FsError::bad_handle())),
-            Some((b, newly_paged)) => {
-                if let Some((view, lease)) = newly_paged {
-                    self.views.paged(view, &lease);
-                }
-                b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired)))
-            }
+            Some(b) => b.with_slice(offset, size, |s| f(s.ok_or_else(FsError::expired))),
         }
     }
 
-    /// Closes a handle. Returns whether what the kernel cached for its inode must go: pages that
-    /// reads through the page cache filled with contents served with direct I/O (a static secret
-    /// served through the page cache keeps its pages; a handle read only directly has none).
+    /// Closes a handle. Returns whether what the kernel cached for its inode must go (see
+    /// `release_with`).
     pub fn release(&self, fh: u64) -> bool {
-        let Some(h) = self.handles.remove(fh) else { return true };
+        let mut dropped = false;
+        self.release_with(fh, || dropped = true);
+        dropped
+    }
+
+    /// Closes a handle, calling `drop_pages` when what the kernel cached for its inode must go: a
+    /// view's pages at its last close (called before the view can be handed to another lookup, so
+    /// the drop is queued ahead of that lookup's open), or pages that reads through the page cache
+    /// filled with contents served with direct I/O (a static secret served through the page cache
+    /// keeps its pages; a handle read only directly has none).
+    pub fn release_with(&self, fh: u64, drop_pages: impl FnOnce()) {
+        let Some(h) = self.handles.remove(fh) else { return drop_pages() };
+        if is_view(h.ino) {
+            self.views.closed(h.ino, |_| drop_pages());
+        } else if h.paged && !h.cached {
+            drop_pages();
+        }
         if let Some(lease) = &h.lease {
-            if h.paged {
-                self.views.unpaged(h.ino, &lease.id);
-            }
             self.leases.closed(lease);
         }
-        if is_view(h.ino) {
-            self.views.closed(h.ino);
+    }
+
+    /// The bytes a handle serves, while it is open (the adapter stores them in a view's pages).
+    pub fn contents(&self, fh: u64) -> Option<Arc<SharedBytes>> {
+        self.handles.bytes(fh)
+    }
+
+    /// Drops a node's pages through the adapter's hook (a binding that ended while being joined).
+    fn drop_pages_of(&self, ino: u64) {
+        if let Some(f) = self.drop_pages.get() {
+            f(ino)
         }
-        h.paged && !h.cached
     }
 }
 

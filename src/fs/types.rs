@@ -80,12 +80,24 @@ pub struct Opened {
     /// The inode's cached attributes must be dropped before answering, so that `fstat` asks
     /// again and sees the handle's true size (not needed when raising the size lands on it exactly).
     pub refresh_attr: bool,
-    /// Pages of earlier contents of this node may be cached (a view opened again after its last
-    /// close, such as a bind-mounted file): they must go before the open is answered.
-    pub drop_pages: bool,
+    /// The handle's contents must be stored in the inode's page cache before the open is answered
+    /// (a view: private to this handle's binding); the kernel then serves its reads.
+    pub store: bool,
     /// The handle's size: the kernel's idea of the file's size must reach at least this before
     /// the open is answered, or `sendfile`/`splice` (which the kernel bounds by it) read nothing.
     pub size: u64,
+}
+
+impl Opened {
+    /// A handle served with direct I/O; nothing else asked of the kernel.
+    pub fn direct(fh: u64, size: u64) -> Opened {
+        Opened { fh, direct_io: true, keep_cache: false, refresh_attr: false, store: false, size }
+    }
+
+    /// Served through the page cache instead.
+    pub fn cached(self) -> Opened {
+        Opened { direct_io: false, ..self }
+    }
 }
 
 /// Where the adapter stores the one placeholder byte that raises the kernel's size of a file to

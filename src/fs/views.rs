@@ -6,6 +6,10 @@
 //! `/proc/PID/fd/N`, or a single file bind-mounted into a container) shares that lease, for the
 //! same user only. After its last close the next open binds it afresh. The kernel forgets a view
 //! when its inode is evicted (at the reader's last close); `forget` then drops it here.
+//!
+//! A view's open fills its page cache with the lease's bytes (the kernel then serves the reads, the
+//! end of file and `fstat`), so each view remembers the size the kernel was last told: the next
+//! binding's bytes land on that size exactly or the kernel must be told again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +34,16 @@ pub struct Bound {
     pub uid: u32,
     pub bytes: Arc<SharedBytes>,
     pub lease: Option<Arc<Lease>>,
+    /// The contents' length (kept after the bytes are zeroized at expiry: a held descriptor's
+    /// `fstat` and reads then see the same size, and the reads fail with `EKEYEXPIRED`).
+    pub size: u64,
+}
+
+impl Bound {
+    pub fn new(uid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Bound {
+        let size = bytes.len().unwrap_or(0) as u64;
+        Bound { uid, bytes, lease, size }
+    }
 }
 
 struct View {
@@ -44,8 +58,15 @@ struct View {
     bound: Option<Bound>,
     /// Handles open on it.
     open: u32,
-    /// It was bound before: pages of earlier contents may be cached.
+    /// It was bound before (its pages were dropped when that binding closed).
     used: bool,
+    /// The uid and size of its last binding: a lookup by the same user is answered with that
+    /// size, so that the next binding of the same length needs no size change (and no `getattr`).
+    last: Option<(u32, u64)>,
+    /// The size to show while it is not open (`None`: the listed size).
+    shown: Option<u64>,
+    /// The size the kernel was last told (a lookup or `getattr` answer, or an open's contents).
+    told: u64,
 }
 
 /// A view is open for another user: an open of the same node by this one is refused.
@@ -54,8 +75,8 @@ pub struct OtherUser;
 
 /// What binding a view to a new open's contents gave.
 pub enum Bind {
-    /// Bound to them; `rebound`: an earlier binding's pages must go before the open is answered.
-    Fresh { rebound: bool },
+    /// Bound to them; `rebound`: it was bound before; `told`: the size the kernel holds for it.
+    Fresh { rebound: bool, told: u64 },
     /// Already open (and bound) for the same user: the open shares that binding instead.
     Joined(Bound),
 }
@@ -69,9 +90,20 @@ struct Inner {
     /// path walk revalidates). The next lookup takes it, so a `cat` loop costs one lookup, not
     /// two; it is never handed to two lookups at once.
     spare: HashMap<u64, u64>,
+    /// Open views by lease id: their pages hold the lease's bytes and must go when it ends.
+    by_lease: HashMap<String, Vec<u64>>,
 }
 
 impl Inner {
+    fn unlist(&mut self, lease: &str, view: u64) {
+        if let Some(v) = self.by_lease.get_mut(lease) {
+            v.retain(|x| *x != view);
+            if v.is_empty() {
+                self.by_lease.remove(lease);
+            }
+        }
+    }
+
     fn drop_view(&mut self, id: u64) {
         if let Some(v) = self.map.remove(&id) {
             let key = (v.entry, v.by.0, v.by.1);
@@ -88,14 +120,11 @@ impl Inner {
 pub struct Views {
     inner: Mutex<Inner>,
     next: AtomicU64,
-    /// Views with contents that went through the page cache (mmap, splice), by lease id: their
-    /// pages must go when the lease ends.
-    paged: Mutex<HashMap<String, Vec<u64>>>,
 }
 
 impl Default for Views {
     fn default() -> Self {
-        Views { inner: Mutex::default(), next: AtomicU64::new(FIRST_VIEW), paged: Mutex::default() }
+        Views { inner: Mutex::default(), next: AtomicU64::new(FIRST_VIEW) }
     }
 }
 
@@ -118,13 +147,27 @@ impl Views {
                 if let Some(v) = g.map.get_mut(&id).filter(|v| v.open == 0) {
                     v.lookups += 1;
                     v.by = (uid, pid);
+                    // The same user's last size: its next credential is likely as long (a
+                    // token of the same issuer). Never another user's.
+                    v.shown = v.last.filter(|(u, _)| *u == uid).map(|(_, size)| size);
                     g.fresh.insert(key, id);
                     return id;
                 }
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        g.map.insert(id, View { entry, by: (uid, pid), lookups: 1, bound: None, open: 0, used: false });
+        let v = View {
+            entry,
+            by: (uid, pid),
+            lookups: 1,
+            bound: None,
+            open: 0,
+            used: false,
+            last: None,
+            shown: None,
+            told: 0,
+        };
+        g.map.insert(id, v);
         if pid != 0 {
             g.fresh.insert((entry, uid, pid), id);
         }
@@ -160,10 +203,11 @@ impl Views {
 
     /// Records an open handle on the view with contents `b`. If the view is open already (a
     /// concurrent first open), the open joins that binding when it is the same user's; another
-    /// user's gets `Err` (and no handle is recorded).
+    /// user's gets `Err` (and no handle is recorded). A fresh binding to a lease is listed under
+    /// it until the view's last close (`ended`).
     pub fn bind(&self, view: u64, b: &Bound) -> Result<Bind, OtherUser> {
         let mut g = self.inner.lock();
-        let Some(v) = g.map.get_mut(&view) else { return Ok(Bind::Fresh { rebound: false }) };
+        let Some(v) = g.map.get_mut(&view) else { return Ok(Bind::Fresh { rebound: false, told: 0 }) };
         match &v.bound {
             Some(have) if have.uid != b.uid => Err(OtherUser),
             Some(have) => {
@@ -174,6 +218,9 @@ impl Views {
                 v.open += 1;
                 v.bound = Some(b.clone());
                 let rebound = std::mem::replace(&mut v.used, true);
+                // The open answers with these contents: the kernel's size becomes theirs.
+                let told = std::mem::replace(&mut v.told, b.size);
+                v.last = Some((b.uid, b.size));
                 let (key, entry) = ((v.entry, v.by.0, v.by.1), v.entry);
                 if g.fresh.get(&key) == Some(&view) {
                     g.fresh.remove(&key);
@@ -181,7 +228,10 @@ impl Views {
                 if g.spare.get(&entry) == Some(&view) {
                     g.spare.remove(&entry);
                 }
-                Ok(Bind::Fresh { rebound })
+                if let Some(lease) = &b.lease {
+                    g.by_lease.entry(lease.id.clone()).or_default().push(view);
+                }
+                Ok(Bind::Fresh { rebound, told })
             }
         }
     }
@@ -201,54 +251,45 @@ impl Views {
         }
     }
 
-    /// A handle on the view closed; with none left, the binding ends.
-    pub fn closed(&self, view: u64) {
+    /// A handle on the view closed; with none left, the binding ends: `drop_pages` is called
+    /// (its pages hold the binding's bytes) before another lookup can be handed the view, so
+    /// that the drop is queued ahead of that lookup's open.
+    pub fn closed(&self, view: u64, drop_pages: impl FnOnce(u64)) {
         let mut g = self.inner.lock();
-        if let Some(v) = g.map.get_mut(&view) {
-            v.open = v.open.saturating_sub(1);
-            if v.open == 0 {
-                v.bound = None;
-                if v.lookups == 0 {
-                    g.drop_view(view);
-                } else {
-                    let entry = v.entry;
-                    g.spare.insert(entry, view);
-                }
-            }
+        let Some(v) = g.map.get_mut(&view) else { return };
+        v.open = v.open.saturating_sub(1);
+        if v.open > 0 {
+            return;
+        }
+        let lease = v.bound.take().and_then(|b| b.lease).map(|l| l.id.clone());
+        let (lookups, entry) = (v.lookups, v.entry);
+        if let Some(id) = lease {
+            g.unlist(&id, view);
+        }
+        drop_pages(view);
+        if lookups == 0 {
+            g.drop_view(view);
+        } else {
+            g.spare.insert(entry, view);
         }
     }
 
-    /// The size a view's `stat` shows: its contents' while open, else `listed`.
+    /// The size a view's `stat` shows, which the kernel is then told: its contents' while open,
+    /// else the size its lookup showed (its user's last contents' size) or `listed`.
     pub fn size(&self, view: u64, listed: u64) -> u64 {
-        match self.bound(view) {
-            Some(b) => b.bytes.len().unwrap_or(0) as u64,
-            None => listed,
-        }
-    }
-
-    /// A read of the view went through the page cache: its pages must go with the lease.
-    pub fn paged(&self, view: u64, lease: &str) {
-        let mut g = self.paged.lock();
-        let v = g.entry(lease.to_string()).or_default();
-        if !v.contains(&view) {
-            v.push(view);
-        }
-    }
-
-    /// The view's handle that read through the page cache closed (its pages go now).
-    pub fn unpaged(&self, view: u64, lease: &str) {
-        let mut g = self.paged.lock();
-        if let Some(v) = g.get_mut(lease) {
-            v.retain(|x| *x != view);
-            if v.is_empty() {
-                g.remove(lease);
-            }
-        }
+        let mut g = self.inner.lock();
+        let Some(v) = g.map.get_mut(&view) else { return listed };
+        let size = match &v.bound {
+            Some(b) => b.size,
+            None => v.shown.unwrap_or(listed),
+        };
+        v.told = size;
+        size
     }
 
     /// The views whose pages hold the bytes of lease `id`, which ended.
     pub fn ended(&self, id: &str) -> Vec<u64> {
-        self.paged.lock().remove(id).unwrap_or_default()
+        self.inner.lock().by_lease.remove(id).unwrap_or_default()
     }
 
     /// Views the kernel still holds.
@@ -265,8 +306,14 @@ impl Views {
 mod tests {
     use super::*;
 
-    fn bytes(s: &str) -> Arc<SharedBytes> {
-        Arc::new(SharedBytes::new(zeroize::Zeroizing::new(s.as_bytes().to_vec())).unwrap())
+    fn bound(uid: u32, s: &str) -> Bound {
+        Bound::new(uid, Arc::new(SharedBytes::new(zeroize::Zeroizing::new(s.as_bytes().to_vec())).unwrap()), None)
+    }
+
+    fn close(v: &Views, view: u64) -> bool {
+        let mut dropped = false;
+        v.closed(view, |_| dropped = true);
+        dropped
     }
 
     #[test]
@@ -277,23 +324,23 @@ mod tests {
         assert!(is_view(a) && !is_view(7));
         assert_eq!((v.entry(a), v.entry(7)), (Some(7), Some(7)));
         assert_eq!(v.size(a, 0), 0, "not opened: the listed size");
-        let first = Bound { uid: 1, bytes: bytes("first"), lease: None };
-        assert!(matches!(v.bind(a, &first), Ok(Bind::Fresh { rebound: false })));
-        let second = Bound { uid: 1, bytes: bytes("second, longer"), lease: None };
+        let first = bound(1, "first");
+        assert!(matches!(v.bind(a, &first), Ok(Bind::Fresh { rebound: false, told: 0 })));
+        let second = bound(1, "second, longer");
         assert!(matches!(v.bind(a, &second), Ok(Bind::Joined(b)) if b.bytes.len() == Some(5)));
-        assert!(v.bind(a, &Bound { uid: 2, bytes: bytes("other user"), lease: None }).is_err());
+        assert!(v.bind(a, &bound(2, "other user")).is_err());
         assert_eq!(v.size(a, 0), 5, "bound by the first open");
         v.forget(a, 1);
         assert_eq!(v.entry(a), Some(7), "still open: kept");
-        v.closed(a);
-        v.closed(a);
+        assert!(!close(&v, a), "another handle is open: its pages stay");
+        assert!(close(&v, a), "the last close drops the binding's pages");
         assert_eq!(v.entry(a), None, "forgotten and closed: gone");
         // A view kept by the kernel (a bind-mounted file) binds afresh after its last close.
-        assert!(matches!(v.bind(b, &first), Ok(Bind::Fresh { rebound: false })));
-        v.closed(b);
+        assert!(matches!(v.bind(b, &first), Ok(Bind::Fresh { rebound: false, .. })));
+        assert!(close(&v, b));
         assert!(v.bound(b).is_none());
-        assert!(matches!(v.bind(b, &second), Ok(Bind::Fresh { rebound: true })));
-        v.closed(b);
+        assert!(matches!(v.bind(b, &second), Ok(Bind::Fresh { rebound: true, told: 5 })));
+        close(&v, b);
         v.forget(b, 1);
         assert_eq!(v.len(), 0);
     }
@@ -305,10 +352,10 @@ mod tests {
         assert_eq!(v.create(7, 1000, 42), a, "stat then open by one process: one inode");
         assert_ne!(v.create(7, 1000, 43), a, "another process: its own");
         assert_ne!(v.create(7, 1001, 42), a, "another user: its own");
-        assert!(matches!(v.bind(a, &Bound { uid: 1000, bytes: bytes("x"), lease: None }), Ok(Bind::Fresh { .. })));
+        assert!(matches!(v.bind(a, &bound(1000, "x")), Ok(Bind::Fresh { .. })));
         assert_ne!(v.create(7, 1000, 42), a, "opened: the next lookup gets a new view");
         v.forget(a, 2);
-        v.closed(a);
+        close(&v, a);
         assert_eq!(v.entry(a), None);
     }
 
@@ -316,24 +363,32 @@ mod tests {
     fn a_closed_view_the_kernel_still_holds_goes_to_one_next_lookup_which_drops_its_pages_at_open() {
         let v = Views::default();
         let a = v.create(7, 1000, 42);
-        assert!(matches!(v.bind(a, &Bound { uid: 1000, bytes: bytes("x"), lease: None }), Ok(Bind::Fresh { .. })));
+        assert!(matches!(v.bind(a, &bound(1000, "x")), Ok(Bind::Fresh { .. })));
         assert_ne!(v.create(7, 1000, 43), a, "open: never handed out");
-        v.closed(a);
+        close(&v, a);
         assert_eq!(v.create(7, 1001, 44), a, "closed and held by the kernel: the next lookup takes it");
         assert_ne!(v.create(7, 1002, 45), a, "but only one lookup");
         assert_eq!(v.create(7, 1001, 44), a, "that process's lookup again");
-        let b = Bound { uid: 1001, bytes: bytes("y"), lease: None };
-        assert!(matches!(v.bind(a, &b), Ok(Bind::Fresh { rebound: true })), "its old pages go first");
+        assert!(matches!(v.bind(a, &bound(1001, "y")), Ok(Bind::Fresh { rebound: true, .. })));
     }
 
     #[test]
-    fn pages_of_a_lease_are_tracked_per_view_until_close_or_end() {
+    fn a_lookup_shows_the_size_of_its_users_last_contents_and_the_next_open_knows_what_the_kernel_holds() {
         let v = Views::default();
-        v.paged(5, "l1");
-        v.paged(5, "l1");
-        v.paged(6, "l1");
-        v.unpaged(5, "l1");
-        assert_eq!(v.ended("l1"), vec![6]);
-        assert!(v.ended("l1").is_empty());
+        let a = v.create(7, 1000, 42);
+        assert_eq!(v.size(a, 0), 0, "never bound: the listed size");
+        assert!(matches!(v.bind(a, &bound(1000, "token-1")), Ok(Bind::Fresh { told: 0, .. })));
+        assert_eq!(v.size(a, 0), 7, "open: its contents' size");
+        close(&v, a);
+        // The same user's next lookup is told the last size; an open of as many bytes lands on it.
+        assert_eq!(v.create(7, 1000, 43), a);
+        assert_eq!(v.size(a, 0), 7, "its user's last size");
+        assert!(matches!(v.bind(a, &bound(1000, "token-2")), Ok(Bind::Fresh { told: 7, .. })));
+        close(&v, a);
+        // Another user is never shown it.
+        assert_eq!(v.create(7, 1001, 44), a);
+        assert_eq!(v.size(a, 0), 0, "another user's size is not shown");
+        assert!(matches!(v.bind(a, &bound(1001, "longer token")), Ok(Bind::Fresh { told: 0, .. })));
+        close(&v, a);
     }
 }
