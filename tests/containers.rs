@@ -6,37 +6,15 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::podman::{podman, podman_ok};
 use common::*;
 use serde_json::json;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// podman as it works on this kind of machine (cgroup v1: runc, cgroupfs, no default ulimits).
-fn podman(args: &[&str]) -> Output {
-    static CONF: OnceLock<PathBuf> = OnceLock::new();
-    let conf = CONF.get_or_init(|| {
-        let p = std::env::temp_dir().join("leasefs-test-containers.conf");
-        std::fs::write(&p, "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\n").unwrap();
-        p
-    });
-    Command::new("podman")
-        .arg("--runtime")
-        .arg("runc")
-        .args(args)
-        .env("CONTAINERS_CONF", conf)
-        .output()
-        .unwrap_or_else(|e| panic!("podman is installed by scripts/test.sh: {e}"))
-}
-
-fn podman_ok(args: &[&str]) -> String {
-    let o = podman(args);
-    assert!(o.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A local busybox image (from busybox-static; no registry), built once.
 fn busybox_image() -> &'static str {
@@ -161,35 +139,9 @@ fn leasefs_inside_a_container_shares_its_mount_with_the_host() {
     .unwrap();
     std::fs::set_permissions(cfg.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
     // The host directory the container's mount appears in: a shared mount point.
-    let shared = env.path("shared");
-    std::fs::create_dir(&shared).unwrap();
-    ok("mount", &["--bind", shared.to_str().unwrap(), shared.to_str().unwrap()]);
-    ok("mount", &["--make-shared", shared.to_str().unwrap()]);
-    let _unmount = Unmount(shared.clone());
-    let name = format!("leasefs-test-{}", std::process::id());
-    let o = podman(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "--device",
-        "/dev/fuse",
-        "--cap-add",
-        "SYS_ADMIN",
-        "-v",
-        &format!("{}:/etc/leasefs:ro", cfg.display()),
-        "-v",
-        &format!("{}:/secrets:rshared", shared.display()),
-        "localhost/leasefs-test:latest",
-        "mount",
-        "/secrets",
-        "--config",
-        "/etc/leasefs/config.json",
-    ]);
-    assert!(o.status.success(), "podman run: {}", String::from_utf8_lossy(&o.stderr));
-    let _rm = Remove(name.clone());
+    let etc = format!("{}:/etc/leasefs:ro", cfg.display());
+    let (shared, name, _unmount, _rm) =
+        run_leasefs_container(&env, "leasefs-test", &etc, "localhost/leasefs-test:latest");
     let key = shared.join("app/key");
     eventually(Duration::from_secs(20), "the container's mount to reach the host", || key.exists());
     assert_eq!(cat(&key), "from-the-container");
@@ -266,12 +218,27 @@ fn an_exec_issuer_runs_in_the_exec_image_and_the_plain_image_says_why_it_cannot(
     assert!(err.contains("issuer.sh") && err.contains("#!/bin/sh") && err.contains("No such file"), "{err}");
 
     // The exec image runs it: each read on the host is a fresh credential from the container.
+    let (shared, name, _unmount, _rm) = run_leasefs_container(&env, "leasefs-test-exec", &etc, exec_image.trim());
+    let file = shared.join("dyn/db/password");
+    eventually(Duration::from_secs(20), "the container's mount to reach the host", || file.exists());
+    let (a, b) = (read(&file), read(&file));
+    let logs = String::from_utf8_lossy(&podman(&["logs", &name]).stderr).into_owned();
+    let (a, b) = (a.unwrap_or_else(|e| panic!("{e}: {logs}")), b.unwrap_or_else(|e| panic!("{e}: {logs}")));
+    assert!(a.starts_with("pw-") && b.starts_with("pw-") && a != b, "{a:?} {b:?}: {logs}");
+    podman_ok(&["stop", "-t", "20", &name]);
+}
+
+/// Starts `image` detached, running `leasefs mount /secrets` with the config volume `etc`, its
+/// mount shared back to the host at a fresh directory: (that directory, the container's name, and
+/// guards that unmount it and remove the container).
+fn run_leasefs_container(env: &Env, prefix: &str, etc: &str, image: &str) -> (PathBuf, String, Unmount, Remove) {
     let shared = env.path("shared");
     std::fs::create_dir(&shared).unwrap();
     ok("mount", &["--bind", shared.to_str().unwrap(), shared.to_str().unwrap()]);
     ok("mount", &["--make-shared", shared.to_str().unwrap()]);
-    let _unmount = Unmount(shared.clone());
-    let name = format!("leasefs-test-exec-{}", std::process::id());
+    let unmount = Unmount(shared.clone());
+    let name = format!("{prefix}-{}", std::process::id());
+    let secrets = format!("{}:/secrets:rshared", shared.display());
     let o = podman(&[
         "run",
         "-d",
@@ -284,24 +251,18 @@ fn an_exec_issuer_runs_in_the_exec_image_and_the_plain_image_says_why_it_cannot(
         "--cap-add",
         "SYS_ADMIN",
         "-v",
-        &etc,
+        etc,
         "-v",
-        &format!("{}:/secrets:rshared", shared.display()),
-        exec_image.trim(),
+        &secrets,
+        image,
         "mount",
         "/secrets",
         "--config",
         "/etc/leasefs/config.json",
     ]);
     assert!(o.status.success(), "podman run: {}", String::from_utf8_lossy(&o.stderr));
-    let _rm = Remove(name.clone());
-    let file = shared.join("dyn/db/password");
-    eventually(Duration::from_secs(20), "the container's mount to reach the host", || file.exists());
-    let (a, b) = (read(&file), read(&file));
-    let logs = String::from_utf8_lossy(&podman(&["logs", &name]).stderr).into_owned();
-    let (a, b) = (a.unwrap_or_else(|e| panic!("{e}: {logs}")), b.unwrap_or_else(|e| panic!("{e}: {logs}")));
-    assert!(a.starts_with("pw-") && b.starts_with("pw-") && a != b, "{a:?} {b:?}: {logs}");
-    podman_ok(&["stop", "-t", "20", &name]);
+    let rm = Remove(name.clone());
+    (shared, name, unmount, rm)
 }
 
 struct Unmount(PathBuf);

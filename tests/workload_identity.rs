@@ -13,31 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::podman::{podman, podman_ok};
 use common::*;
 use serde_json::json;
-
-/// podman as it works on this kind of machine (cgroup v1: runc, cgroupfs, no default ulimits).
-fn podman(args: &[&str]) -> Output {
-    static CONF: OnceLock<PathBuf> = OnceLock::new();
-    let conf = CONF.get_or_init(|| {
-        let p = std::env::temp_dir().join("leasefs-test-workload.conf");
-        std::fs::write(&p, "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\n").unwrap();
-        p
-    });
-    Command::new("podman")
-        .arg("--runtime")
-        .arg("runc")
-        .args(args)
-        .env("CONTAINERS_CONF", conf)
-        .output()
-        .unwrap_or_else(|e| panic!("podman is installed by scripts/test.sh: {e}"))
-}
-
-fn podman_ok(args: &[&str]) -> String {
-    let o = podman(args);
-    assert!(o.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 /// A local busybox image (from busybox-static; no registry), built once.
 fn busybox_image() -> &'static str {

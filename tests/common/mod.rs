@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod podman;
 pub mod recipes;
 
 use std::io::Read;
