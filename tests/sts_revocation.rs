@@ -177,11 +177,12 @@ fn leasefs_revoke_of_a_five_minute_sts_lease_denies_exactly_that_session_on_its_
     );
     // Named after the session's own expiry, as STS stated it.
     assert_eq!(st["Sid"], format!("LeasefsUntil{}", one_expires.format("%Y%m%d%H%M%S")), "{p}");
-    // Revoked for the user; kept in the journal until the deny is lifted.
-    assert!(env.leases().iter().all(|l| l["id"] != id.as_str()));
-    assert!(
+    // Revoked for the user (audited once the deny is read back, a moment after moto has it); kept
+    // in the journal until the deny is lifted.
+    wait(&env, Duration::from_secs(10), "the revocation audited", || {
         env.audit().iter().any(|e| e["event"] == "revoke" && e["lease_id"] == id.as_str() && e["outcome"] == "revoked")
-    );
+    });
+    assert!(env.leases().iter().all(|l| l["id"] != id.as_str()));
     assert!(!journaled(&env, &id, "revoked"), "the deny is still to be lifted: the journal keeps the lease");
 
     // The other session's lease ends at shutdown: denied too, in the same policy.
