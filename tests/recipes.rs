@@ -18,26 +18,7 @@ const ADMIN_PW: &str = "recipe-admin-Pw-81c";
 
 /// `psql` as `user` on the test server's database `db`.
 fn psql(db: &str, user: &str, password: &str, sql: &str) -> Output {
-    let pg = pg();
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            user,
-            "-d",
-            db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-tAc",
-            sql,
-        ])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .unwrap()
+    pg().psql_db(db, user, password, sql)
 }
 
 fn must(o: Output, what: &str) -> String {

@@ -131,6 +131,11 @@ pub fn pg() -> &'static Pg {
 impl Pg {
     /// Runs SQL through the real `psql` client as `user`.
     pub fn psql(&self, user: &str, password: &str, sql: &str) -> Output {
+        self.psql_db("postgres", user, password, sql)
+    }
+
+    /// Runs SQL through the real `psql` client as `user` on database `db`.
+    pub fn psql_db(&self, db: &str, user: &str, password: &str, sql: &str) -> Output {
         Command::new("psql")
             .args([
                 "-h",
@@ -140,7 +145,7 @@ impl Pg {
                 "-U",
                 user,
                 "-d",
-                "postgres",
+                db,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-tAc",
