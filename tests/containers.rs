@@ -7,7 +7,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::podman::{podman, podman_ok};
@@ -16,32 +15,9 @@ use serde_json::json;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// A local busybox image (from busybox-static; no registry), built once.
-fn busybox_image() -> &'static str {
-    static IMG: OnceLock<()> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for applet in ["sh", "cat", "ls", "id", "echo", "touch", "sleep"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-        for d in ["run/secrets", "tmp", "proc", "sys", "dev", "etc"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let tar = Command::new("tar").arg("-C").arg(dir.path()).args(["-c", "."]).output().unwrap();
-        let mut child = Command::new("podman")
-            .args(["import", "-", "localhost/leasefs-test-bb:latest"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
-        assert!(child.wait().unwrap().success(), "podman import");
-    });
-    "localhost/leasefs-test-bb:latest"
+/// The local busybox image these scenarios run.
+fn busybox_image() -> String {
+    common::podman::busybox_image("leasefs-test-bb", &["run/secrets"])
 }
 
 #[test]
@@ -91,7 +67,7 @@ fn an_unprivileged_container_reads_leasefs_files_through_bind_mounts() {
         &file,
         "-v",
         &bundle,
-        busybox_image(),
+        &busybox_image(),
         "sh",
         "-c",
         script,

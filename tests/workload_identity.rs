@@ -10,38 +10,15 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::podman::{podman, podman_ok};
 use common::*;
 use serde_json::json;
 
-/// A local busybox image (from busybox-static; no registry), built once.
-fn busybox_image() -> &'static str {
-    static IMG: OnceLock<()> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for applet in ["sh", "cat", "ls", "id", "echo", "sleep"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-        for d in ["run/s", "tmp", "proc", "sys", "dev", "etc"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let tar = Command::new("tar").arg("-C").arg(dir.path()).args(["-c", "."]).output().unwrap();
-        let mut child = Command::new("podman")
-            .args(["import", "-", "localhost/leasefs-test-wl:latest"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
-        assert!(child.wait().unwrap().success(), "podman import");
-    });
-    "localhost/leasefs-test-wl:latest"
+/// The local busybox image these scenarios run.
+fn busybox_image() -> String {
+    common::podman::busybox_image("leasefs-test-wl", &["run/s"])
 }
 
 /// Removes a container when the test ends, however it ends.
@@ -178,7 +155,7 @@ fn two_containers_of_one_uid_never_share_a_lease_and_allow_names_the_one_let_in(
             "1000:1000",
             "-v",
             &dir,
-            busybox_image(),
+            &busybox_image(),
             "sleep",
             "300",
         ])

@@ -28,3 +28,34 @@ pub fn podman_ok(args: &[&str]) -> String {
     assert!(o.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// A local busybox image (from busybox-static; no registry) tagged `localhost/TAG:latest`, with
+/// the directories `dirs` made for mount points; built once per test binary.
+pub fn busybox_image(tag: &str, dirs: &[&str]) -> String {
+    static IMG: OnceLock<String> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in ["sh", "cat", "ls", "id", "echo", "touch", "sleep"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        for d in ["tmp", "proc", "sys", "dev", "etc"].iter().chain(dirs) {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let tar = Command::new("tar").arg("-C").arg(dir.path()).args(["-c", "."]).output().unwrap();
+        let name = format!("localhost/{tag}:latest");
+        let mut child = Command::new("podman")
+            .args(["import", "-", &name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+        assert!(child.wait().unwrap().success(), "podman import");
+        name
+    })
+    .clone()
+}
