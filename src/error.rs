@@ -39,11 +39,18 @@ pub struct LeaseError {
     /// Diagnostics for the daemon log only (a script's stderr): never in the audit log, never in
     /// `Display`.
     log_detail: Option<String>,
+    /// A refusal repeated within its fold (audited once per 10 s with a count): logged at debug.
+    repeat: bool,
 }
 
 impl LeaseError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        LeaseError { kind, message: message.into(), source: None, log_detail: None }
+        LeaseError { kind, message: message.into(), source: None, log_detail: None, repeat: false }
+    }
+    /// Marks a refusal that its fold already audited and logged (`repeat`: not the first).
+    pub fn repeated(mut self, repeat: bool) -> Self {
+        self.repeat = repeat;
+        self
     }
     pub fn failed(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Failed, message)
@@ -77,6 +84,9 @@ impl LeaseError {
     }
     /// The level a failed operation with this error is logged at.
     pub fn level(&self) -> tracing::Level {
+        if self.repeat {
+            return tracing::Level::DEBUG;
+        }
         match self.kind {
             ErrorKind::ShuttingDown | ErrorKind::Quota | ErrorKind::Busy => tracing::Level::INFO,
             _ => tracing::Level::WARN,

@@ -21,7 +21,12 @@ pub fn init(level: &str, json: bool) {
     if log::set_logger(Box::leak(Box::new(Bridge(tracing_log::LogTracer::new())))).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
     }
-    let caps: String = QUIET.iter().map(|c| format!(",{c}=info")).collect();
+    let mut caps: String = QUIET.iter().map(|c| format!(",{c}=info")).collect();
+    // fuser logs one debug line per kernel request: tens of thousands a second under load, which
+    // would drown leasefs's own debug lines and fill a disk. They come at `trace` only.
+    if !level.contains("fuser") && !level.eq_ignore_ascii_case("trace") {
+        caps.push_str(",fuser::request=info");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{level}{caps}"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info{caps}")));
     // Colour only on a terminal: a log file or journald gets plain text.

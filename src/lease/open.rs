@@ -53,15 +53,15 @@ impl LeaseManager {
             return Ok(l);
         }
         if let Err(e) = pressure::within_quota(self.table.usage(req.requester.uid), req.requester.uid, &self.defaults) {
-            self.refuse(&req, kind, &e);
-            return Err(e);
+            let repeat = self.refuse(&req, kind, &e);
+            return Err(e.repeated(repeat));
         }
         let _admitted = match self.pressure.admit(&req.path, req.requester.uid, pressure::bounds(policy)) {
             Ok(a) => a,
             Err(why) => {
                 let e = LeaseError::new(ErrorKind::Busy, why);
-                self.refuse(&req, kind, &e);
-                return Err(e);
+                let repeat = self.refuse(&req, kind, &e);
+                return Err(e.repeated(repeat));
             }
         };
         let _in_flight = self.in_flight.token();
@@ -123,12 +123,14 @@ impl LeaseManager {
     }
 
     /// Counts and audits an open refused by a bound (quota, pressure); repeats folded per 10 s.
-    fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) {
+    /// Whether this refusal is such a repeat (then the daemon log has it at debug only).
+    fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) -> bool {
         self.metrics.failed(kind.as_str(), e.reason());
-        let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return };
+        let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return true };
         let detail = e.to_string();
         let ev =
             Event::new(EventKind::Deny, &req.path, Outcome::of(e)).issuer(kind).detail(detail.as_str()).count(count);
         self.audit.record(&ev, Some(&req.requester));
+        false
     }
 }
