@@ -28,6 +28,16 @@ pub fn process_stat(pid: u32) -> Option<(u32, u64)> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The process (thread group id) that thread `tid` belongs to, from `/proc/TID/status`; 0 when
+/// it is gone or cannot be read (FUSE names the thread that asked, not its process).
+pub fn thread_group(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status")).ok().as_deref().and_then(parse_tgid).unwrap_or(0)
+}
+
+fn parse_tgid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
+}
+
 fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     // After the command name (in parentheses, which may hold spaces): field 3 (state) onwards.
     let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
@@ -109,5 +119,27 @@ mod tests {
         assert!(!who.same_process(&Requester { uid: 1, ..who.clone() }), "another uid");
         let gone = Requester::new(0, 0, u32::MAX).with_start();
         assert!(!gone.same_process(&gone.clone()), "an unknown start time matches nothing");
+    }
+
+    #[test]
+    fn a_thread_is_known_by_its_process() {
+        assert_eq!(parse_tgid("Name:\tx\nUmask:\t0022\nState:\tS\nTgid:\t4100\nNgid:\t0\nPid:\t4242\n"), Some(4100));
+        assert_eq!(parse_tgid("Name:\tx\n"), None);
+        let me = std::process::id();
+        // SAFETY: gettid has no preconditions.
+        let tid = std::thread::spawn(|| unsafe { libc::gettid() } as u32);
+        let tid = tid.join().unwrap();
+        let other = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let t = unsafe { libc::gettid() } as u32;
+            (t, thread_group(t))
+        })
+        .join()
+        .unwrap();
+        assert_ne!(other.0, me, "a thread of its own");
+        assert_eq!(other.1, me, "its process is this one");
+        assert_eq!(thread_group(me), me);
+        assert_eq!(thread_group(u32::MAX), 0, "gone: unknown");
+        let _ = tid;
     }
 }

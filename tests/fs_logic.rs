@@ -133,16 +133,20 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     assert_eq!(entry.entry_ttl, std::time::Duration::ZERO, "looked up again at each path walk");
     // The view opened again (as /proc/PID/fd/N does) serves the same contents, to its user only.
     let again = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
-    assert!(!again.store && again.keep_cache, "the first open stored the same bytes: {again:?}");
+    assert!(again.store && again.keep_cache, "the same bytes, stored again before the answer: {again:?}");
     assert_eq!(fs.read(again.fh, 0, 1 << 20, false, |r| r.unwrap().len()), size);
     assert_eq!(fs.open(token, libc::O_RDONLY, who(1000, 1000)).await.unwrap_err().errno, libc::EBUSY);
     assert!(!fs.release(again.fh), "another handle on the view is open: its pages stay");
     // Revoke every lease: the open handle now reads EKEYEXPIRED (its pages were dropped when the
-    // lease ended), `fstat` keeps its size, and joining it is refused.
+    // lease ended), `fstat` keeps its size, and a new open of the node gets a credential of its
+    // own, read with direct I/O, leaving the view's size and pages alone.
     fs.leases().revoke_all(EndReason::Revoke, None);
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EKEYEXPIRED);
     assert_eq!(fs.getattr(token, None, me.pid).unwrap().0.size as usize, size, "fstat after expiry");
-    assert_eq!(fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap_err().errno, libc::EKEYEXPIRED);
+    let own = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(own.direct_io && own.keep_cache && !own.store && own.size == 0, "{own:?}");
+    assert!(fs.read(own.fh, 0, 1 << 20, false, |r| r.unwrap().len()) > 50, "its own credential");
+    assert!(!fs.release(own.fh), "the first handle is still open");
     assert!(fs.release(o.fh), "the view's last close drops its pages");
     // Closed, the view (a bind-mounted file keeps one) opens afresh with a new lease; the kernel
     // was last told the old size, which the new token (as long) lands on.

@@ -210,7 +210,7 @@ impl LeaseFs {
         if n.is_dynamic() {
             // A node id of its own, looked up again at every path walk (entry TTL 0): this reader's
             // open gets an inode, and pages, that no other reader shares.
-            attr.ino = self.views.create(ino, uid, pid);
+            attr.ino = self.views.create(ino, uid, pid, crate::requester::thread_group);
             attr.size = self.views.size(attr.ino, attr.size);
             return Ok(Entry { attr, ttl, entry_ttl: Duration::ZERO });
         }

@@ -56,12 +56,19 @@ impl LeaseFs {
 
     /// An open of a view that is open already (through `/proc/PID/fd/N`, or a file bind-mounted
     /// into a container): it shares the open's lease, for the same user only — never a second
-    /// lease on the same pages. `None`: the view was closed meanwhile (open it afresh).
+    /// lease on the same pages. `None`: the view was closed meanwhile, or its lease ended (open it
+    /// afresh).
     fn join(&self, view: u64, flags: i32, who: &Requester) -> Option<Result<Opened, FsError>> {
         if access::wants_write(flags) {
             return Some(Err(FsError::erofs()));
         }
         match self.views.join(view, who.uid) {
+            // Its lease ended (its last holder is closing it, or it was revoked) or has less than
+            // half its length left: this open gets a credential of its own, like any new open.
+            Ok(Some(have)) if near_end(&have, self.leases.clock().now()) => {
+                self.views.closed(view, |v| self.drop_pages_of(v));
+                None
+            }
             Ok(Some(have)) => Some(self.joined(view, who, have)),
             Ok(None) => None,
             Err(_) => Some(Err(busy())),
@@ -89,8 +96,11 @@ impl LeaseFs {
         let (size, pid) = (have.size, who.pid);
         let (bytes, lease) = (have.bytes, have.lease);
         let fh = self.handles.insert(Handle { ino: view, pid, bytes, lease, written: 0, cached: false, paged: false });
-        // The first open filled (or is filling) the view's pages with these same bytes.
-        Ok(Opened { keep_cache: true, ..Opened::direct(fh, size) }.cached())
+        // The first open filled (or is still filling) the view's pages with these same bytes: a
+        // thread whose open joins one still under way (threads share a view) would otherwise be
+        // answered before the kernel knows the size, and read nothing. Storing the same bytes
+        // again is harmless to a reader of the pages.
+        Ok(Opened { keep_cache: true, store: size > 0, ..Opened::direct(fh, size) }.cached())
     }
 
     /// Opens tree inode `entry` on behalf of node `ino` (the same inode, or a view of it).
@@ -240,9 +250,24 @@ impl LeaseFs {
         let b = Bound::new(who.uid, bytes, Some(lease.clone()));
         let told = match self.views.bind(view, &b) {
             Ok(Bind::Fresh { told, .. }) => told,
-            Ok(Bind::Joined(have)) => {
+            Ok(Bind::Joined(have)) if !have.threads && !near_end(&have, self.leases.clock().now()) => {
                 self.leases.closed(&lease);
                 return self.joined(view, who, have);
+            }
+            Ok(Bind::Joined(_)) => {
+                // The binding's lease is at or near its end (a thread of the same process opened
+                // the shared view long ago, or is closing it): this open keeps its own lease, read with direct I/O,
+                // leaving the view's pages and size to the binding (size 0: no placeholder).
+                let fh = self.handles.insert(Handle {
+                    ino: view,
+                    pid: who.pid,
+                    bytes: b.bytes,
+                    lease: b.lease,
+                    written: 0,
+                    cached: false,
+                    paged: false,
+                });
+                return Ok(Opened { keep_cache: true, ..Opened::direct(fh, 0) });
             }
             Err(_) => {
                 self.leases.closed(&lease);
@@ -372,6 +397,13 @@ fn busy() -> FsError {
         libc::EBUSY,
         "this dynamic file is open by another user through the same node (a bind-mounted file?); bind its directory instead, or open it by its path",
     )
+}
+
+/// Whether a binding's lease has ended or has less than half its length left: a second open of
+/// its view then gets a lease of its own rather than one that may end while it reads.
+fn near_end(have: &Bound, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let Some(l) = &have.lease else { return false };
+    !l.is_live() || l.remaining(now) * 2 < l.period
 }
 
 #[cfg(test)]

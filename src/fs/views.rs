@@ -37,12 +37,15 @@ pub struct Bound {
     /// The contents' length (kept after the bytes are zeroized at expiry: a held descriptor's
     /// `fstat` and reads then see the same size, and the reads fail with `EKEYEXPIRED`).
     pub size: u64,
+    /// Bound by an open of a view that several threads of one process were handed: their other
+    /// opens never join it (each keeps its own lease; see `fs/open.rs`).
+    pub threads: bool,
 }
 
 impl Bound {
     pub fn new(uid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Bound {
         let size = bytes.len().unwrap_or(0) as u64;
-        Bound { uid, bytes, lease, size }
+        Bound { uid, bytes, lease, size, threads: false }
     }
 }
 
@@ -52,6 +55,14 @@ struct View {
     /// Who looked it up (uid, pid): until it is opened, that process's next lookup of the same
     /// name gets it again (`stat` then `open` see one inode, as `cp` checks).
     by: (u32, u32),
+    /// The process (thread group) of the lookup that created it (0: unknown): until it is
+    /// opened, that process's other threads are handed it too.
+    proc: u32,
+    /// The threads whose next lookup gets it (their keys in `fresh`), until it is opened.
+    handed: Vec<u32>,
+    /// It was handed to several threads at once: any of them may open it however late, so
+    /// every binding of it is marked `threads` (their opens never join).
+    shared: bool,
     /// Lookups the kernel holds on it (dropped by `forget`).
     lookups: u64,
     /// What its open handles serve (while any is open).
@@ -84,8 +95,11 @@ pub enum Bind {
 #[derive(Default)]
 struct Inner {
     map: HashMap<u64, View>,
-    /// Views not opened since their lookup, by (entry, uid, pid) of that lookup.
+    /// Views not opened since their lookup, by (entry, uid, pid) of each thread handed them.
     fresh: HashMap<(u64, u32, u32), u64>,
+    /// The view last created for (entry, uid, process): its other threads share it until it is
+    /// opened.
+    latest: HashMap<(u64, u32, u32), u64>,
     /// By entry: a view the kernel still holds and nobody has open (its dentry is what the next
     /// path walk revalidates). The next lookup takes it, so a `cat` loop costs one lookup, not
     /// two; it is never handed to two lookups at once.
@@ -104,12 +118,23 @@ impl Inner {
         }
     }
 
-    fn drop_view(&mut self, id: u64) {
-        if let Some(v) = self.map.remove(&id) {
-            let key = (v.entry, v.by.0, v.by.1);
-            if self.fresh.get(&key) == Some(&id) {
-                self.fresh.remove(&key);
+    /// Takes `id` out of the lookups it would be handed to (this thread's, its process's).
+    fn unhand(&mut self, id: u64) {
+        let Some(v) = self.map.get_mut(&id) else { return };
+        let (entry, uid, proc) = (v.entry, v.by.0, v.proc);
+        for pid in std::mem::take(&mut v.handed) {
+            if self.fresh.get(&(entry, uid, pid)) == Some(&id) {
+                self.fresh.remove(&(entry, uid, pid));
             }
+        }
+        if self.latest.get(&(entry, uid, proc)) == Some(&id) {
+            self.latest.remove(&(entry, uid, proc));
+        }
+    }
+
+    fn drop_view(&mut self, id: u64) {
+        self.unhand(id);
+        if let Some(v) = self.map.remove(&id) {
             if self.spare.get(&v.entry) == Some(&id) {
                 self.spare.remove(&v.entry);
             }
@@ -129,28 +154,52 @@ impl Default for Views {
 }
 
 impl Views {
-    /// A view of tree inode `entry` for a lookup by process `pid` of user `uid`, with one more
-    /// lookup held by the kernel: the one this process looked up before if it was not opened
+    /// A view of tree inode `entry` for a lookup by thread `pid` of user `uid`, with one more
+    /// lookup held by the kernel: the one this thread looked up before if it was not opened
     /// since; else the entry's spare view (open by nobody; its next open drops its old pages
-    /// before it is answered); else a new one. Pid 0: always a new one.
-    pub fn create(&self, entry: u64, uid: u32, pid: u32) -> u64 {
-        let mut g = self.inner.lock();
+    /// before it is answered); else one another thread of the same process (`process_of(pid)`,
+    /// read only here) looked up and nobody opened yet; else a new one. Pid 0: always a new one.
+    ///
+    /// Threads of one process share an unopened view because the kernel keeps one dentry per
+    /// name: a path walk whose lookup answers another node than the dentry holds throws it away
+    /// and looks up again, so 200 threads each given a node of their own revalidate each other's
+    /// dentries away — 150 lookups an open, a storm that slowed every other user's path walk.
+    /// They share an address space, so sharing a view (and, when two open it at once, its
+    /// binding) gives no thread anything it could not read already.
+    pub fn create(&self, entry: u64, uid: u32, pid: u32, process_of: impl FnOnce(u32) -> u32) -> u64 {
         if pid != 0 {
-            let key = (entry, uid, pid);
-            if let Some(id) = g.fresh.get(&key).copied() {
-                if let Some(v) = g.map.get_mut(&id) {
+            let mut g = self.inner.lock();
+            if let Some(id) = g.fresh.get(&(entry, uid, pid)).copied() {
+                if let Some(v) = g.map.get_mut(&id).filter(|v| v.open == 0) {
                     v.lookups += 1;
                     return id;
                 }
+                g.fresh.remove(&(entry, uid, pid));
             }
             if let Some(id) = g.spare.remove(&entry) {
                 if let Some(v) = g.map.get_mut(&id).filter(|v| v.open == 0) {
                     v.lookups += 1;
                     v.by = (uid, pid);
+                    v.proc = 0;
                     // The same user's last size: its next credential is likely as long (a
                     // token of the same issuer). Never another user's.
                     v.shown = v.last.filter(|(u, _)| *u == uid).map(|(_, size)| size);
-                    g.fresh.insert(key, id);
+                    v.handed.push(pid);
+                    g.fresh.insert((entry, uid, pid), id);
+                    return id;
+                }
+            }
+        }
+        // Read outside the lock (a /proc read); only a lookup that needs a view does.
+        let proc = if pid == 0 { 0 } else { process_of(pid) };
+        let mut g = self.inner.lock();
+        if proc != 0 {
+            if let Some(id) = g.latest.get(&(entry, uid, proc)).copied() {
+                if let Some(v) = g.map.get_mut(&id).filter(|v| v.open == 0 && !v.used) {
+                    v.lookups += 1;
+                    v.shared = true;
+                    v.handed.push(pid);
+                    g.fresh.insert((entry, uid, pid), id);
                     return id;
                 }
             }
@@ -159,6 +208,9 @@ impl Views {
         let v = View {
             entry,
             by: (uid, pid),
+            proc,
+            handed: if pid != 0 { vec![pid] } else { Vec::new() },
+            shared: false,
             lookups: 1,
             bound: None,
             open: 0,
@@ -170,6 +222,9 @@ impl Views {
         g.map.insert(id, v);
         if pid != 0 {
             g.fresh.insert((entry, uid, pid), id);
+        }
+        if proc != 0 {
+            g.latest.insert((entry, uid, proc), id);
         }
         id
     }
@@ -216,15 +271,13 @@ impl Views {
             }
             None => {
                 v.open += 1;
-                v.bound = Some(b.clone());
+                v.bound = Some(Bound { threads: v.shared, ..b.clone() });
                 let rebound = std::mem::replace(&mut v.used, true);
                 // The open answers with these contents: the kernel's size becomes theirs.
                 let told = std::mem::replace(&mut v.told, b.size);
                 v.last = Some((b.uid, b.size));
-                let (key, entry) = ((v.entry, v.by.0, v.by.1), v.entry);
-                if g.fresh.get(&key) == Some(&view) {
-                    g.fresh.remove(&key);
-                }
+                let entry = v.entry;
+                g.unhand(view);
                 if g.spare.get(&entry) == Some(&view) {
                     g.spare.remove(&entry);
                 }
@@ -237,12 +290,15 @@ impl Views {
     }
 
     /// Records one more handle on the binding the view has while it is open, if it is the same
-    /// user's (`Err` for another user's; `None` when it is not open).
+    /// user's (`Err` for another user's; `None` when it is not open, or was bound by one of
+    /// several threads it was handed: those open afresh).
     pub fn join(&self, view: u64, uid: u32) -> Result<Option<Bound>, OtherUser> {
         let mut g = self.inner.lock();
         let Some(v) = g.map.get_mut(&view) else { return Ok(None) };
         match &v.bound {
             Some(have) if have.uid != uid => Err(OtherUser),
+            // Shared by threads: each of their opens gets its own lease (`bind` says `Joined`).
+            Some(have) if have.threads => Ok(None),
             Some(have) => {
                 v.open += 1;
                 Ok(Some(have.clone()))
@@ -319,7 +375,7 @@ mod tests {
     #[test]
     fn each_lookup_is_a_view_of_its_own_bound_while_open_and_forgotten_after_its_last_close() {
         let v = Views::default();
-        let (a, b) = (v.create(7, 1, 0), v.create(7, 1, 0));
+        let (a, b) = (v.create(7, 1, 0, |p| p), v.create(7, 1, 0, |p| p));
         assert_ne!(a, b);
         assert!(is_view(a) && !is_view(7));
         assert_eq!((v.entry(a), v.entry(7)), (Some(7), Some(7)));
@@ -348,12 +404,12 @@ mod tests {
     #[test]
     fn a_process_looking_a_name_up_again_before_opening_it_gets_the_same_view() {
         let v = Views::default();
-        let a = v.create(7, 1000, 42);
-        assert_eq!(v.create(7, 1000, 42), a, "stat then open by one process: one inode");
-        assert_ne!(v.create(7, 1000, 43), a, "another process: its own");
-        assert_ne!(v.create(7, 1001, 42), a, "another user: its own");
+        let a = v.create(7, 1000, 42, |p| p);
+        assert_eq!(v.create(7, 1000, 42, |p| p), a, "stat then open by one process: one inode");
+        assert_ne!(v.create(7, 1000, 43, |p| p), a, "another process: its own");
+        assert_ne!(v.create(7, 1001, 42, |p| p), a, "another user: its own");
         assert!(matches!(v.bind(a, &bound(1000, "x")), Ok(Bind::Fresh { .. })));
-        assert_ne!(v.create(7, 1000, 42), a, "opened: the next lookup gets a new view");
+        assert_ne!(v.create(7, 1000, 42, |p| p), a, "opened: the next lookup gets a new view");
         v.forget(a, 2);
         close(&v, a);
         assert_eq!(v.entry(a), None);
@@ -362,33 +418,60 @@ mod tests {
     #[test]
     fn a_closed_view_the_kernel_still_holds_goes_to_one_next_lookup_which_drops_its_pages_at_open() {
         let v = Views::default();
-        let a = v.create(7, 1000, 42);
+        let a = v.create(7, 1000, 42, |p| p);
         assert!(matches!(v.bind(a, &bound(1000, "x")), Ok(Bind::Fresh { .. })));
-        assert_ne!(v.create(7, 1000, 43), a, "open: never handed out");
+        assert_ne!(v.create(7, 1000, 43, |p| p), a, "open: never handed out");
         close(&v, a);
-        assert_eq!(v.create(7, 1001, 44), a, "closed and held by the kernel: the next lookup takes it");
-        assert_ne!(v.create(7, 1002, 45), a, "but only one lookup");
-        assert_eq!(v.create(7, 1001, 44), a, "that process's lookup again");
+        assert_eq!(v.create(7, 1001, 44, |p| p), a, "closed and held by the kernel: the next lookup takes it");
+        assert_ne!(v.create(7, 1002, 45, |p| p), a, "but only one lookup");
+        assert_eq!(v.create(7, 1001, 44, |p| p), a, "that process's lookup again");
         assert!(matches!(v.bind(a, &bound(1001, "y")), Ok(Bind::Fresh { rebound: true, .. })));
     }
 
     #[test]
     fn a_lookup_shows_the_size_of_its_users_last_contents_and_the_next_open_knows_what_the_kernel_holds() {
         let v = Views::default();
-        let a = v.create(7, 1000, 42);
+        let a = v.create(7, 1000, 42, |p| p);
         assert_eq!(v.size(a, 0), 0, "never bound: the listed size");
         assert!(matches!(v.bind(a, &bound(1000, "token-1")), Ok(Bind::Fresh { told: 0, .. })));
         assert_eq!(v.size(a, 0), 7, "open: its contents' size");
         close(&v, a);
         // The same user's next lookup is told the last size; an open of as many bytes lands on it.
-        assert_eq!(v.create(7, 1000, 43), a);
+        assert_eq!(v.create(7, 1000, 43, |p| p), a);
         assert_eq!(v.size(a, 0), 7, "its user's last size");
         assert!(matches!(v.bind(a, &bound(1000, "token-2")), Ok(Bind::Fresh { told: 7, .. })));
         close(&v, a);
         // Another user is never shown it.
-        assert_eq!(v.create(7, 1001, 44), a);
+        assert_eq!(v.create(7, 1001, 44, |p| p), a);
         assert_eq!(v.size(a, 0), 0, "another user's size is not shown");
         assert!(matches!(v.bind(a, &bound(1001, "longer token")), Ok(Bind::Fresh { told: 0, .. })));
         close(&v, a);
+    }
+
+    #[test]
+    fn threads_of_one_process_share_a_view_until_one_opens_it_and_other_processes_do_not() {
+        let v = Views::default();
+        // Threads 42 and 43 are process 40; thread 50 is process 50.
+        let process = |pid: u32| if pid < 50 { 40 } else { pid };
+        let a = v.create(7, 1000, 42, process);
+        assert_eq!(v.create(7, 1000, 43, process), a, "another thread of the same process: the same view");
+        let c = v.create(7, 1000, 50, process);
+        assert_ne!(c, a, "another process: its own");
+        let d = v.create(7, 1001, 43, |_| 40);
+        assert_ne!(d, a, "another user: its own");
+        assert!(matches!(v.bind(a, &bound(1000, "x")), Ok(Bind::Fresh { .. })));
+        assert!(v.bound(a).is_some_and(|b| b.threads), "bound by one of several threads");
+        assert!(v.join(a, 1000).unwrap().is_none(), "another thread's open does not join: it opens afresh");
+        assert!(matches!(v.bind(a, &bound(1000, "y")), Ok(Bind::Joined(b)) if b.threads), "and keeps its own lease");
+        let b = v.create(7, 1000, 43, process);
+        assert_ne!(b, a, "opened: the next lookup of any of its threads gets a new view");
+        assert_eq!(v.create(7, 1000, 42, process), b, "which the process's threads share again");
+        close(&v, a);
+        close(&v, a);
+        v.forget(a, 2);
+        v.forget(b, 2);
+        v.forget(c, 1);
+        v.forget(d, 1);
+        assert!(v.inner.lock().fresh.is_empty() && v.inner.lock().latest.is_empty(), "nothing left behind");
     }
 }
