@@ -47,9 +47,9 @@ impl LeaseError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         LeaseError { kind, message: message.into(), source: None, log_detail: None, repeat: false }
     }
-    /// Marks a refusal that its fold already audited and logged (`repeat`: not the first).
-    pub fn repeated(mut self, repeat: bool) -> Self {
-        self.repeat = repeat;
+    /// Marks a refusal that its fold already audited and logged (not the first).
+    pub fn repeated(mut self) -> Self {
+        self.repeat = true;
         self
     }
     pub fn failed(message: impl Into<String>) -> Self {

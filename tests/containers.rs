@@ -95,25 +95,10 @@ fn leasefs_inside_a_container_shares_its_mount_with_the_host() {
     assert_eq!(image.trim(), "localhost/leasefs-test:latest");
     let env = Env::new();
     // /etc/leasefs in the container: config.json and secrets/ (0700, documents 0600).
-    let cfg = env.path("etc");
-    std::fs::create_dir_all(cfg.join("secrets")).unwrap();
-    for d in [cfg.clone(), cfg.join("secrets")] {
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    let doc = cfg.join("secrets/app.json");
-    std::fs::write(
-        &doc,
-        r#"{"path": "app:key", "attributes": {"mode": "0444"}, "data": {"value": "from-the-container"}}"#,
-    )
-    .unwrap();
-    std::fs::set_permissions(&doc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(
-        cfg.join("config.json"),
-        json!({"sources": [{"type": "local", "path": "/etc/leasefs/secrets"}], "state_dir": "/var/lib/leasefs", "allow_other": true})
-            .to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(cfg.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = container_etc(
+        &env,
+        &json!({"path": "app:key", "attributes": {"mode": "0444"}, "data": {"value": "from-the-container"}}),
+    );
     // The host directory the container's mount appears in: a shared mount point.
     let etc = format!("{}:/etc/leasefs:ro", cfg.display());
     let (shared, name, _unmount, _rm) =

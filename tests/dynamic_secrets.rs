@@ -23,12 +23,6 @@ fn json_of(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// A sample of `/.leasefs/metrics` (`name` with its labels, e.g. `x_total{issuer="exec"}`); 0 when absent.
-fn metric(env: &Env, sample: &str) -> u64 {
-    let text = read(&env.m(".leasefs/metrics")).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
-}
-
 /// The lease id of the one issuance in the audit log (read there: a short lease may have left
 /// leases.json already).
 fn issued_id(env: &Env) -> String {
@@ -131,9 +125,9 @@ fn at_expiry_an_open_fd_reads_ekeyexpired_and_the_lease_is_revoked_exactly_once(
     assert_eq!(err.raw_os_error(), Some(libc::EKEYEXPIRED), "{err}");
     // Decided: the revocation is audited and nothing is pending, so no second one can follow.
     eventually(Duration::from_secs(10), "the revocation to finish", || {
-        audited(&env, "revoke", "revoked", &id) && metric(&env, "leasefs_revocations_pending") == 0
+        audited(&env, "revoke", "revoked", &id) && env.metric("leasefs_revocations_pending") == 0
     });
-    assert_eq!(metric(&env, "leasefs_revocations_total{issuer=\"exec\"}"), 1);
+    assert_eq!(env.metric("leasefs_revocations_total{issuer=\"exec\"}"), 1);
     assert_eq!(env.revoked(), std::slice::from_ref(&id), "revoked exactly once");
     assert!(env.leases().is_empty(), "an expired lease leaves leases.json");
     let revoke_req = json_of(&env.lines("revoked.jsonl")[0]);
@@ -470,8 +464,8 @@ fn after_kill_9_a_restart_revokes_every_orphaned_lease() {
     // ready, so by now it has decided: nothing revoked, nothing pending.
     env.daemon().stop();
     env.start();
-    assert_eq!(metric(&env, "leasefs_revocations_pending"), 0);
-    assert_eq!(metric(&env, "leasefs_revocations_total{issuer=\"exec\"}"), 0);
+    assert_eq!(env.metric("leasefs_revocations_pending"), 0);
+    assert_eq!(env.metric("leasefs_revocations_total{issuer=\"exec\"}"), 0);
     assert_eq!(env.revoked().len(), 3);
 }
 

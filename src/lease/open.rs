@@ -53,15 +53,12 @@ impl LeaseManager {
             return Ok(l);
         }
         if let Err(e) = pressure::within_quota(self.table.usage(req.requester.uid), req.requester.uid, &self.defaults) {
-            let repeat = self.refuse(&req, kind, &e);
-            return Err(e.repeated(repeat));
+            return Err(self.refuse(&req, kind, e));
         }
         let _admitted = match self.pressure.admit(&req.path, req.requester.uid, pressure::bounds(policy)) {
             Ok(a) => a,
             Err(why) => {
-                let e = LeaseError::new(ErrorKind::Busy, why);
-                let repeat = self.refuse(&req, kind, &e);
-                return Err(e.repeated(repeat));
+                return Err(self.refuse(&req, kind, LeaseError::new(ErrorKind::Busy, why)));
             }
         };
         let _in_flight = self.in_flight.token();
@@ -122,15 +119,17 @@ impl LeaseManager {
         e.context(format!("issuance failed (lease {lease_id})"))
     }
 
-    /// Counts and audits an open refused by a bound (quota, pressure); repeats folded per 10 s.
-    /// Whether this refusal is such a repeat (then the daemon log has it at debug only).
-    fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: &LeaseError) -> bool {
+    /// Counts and audits an open refused by a bound (quota, pressure); repeats folded per 10 s
+    /// and marked so (the daemon log then has them at debug only). The error the open fails with.
+    fn refuse(&self, req: &OpenRequest, kind: IssuerKind, e: LeaseError) -> LeaseError {
         self.metrics.failed(kind.as_str(), e.reason());
-        let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else { return true };
+        let Some(count) = self.pressure.folds.deny(req.requester.uid, &req.path, e.reason()) else {
+            return e.repeated();
+        };
         let detail = e.to_string();
         let ev =
-            Event::new(EventKind::Deny, &req.path, Outcome::of(e)).issuer(kind).detail(detail.as_str()).count(count);
+            Event::new(EventKind::Deny, &req.path, Outcome::of(&e)).issuer(kind).detail(detail.as_str()).count(count);
         self.audit.record(&ev, Some(&req.requester));
-        false
+        e
     }
 }

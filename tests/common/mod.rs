@@ -120,6 +120,13 @@ impl Env {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
 
+    /// A sample of `/.leasefs/metrics` (its name with its labels, e.g.
+    /// `x_total{issuer="exec"}`); 0 when absent.
+    pub fn metric(&self, sample: &str) -> u64 {
+        let text = read(&self.m(".leasefs/metrics")).unwrap();
+        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+    }
+
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.path("audit.jsonl"))
             .unwrap_or_default()
