@@ -96,10 +96,10 @@ impl LeaseFs {
         let (size, pid) = (have.size, who.pid);
         let (bytes, lease) = (have.bytes, have.lease);
         let fh = self.handles.insert(Handle { ino: view, pid, bytes, lease, written: 0, cached: false, paged: false });
-        // The first open filled (or is still filling) the view's pages with these same bytes: a
-        // thread whose open joins one still under way (threads share a view) would otherwise be
-        // answered before the kernel knows the size, and read nothing. Storing the same bytes
-        // again is harmless to a reader of the pages.
+        // The first open filled (or is still filling) the view's pages with these same bytes: an
+        // open that joins one still under way (two processes opening one bind-mounted file at
+        // once) would otherwise be answered before the kernel knows the size, and read nothing.
+        // Storing the same bytes again is harmless to a reader of the pages.
         Ok(Opened { keep_cache: true, store: size > 0, ..Opened::direct(fh, size) }.cached())
     }
 
@@ -250,24 +250,19 @@ impl LeaseFs {
         let b = Bound::new(who.uid, bytes, Some(lease.clone()));
         let told = match self.views.bind(view, &b) {
             Ok(Bind::Fresh { told, .. }) => told,
-            Ok(Bind::Joined(have)) if !have.threads && !near_end(&have, self.leases.clock().now()) => {
+            Ok(Bind::Joined(have)) if !near_end(&have, self.leases.clock().now()) => {
                 self.leases.closed(&lease);
                 return self.joined(view, who, have);
             }
-            Ok(Bind::Joined(_)) => {
-                // The binding's lease is at or near its end (a thread of the same process opened
-                // the shared view long ago, or is closing it): this open keeps its own lease, read with direct I/O,
-                // leaving the view's pages and size to the binding (size 0: no placeholder).
-                let fh = self.handles.insert(Handle {
-                    ino: view,
-                    pid: who.pid,
-                    bytes: b.bytes,
-                    lease: b.lease,
-                    written: 0,
-                    cached: false,
-                    paged: false,
-                });
-                return Ok(Opened { keep_cache: true, ..Opened::direct(fh, 0) });
+            Ok(Bind::Joined(_) | Bind::Own) => {
+                // Another thread of the process whose first open bound the view (threads share
+                // an unopened view; joining would let that thread's close end the lease this one
+                // reads, and binding it again would race their reads), or the binding's lease is
+                // at or near its end: this open keeps its own lease, read with direct I/O, leaving
+                // the view's pages and size alone (size 0: no placeholder).
+                let (bytes, lease, pid) = (b.bytes, b.lease, who.pid);
+                let h = Handle { ino: view, pid, bytes, lease, written: 0, cached: false, paged: false };
+                return Ok(Opened { keep_cache: true, ..Opened::direct(self.handles.insert(h), 0) });
             }
             Err(_) => {
                 self.leases.closed(&lease);

@@ -37,15 +37,12 @@ pub struct Bound {
     /// The contents' length (kept after the bytes are zeroized at expiry: a held descriptor's
     /// `fstat` and reads then see the same size, and the reads fail with `EKEYEXPIRED`).
     pub size: u64,
-    /// Bound by an open of a view that several threads of one process were handed: their other
-    /// opens never join it (each keeps its own lease; see `fs/open.rs`).
-    pub threads: bool,
 }
 
 impl Bound {
     pub fn new(uid: u32, bytes: Arc<SharedBytes>, lease: Option<Arc<Lease>>) -> Bound {
         let size = bytes.len().unwrap_or(0) as u64;
-        Bound { uid, bytes, lease, size, threads: false }
+        Bound { uid, bytes, lease, size }
     }
 }
 
@@ -60,8 +57,8 @@ struct View {
     proc: u32,
     /// The threads whose next lookup gets it (their keys in `fresh`), until it is opened.
     handed: Vec<u32>,
-    /// It was handed to several threads at once: any of them may open it however late, so
-    /// every binding of it is marked `threads` (their opens never join).
+    /// It was handed to several threads at once: any of them may open it however late, so only
+    /// the first open binds it; every other open gets `Bind::Own`, and it is never a spare.
     shared: bool,
     /// Lookups the kernel holds on it (dropped by `forget`).
     lookups: u64,
@@ -90,6 +87,9 @@ pub enum Bind {
     Fresh { rebound: bool, told: u64 },
     /// Already open (and bound) for the same user: the open shares that binding instead.
     Joined(Bound),
+    /// A view several threads were handed, bound by the first one's open (or after it, never
+    /// bound again): this open keeps its own contents, served without the view's pages or size.
+    Own,
 }
 
 #[derive(Default)]
@@ -265,13 +265,17 @@ impl Views {
         let Some(v) = g.map.get_mut(&view) else { return Ok(Bind::Fresh { rebound: false, told: 0 }) };
         match &v.bound {
             Some(have) if have.uid != b.uid => Err(OtherUser),
+            _ if v.shared && v.used => {
+                v.open += 1;
+                Ok(Bind::Own)
+            }
             Some(have) => {
                 v.open += 1;
                 Ok(Bind::Joined(have.clone()))
             }
             None => {
                 v.open += 1;
-                v.bound = Some(Bound { threads: v.shared, ..b.clone() });
+                v.bound = Some(b.clone());
                 let rebound = std::mem::replace(&mut v.used, true);
                 // The open answers with these contents: the kernel's size becomes theirs.
                 let told = std::mem::replace(&mut v.told, b.size);
@@ -290,15 +294,15 @@ impl Views {
     }
 
     /// Records one more handle on the binding the view has while it is open, if it is the same
-    /// user's (`Err` for another user's; `None` when it is not open, or was bound by one of
-    /// several threads it was handed: those open afresh).
+    /// user's (`Err` for another user's; `None` when it is not open, or several threads were
+    /// handed it: those open afresh).
     pub fn join(&self, view: u64, uid: u32) -> Result<Option<Bound>, OtherUser> {
         let mut g = self.inner.lock();
         let Some(v) = g.map.get_mut(&view) else { return Ok(None) };
         match &v.bound {
             Some(have) if have.uid != uid => Err(OtherUser),
-            // Shared by threads: each of their opens gets its own lease (`bind` says `Joined`).
-            Some(have) if have.threads => Ok(None),
+            // Shared by threads: each of their opens gets its own lease (`bind` says `Own`).
+            Some(_) if v.shared => Ok(None),
             Some(have) => {
                 v.open += 1;
                 Ok(Some(have.clone()))
@@ -318,14 +322,14 @@ impl Views {
             return;
         }
         let lease = v.bound.take().and_then(|b| b.lease).map(|l| l.id.clone());
-        let (lookups, entry) = (v.lookups, v.entry);
+        let (lookups, entry, v_shared) = (v.lookups, v.entry, v.shared);
         if let Some(id) = lease {
             g.unlist(&id, view);
         }
         drop_pages(view);
         if lookups == 0 {
             g.drop_view(view);
-        } else {
+        } else if !v_shared {
             g.spare.insert(entry, view);
         }
     }
@@ -337,6 +341,8 @@ impl Views {
         let Some(v) = g.map.get_mut(&view) else { return listed };
         let size = match &v.bound {
             Some(b) => b.size,
+            // Its threads' own opens leave the kernel's size as the first one's open made it.
+            None if v.shared && v.used => v.told,
             None => v.shown.unwrap_or(listed),
         };
         v.told = size;
@@ -460,9 +466,8 @@ mod tests {
         let d = v.create(7, 1001, 43, |_| 40);
         assert_ne!(d, a, "another user: its own");
         assert!(matches!(v.bind(a, &bound(1000, "x")), Ok(Bind::Fresh { .. })));
-        assert!(v.bound(a).is_some_and(|b| b.threads), "bound by one of several threads");
         assert!(v.join(a, 1000).unwrap().is_none(), "another thread's open does not join: it opens afresh");
-        assert!(matches!(v.bind(a, &bound(1000, "y")), Ok(Bind::Joined(b)) if b.threads), "and keeps its own lease");
+        assert!(matches!(v.bind(a, &bound(1000, "y")), Ok(Bind::Own)), "and keeps its own lease");
         let b = v.create(7, 1000, 43, process);
         assert_ne!(b, a, "opened: the next lookup of any of its threads gets a new view");
         assert_eq!(v.create(7, 1000, 42, process), b, "which the process's threads share again");
