@@ -190,3 +190,44 @@ fn no_script_starts_while_no_guard_runs_and_scripts_run_again_once_one_does() {
     assert_eq!(read(&env.m("dyn/quick")).unwrap(), "pw-quick");
     assert_eq!(env.lines("minted.txt").len(), 1);
 }
+
+#[test]
+fn only_a_credential_the_next_start_could_revoke_is_journaled() {
+    // `dyn/kept` has a revoke_command; `dyn/plain`'s base has none, so nothing could revoke its
+    // credential after a crash: its lease costs no journal line (and no fsync before the read).
+    let mut env = catalog(&[("dyn:kept", "quick", json!({"format": "raw:Password", "ttl": "2s"}))], json!({}));
+    let script = env.path("lifecycle.sh");
+    let plain = json!([
+        {"path": "base:exec:plain", "attributes": {"type": "exec"}, "data": {"command": [script, "quick"]}},
+        {"path": "dyn:plain", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:exec:plain"},
+         "format": "raw:Password", "ttl": "2s"}}
+    ]);
+    env.doc("plain.json", &plain.to_string());
+    env.start();
+    assert_eq!(read(&env.m("dyn/kept")).unwrap(), "pw-quick");
+    assert_eq!(read(&env.m("dyn/plain")).unwrap(), "pw-quick");
+    let minted = env.lines("minted.txt");
+    assert_eq!(minted.len(), 2, "{minted:?}");
+    let (kept, plain) = (&minted[0], &minted[1]);
+    let journal = || std::fs::read_to_string(env.path("state/journal.jsonl")).unwrap_or_default();
+    let ops_of = |id: &str| -> Vec<String> {
+        journal()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["lease_id"] == id)
+            .map(|r| r["op"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ops_of(kept), ["intent", "issued"], "{}", journal());
+    assert!(ops_of(plain).is_empty(), "a lease nothing can revoke was journaled: {}", journal());
+    // Both end (at close or with their ttl); only the revocable one is revoked at its issuer and journaled so.
+    eventually(Duration::from_secs(10), "the revocable lease to be revoked", || env.revoked().contains(kept));
+    eventually(Duration::from_secs(5), "its revocation to be journaled", || ops_of(kept).len() == 3);
+    assert_eq!(ops_of(kept)[2], "revoked");
+    let ended = |id: &str| {
+        env.audit().iter().any(|e| e["lease_id"] == id && matches!(e["event"].as_str(), Some("expire" | "revoke")))
+    };
+    eventually(Duration::from_secs(5), "both leases to be audited as ended", || ended(kept) && ended(plain));
+    assert!(ops_of(plain).is_empty(), "{}", journal());
+    assert_eq!(read(&env.m("dyn/plain")).unwrap(), "pw-quick", "a new lease is issued after the old one ended");
+}

@@ -57,7 +57,8 @@ impl Engine {
         let now = self.clock.now();
         let info =
             LeaseInfo::revoking(issue.lease_id, issue.origin, Some(issue.requester), now, expires_at.unwrap_or(now));
-        let job = Job { lease_id: issue.lease_id.into(), origin: issue.origin.clone(), revocation, expires_at, info };
+        let (lease_id, origin) = (issue.lease_id.into(), issue.origin.clone());
+        let job = Job { lease_id, origin, revocation, expires_at, info, journaled: true };
         let handle = self.spawn(job);
         self.undone(handle);
     }
@@ -120,8 +121,12 @@ impl Engine {
         let rendered = render_files(&issued.fields, policy, expires_at)?;
         // Into locked memory while the undo is armed: without memory, the credential is revoked.
         let files = locked(rendered)?;
-        // Durable before the contents are returned.
-        self.journal(record(Op::Issued, &issued.revocation, Some(expires_at))).await?;
+        // Durable before the contents are returned, when the next start could act on it: a
+        // credential nothing can revoke (an `exec` base without `revoke_command`) costs no fsync.
+        let journaled = intent.is_some() || revocable;
+        if journaled {
+            self.journal(record(Op::Issued, &issued.revocation, Some(expires_at))).await?;
+        }
         undo.armed = None;
         let Issued { fields, revocation, .. } = issued;
         drop(fields);
@@ -134,6 +139,7 @@ impl Engine {
             cap,
             files,
             revocation,
+            journaled,
             revoke_on_close: policy.revoke_on_close,
             renew_while_open: policy.renew_while_open,
             reusable: policy.reuse != crate::defaults::Reuse::None,

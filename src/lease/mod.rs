@@ -263,6 +263,7 @@ impl LeaseManager {
             revocation: lease.revocation.clone(),
             expires_at: Some(lease.expires_at()),
             info: lease.info(self.clock.now()),
+            journaled: lease.journaled,
         }))
     }
 

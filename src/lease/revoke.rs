@@ -39,6 +39,8 @@ pub struct Job {
     pub expires_at: Option<DateTime<Utc>>,
     /// What `leases.json` shows while it waits (metadata only).
     pub info: LeaseInfo,
+    /// Whether the journal may hold it (then its revocation is journaled too).
+    pub journaled: bool,
 }
 
 /// Where a revocation that has not succeeded stands.
@@ -280,7 +282,9 @@ impl Engine {
         }
         let done =
             Record::new(Op::Revoked, &job.lease_id, &job.origin, &job.revocation, job.expires_at, self.clock.now());
-        if let Err(e) = self.journal(done).await {
+        if job.journaled
+            && let Err(e) = self.journal(done).await
+        {
             tracing::warn!(lease = %job.lease_id, error = %e, "revoked, but the journal could not say so; the next start revokes it again");
         }
         if !lifted {
@@ -440,6 +444,7 @@ impl Engine {
                 revocation: r.revocation,
                 expires_at: r.expires_at,
                 info,
+                journaled: true,
             }));
         }
         handles

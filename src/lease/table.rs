@@ -83,6 +83,8 @@ pub struct Lease {
     pub files: Vec<Arc<SharedBytes>>,
     /// A non-secret handle that the issuer's revoke needs (journaled).
     pub revocation: serde_json::Value,
+    /// Whether the journal holds it (only what the next start could revoke is journaled).
+    pub journaled: bool,
     handles: AtomicUsize,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
@@ -113,6 +115,7 @@ pub struct NewLease {
     pub cap: DateTime<Utc>,
     pub files: Vec<SharedBytes>,
     pub revocation: serde_json::Value,
+    pub journaled: bool,
     pub revoke_on_close: bool,
     pub renew_while_open: bool,
     pub reusable: bool,
@@ -132,6 +135,7 @@ impl Lease {
             cap: n.cap,
             files: n.files.into_iter().map(Arc::new).collect(),
             revocation: n.revocation,
+            journaled: n.journaled,
             handles: AtomicUsize::new(1),
             revoke_on_close: n.revoke_on_close,
             renew_while_open: n.renew_while_open,
