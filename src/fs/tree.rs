@@ -5,6 +5,7 @@
 //! only directories own a name, and child lists hold inode numbers sorted by name.
 
 use foldhash::{HashMap, HashMapExt};
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -202,12 +203,16 @@ impl Tree {
         control: bool,
     ) -> (Tree, Vec<FileError>) {
         let now = SystemTime::now();
+        let entries = sources.iter().map(|s| s.secrets.len()).sum::<usize>();
         let mut b = Building {
             prev,
             next: prev.max_ino().max(ROOT),
-            nodes: Vec::with_capacity(prev.nodes.len()),
-            index: HashMap::with_capacity(sources.iter().map(|s| s.secrets.len()).sum::<usize>() + 16),
+            nodes: Vec::with_capacity(prev.nodes.len().max(entries + 64)),
+            index: HashMap::with_capacity(entries + 16),
             dirs: HashMap::new(),
+            kids: Vec::new(),
+            last_parent: (0, 0),
+            last_dir: None,
             tree: Tree { built: Some(now), ..Tree::default() },
             problems: Vec::new(),
         };
@@ -215,7 +220,7 @@ impl Tree {
             ROOT,
             Node { parent: ROOT, uid: root_owner.uid, gid: root_owner.gid, mode: root_owner.dir_mode, kind: dir("") },
         );
-        b.dirs.insert(ROOT, Vec::new());
+        b.open_dir(ROOT);
         if control {
             b.add_control(root_owner);
         }
@@ -285,23 +290,22 @@ struct Building<'p, 'n> {
     nodes: Vec<Option<Node>>,
     /// (parent, name) → inode, for every entry placed so far.
     index: HashMap<(u64, &'n str), u64>,
-    /// Directories' children, unsorted.
-    dirs: HashMap<u64, Vec<u64>>,
+    /// Each directory's slot in `kids`.
+    dirs: HashMap<u64, usize>,
+    /// Directories' children, unsorted, by slot.
+    kids: Vec<Vec<u64>>,
+    /// The directory the last child went to, and its slot (children of one directory mostly
+    /// arrive together: one hash lookup saved per entry).
+    last_parent: (u64, usize),
+    /// The directory part of the last secret's path under a prefix, and the directory it named
+    /// (documents list a directory's secrets together: its path is walked once, not per secret).
+    last_dir: Option<(u64, &'n str, u64)>,
     /// The snapshot's counts and base secrets, filled in as secrets are placed.
     tree: Tree,
     problems: Vec<FileError>,
 }
 
 impl<'n> Building<'_, 'n> {
-    /// The inode number of `name` under `parent`: the one it had before, or a new one.
-    fn ino_for(&mut self, parent: u64, name: &str) -> u64 {
-        if let Some(i) = self.prev.child(parent, name) {
-            return i;
-        }
-        self.next += 1;
-        self.next
-    }
-
     fn put(&mut self, ino: u64, node: Node) {
         let i = ino as usize;
         if self.nodes.len() <= i {
@@ -310,16 +314,29 @@ impl<'n> Building<'_, 'n> {
         self.nodes[i] = Some(node);
     }
 
-    /// Places an entry; `None` if the name is taken.
+    /// Places an entry; `None` if the name is taken. A path keeps the inode number it had in
+    /// `prev`; a new one gets the next free number.
     fn add(&mut self, parent: u64, name: &'n str, node: Node) -> Option<u64> {
-        if self.index.contains_key(&(parent, name)) {
-            return None;
-        }
-        let ino = self.ino_for(parent, name);
-        self.index.insert((parent, name), ino);
+        let ino = match self.index.entry((parent, name)) {
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(v) => *v.insert(self.prev.child(parent, name).unwrap_or_else(|| {
+                self.next += 1;
+                self.next
+            })),
+        };
         self.put(ino, node);
-        self.dirs.entry(parent).or_default().push(ino);
+        if self.last_parent.0 != parent {
+            let Some(&slot) = self.dirs.get(&parent) else { return Some(ino) };
+            self.last_parent = (parent, slot);
+        }
+        self.kids[self.last_parent.1].push(ino);
         Some(ino)
+    }
+
+    /// Makes `ino` a directory with no children yet.
+    fn open_dir(&mut self, ino: u64) {
+        self.dirs.insert(ino, self.kids.len());
+        self.kids.push(Vec::new());
     }
 
     /// The directory `name` under `parent`, created if needed; `None` if a file holds the name.
@@ -329,7 +346,7 @@ impl<'n> Building<'_, 'n> {
         }
         let node = Node { parent, uid: owner.uid, gid: owner.gid, mode: owner.dir_mode, kind: dir(name) };
         let ino = self.add(parent, name, node)?;
-        self.dirs.insert(ino, Vec::new());
+        self.open_dir(ino);
         Some(ino)
     }
 
@@ -383,16 +400,18 @@ impl<'n> Building<'_, 'n> {
         prefix_ino: u64,
         meta: &'n Arc<SecretMeta>,
     ) -> Result<(), String> {
-        let mut parent = Some(prefix_ino);
-        let mut segs = meta.segments().peekable();
-        let mut last = "";
-        while let Some(seg) = segs.next() {
-            if segs.peek().is_none() {
-                last = seg;
-            } else {
-                parent = parent.and_then(|p| self.ensure_dir(p, seg, owner));
+        let (dir_part, last) = meta.path().rsplit_once('/').unwrap_or(("", meta.path()));
+        let parent = match self.last_dir {
+            Some((p, d, ino)) if p == prefix_ino && d == dir_part => Some(ino),
+            _ => {
+                let mut parent = Some(prefix_ino);
+                for seg in dir_part.split('/').filter(|_| !dir_part.is_empty()) {
+                    parent = parent.and_then(|p| self.ensure_dir(p, seg, owner));
+                }
+                self.last_dir = parent.map(|ino| (prefix_ino, dir_part, ino));
+                parent
             }
-        }
+        };
         let Some(parent) = parent else {
             return Err(format!("path {:?} runs through a secret of the same name", meta.path()));
         };
@@ -404,7 +423,7 @@ impl<'n> Building<'_, 'n> {
             let dir_mode = mode | ((mode & 0o444) >> 2);
             let dnode = Node { parent, uid, gid, mode: dir_mode, kind: dir(last) };
             let dino = self.add(parent, last, dnode).ok_or_else(taken)?;
-            self.dirs.insert(dino, Vec::new());
+            self.open_dir(dino);
             for (i, (name, _)) in files.iter().enumerate() {
                 let kind = NodeKind::Bundle { source: si, meta: meta.clone(), file: i as u16 };
                 self.add(dino, name, Node { parent: dino, uid, gid, mode, kind });
@@ -425,15 +444,25 @@ impl<'n> Building<'_, 'n> {
     fn finish(mut self, now: SystemTime) -> (Tree, Vec<FileError>) {
         drop(self.index);
         let dirs = std::mem::take(&mut self.dirs);
+        let mut kids = std::mem::take(&mut self.kids);
         self.tree.counts.directories = dirs.len();
-        for (ino, mut kids) in dirs {
-            kids.sort_unstable_by(|x, y| name_in(&self.nodes, *x).cmp(name_in(&self.nodes, *y)));
+        let mut named: Vec<(&str, u64)> = Vec::new();
+        let mut sorted: Vec<(u64, Box<[u64]>)> = Vec::with_capacity(dirs.len());
+        for (ino, slot) in dirs {
+            // Each name looked up once, not at every comparison.
+            named.clear();
+            named.extend(std::mem::take(&mut kids[slot]).into_iter().map(|k| (name_in(&self.nodes, k), k)));
+            named.sort_unstable_by(|x, y| x.0.cmp(y.0));
+            sorted.push((ino, named.iter().map(|&(_, k)| k).collect()));
+        }
+        drop(named);
+        for (ino, kids) in sorted {
             let kept = self.prev.node(ino).and_then(|p| match &p.kind {
-                NodeKind::Dir(d) if *d.children == kids[..] => Some(d.mtime),
+                NodeKind::Dir(d) if d.children == kids => Some(d.mtime),
                 _ => None,
             });
             if let Some(Some(Node { kind: NodeKind::Dir(d), .. })) = self.nodes.get_mut(ino as usize) {
-                d.children = kids.into_boxed_slice();
+                d.children = kids;
                 d.mtime = kept.unwrap_or(now);
             }
         }
@@ -466,5 +495,71 @@ pub fn trim_heap() {
     // SAFETY: malloc_trim only returns free memory to the system.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Locator;
+
+    fn meta(path: &str) -> Arc<SecretMeta> {
+        let segs: Vec<String> = path.split('/').map(String::from).collect();
+        let m = SecretMeta::new(None, &segs, SecretKind::Static, Default::default(), None, UNIX, Locator::None);
+        Arc::new(m)
+    }
+    const UNIX: SystemTime = SystemTime::UNIX_EPOCH;
+    const OWNER: Owner = Owner { uid: 0, gid: 0, file_mode: 0o400, dir_mode: 0o500 };
+
+    fn build(prev: &Tree, paths: &[&str]) -> (Tree, Vec<String>) {
+        let secrets: Vec<_> = paths.iter().map(|p| meta(p)).collect();
+        let src = [SourceListing { prefix: vec!["p".into()], owner: OWNER, secrets: &secrets }];
+        let (t, problems) = Tree::build(prev, &src, OWNER, false);
+        (t, problems.iter().map(|p| p.to_string()).collect())
+    }
+
+    fn names(t: &Tree, dir: u64) -> Vec<&str> {
+        t.children_of(dir).iter().map(|&i| t.node(i).unwrap().name()).collect()
+    }
+
+    fn at(t: &Tree, path: &str) -> Option<u64> {
+        path.split('/').try_fold(ROOT, |d, n| t.child(d, n))
+    }
+
+    #[test]
+    fn directories_listed_apart_in_the_documents_gather_their_children_sorted_by_name() {
+        let (t, problems) = build(&Tree::default(), &["a/s10", "b/x", "a/s2", "a/s1", "c/d/e", "b/w", "c/d/a", "top"]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(names(&t, at(&t, "p").unwrap()), ["a", "b", "c", "top"]);
+        assert_eq!(names(&t, at(&t, "p/a").unwrap()), ["s1", "s10", "s2"]);
+        assert_eq!(names(&t, at(&t, "p/b").unwrap()), ["w", "x"]);
+        assert_eq!(names(&t, at(&t, "p/c/d").unwrap()), ["a", "e"]);
+        assert_eq!((t.counts.static_secrets, t.counts.directories), (8, 6), "root, p, a, b, c, c/d");
+    }
+
+    #[test]
+    fn a_duplicate_or_a_path_through_a_file_is_skipped_and_named_while_the_rest_is_placed() {
+        let (t, problems) = build(&Tree::default(), &["a/f", "a/f", "a/f/g", "a/f/h", "a/ok"]);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("\"a/f\" is already defined"), "{problems:?}");
+        assert!(problems[1].contains("\"a/f/g\" runs through a secret"), "{problems:?}");
+        assert!(problems[2].contains("\"a/f/h\" runs through a secret"), "{problems:?}");
+        assert_eq!(names(&t, at(&t, "p/a").unwrap()), ["f", "ok"]);
+        assert!(!t.node(at(&t, "p/a/f").unwrap()).unwrap().is_dir());
+    }
+
+    #[test]
+    fn a_rebuild_keeps_each_paths_inode_and_an_unchanged_directorys_mtime() {
+        let (t1, _) = build(&Tree::default(), &["a/x", "a/y", "b/z"]);
+        let (t2, _) = build(&t1, &["b/z", "new/n", "a/y", "a/x"]);
+        for p in ["p/a", "p/a/x", "p/a/y", "p/b/z"] {
+            assert_eq!(at(&t1, p), at(&t2, p), "{p}");
+        }
+        assert!(at(&t2, "p/new/n").unwrap() > t1.max_ino());
+        let mtime = |t: &Tree, p: &str| match &t.node(at(t, p).unwrap()).unwrap().kind {
+            NodeKind::Dir(d) => d.mtime,
+            _ => unreachable!(),
+        };
+        assert_eq!(mtime(&t1, "p/a"), mtime(&t2, "p/a"), "same children, same mtime");
     }
 }
