@@ -304,6 +304,22 @@ pub fn data_of(doc: &str) -> Option<SecretFields> {
     }
 }
 
+/// `data` that is exactly `{"value": "…"}` with no escape in the string (borrowing fails on one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoneValue<'a> {
+    #[serde(borrow)]
+    value: &'a str,
+}
+
+/// The rendered length of a document whose `data` is exactly `{"value": "…"}`, its string free
+/// of escapes, for an entry without `format` (the value is its contents, byte for byte): the
+/// listing's size without building the fields. `None`: any other shape (render it).
+pub fn lone_value_len(doc: &str) -> Option<usize> {
+    let d: DocData<'_> = serde_json::from_str(doc).ok()?;
+    serde_json::from_str::<LoneValue<'_>>(d.data?.get()).ok().map(|v| v.value.len())
+}
+
 /// Reads the `data` of the document at `index`, checking that it is still the secret at `path`.
 pub fn read_data(file: &Path, text: &str, index: usize, path: &str) -> Result<SecretFields, String> {
     let docs = match layout(file, text).map_err(|e| e.to_string())? {
@@ -340,6 +356,29 @@ mod tests {
 
     fn parse(text: &str) -> ParsedFile {
         parse_file(Path::new("t.json"), text, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn a_lone_value_is_sized_without_rendering_and_exactly_as_rendered() {
+        let rendered = |doc: &str| crate::render::render_static(&data_of(doc).unwrap(), None).unwrap().len();
+        for doc in [
+            r#"{"path": "a", "data": {"value": "secret-0-0-1"}}"#,
+            r#"{"path": "a", "data": { "value" : "" } }"#,
+            r#"{"data": {"value": "naïve ✓"}, "path": "a"}"#,
+        ] {
+            assert_eq!(lone_value_len(doc), Some(rendered(doc)), "{doc}");
+        }
+        // Any other shape is left to the renderer (escapes, other fields, a non-string, no data).
+        for doc in [
+            r#"{"path": "a", "data": {"value": "line
+break"}}"#,
+            r#"{"path": "a", "data": {"value": "x", "user": "y"}}"#,
+            r#"{"path": "a", "data": {"value": 5}}"#,
+            r#"{"path": "a", "data": {"password": "x"}}"#,
+            r#"{"path": "a"}"#,
+        ] {
+            assert_eq!(lone_value_len(doc), None, "{doc}");
+        }
     }
 
     #[test]
