@@ -39,6 +39,20 @@ impl FuseAdapter {
         fs.on_drop_pages(move |ino| {
             if REQUEST_THREAD.get() { n.inval(ino, 0) } else { n.inval_wait(ino, 0, Duration::from_secs(1)) }
         });
+        // Pages a closed view kept for its next open go when that open does not come in time.
+        let (f, n) = (fs.clone(), notes.clone());
+        rt.spawn(async move {
+            loop {
+                let (due, next) = f.kept_pages_due();
+                for view in due {
+                    n.inval(view, 0);
+                }
+                match next {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => f.pages_kept().await,
+                }
+            }
+        });
         FuseAdapter { fs, rt, notes }
     }
 
@@ -457,10 +471,14 @@ fn reply_opened(notes: &Notes, fs: &LeaseFs, ino: INodeNo, r: Result<Opened, FsE
     } else {
         (Fill::None, flags)
     };
-    if matches!(fill, Fill::None) && !o.refresh_attr {
+    if matches!(fill, Fill::None) && !o.refresh_attr && !o.drop_first {
         return reply.opened(FileHandle(o.fh), flags);
     }
-    let note = Note::Open { ino: ino.0, fill, refresh: o.refresh_attr, reply, fh: o.fh, flags, fallback };
+    let (drop, refresh) = (o.drop_first, o.refresh_attr);
+    // Pages that must go are never kept by the fallback (without `keep_cache` the kernel drops
+    // an inode's pages at open).
+    let fallback = if drop { fallback - FopenFlags::FOPEN_KEEP_CACHE } else { fallback };
+    let note = Note::Open { ino: ino.0, drop, fill, refresh, reply, fh: o.fh, flags, fallback };
     if let Err(Note::Open { reply, .. }) = notes.send(note) {
         reply.opened(FileHandle(o.fh), fallback);
     }

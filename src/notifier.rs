@@ -37,10 +37,19 @@ pub enum Note {
     Inval { ino: u64, offset: i64, done: Option<SyncSender<()>> },
     /// Drop a name from a directory's cached entries.
     Entry { parent: u64, name: OsString },
-    /// Store `fill`, drop the attributes if that fails or `refresh` says so, then answer the open
-    /// with `flags` (with `fallback` if the contents could not be stored: their reads then go
-    /// to the daemon).
-    Open { ino: u64, fill: Fill, refresh: bool, reply: ReplyOpen, fh: u64, flags: FopenFlags, fallback: FopenFlags },
+    /// Drop the pages if `drop` says so, store `fill`, drop the attributes if that fails or
+    /// `refresh` says so, then answer the open with `flags` (with `fallback` if the contents could
+    /// not be stored: their reads then go to the daemon).
+    Open {
+        ino: u64,
+        drop: bool,
+        fill: Fill,
+        refresh: bool,
+        reply: ReplyOpen,
+        fh: u64,
+        flags: FopenFlags,
+        fallback: FopenFlags,
+    },
 }
 
 impl Note {
@@ -128,8 +137,12 @@ fn run(n: Option<&Notifier>, note: Note) {
                 let _ = n.inval_entry(INodeNo(parent), &name);
             }
         }
-        Note::Open { ino, fill, refresh, reply, fh, flags, fallback } => {
+        Note::Open { ino, drop, fill, refresh, reply, fh, flags, fallback } => {
             let stored = n.is_some_and(|n| {
+                // A failed drop answers with `fallback` (no `keep_cache`: the kernel drops them).
+                if drop && n.inval_inode(INodeNo(ino), 0, 0).is_err() {
+                    return false;
+                }
                 let stored = store(n, ino, fill);
                 if refresh || !stored {
                     let _ = n.inval_inode(INodeNo(ino), -1, 0);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use leasefs::audit::Audit;
 use leasefs::defaults::Defaults;
 use leasefs::fs::tree::Owner;
+use leasefs::fs::views::KEEP_CLOSED;
 use leasefs::fs::{EntryKind, LeaseFs, ROOT, Settings, SourceSpec};
 use leasefs::issuer::registry::Issuers;
 use leasefs::lease::{EndReason, LeaseManager};
@@ -153,7 +154,7 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     let fresh = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
     assert!(fresh.store && !fresh.refresh_attr && fresh.size as usize == size, "{fresh:?}");
     assert!(fs.read(fresh.fh, 0, 1 << 20, false, |r| r.unwrap().len()) > 50);
-    assert!(fs.release(fresh.fh));
+    assert!(!fs.release(fresh.fh), "its lease is live: the pages are kept for the next open");
     assert_eq!(fs.read(o.fh, 0, 10, false, |r| r.unwrap_err().errno), libc::EBADF);
     // Forgotten views go; the tree's own node of a dynamic file never holds a lease (ESTALE: the
     // kernel looks the name up again).
@@ -189,6 +190,52 @@ async fn a_handle_sees_its_size_and_expiry_and_readdir_resumes_at_offsets() {
     })
     .unwrap();
     assert_eq!(one, ["."]);
+}
+
+/// A token any user may read.
+const SHARED_TOKEN: &str = r#"[
+  {"path": "base:jwt", "attributes": {"type": "jwt"}, "data": {"algorithm": "HS256", "key": "0123456789abcdef0123456789abcdef"}},
+  {"path": "a:token", "attributes": {"linkConfig": {"linkType": "dynamic", "linkedSecret": "base:jwt"}, "format": "raw:token", "mode": "0444"}}
+]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_views_pages_wait_for_its_next_open_which_replaces_or_drops_them_and_go_with_the_lease() {
+    let f = fixture(SHARED_TOKEN).await;
+    let fs = &f.fs;
+    let dropped = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let d = dropped.clone();
+    fs.on_drop_pages(move |view| d.lock().unwrap().push(view));
+    let (me, other) = (who(0, 0), who(1000, 1000));
+    let token = ino(fs, "a/token");
+    let first = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(first.store && !first.drop_first, "{first:?}");
+    assert!(!fs.release(first.fh), "a live lease's pages stay at close");
+    let (due, next) = fs.kept_pages_due();
+    assert!(due.is_empty() && next.is_some_and(|w| w <= KEEP_CLOSED), "kept, not due yet");
+    // The same user's next open of a token as long replaces every byte: nothing is dropped.
+    let second = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(second.store && !second.drop_first && second.size == first.size, "{second:?}");
+    assert!(!fs.release(second.fh));
+    // Another user's open of the node (the kernel hands a closed node to the next lookup of any
+    // user) has them dropped before its own are stored.
+    let theirs = fs.open(token, libc::O_RDONLY, other.clone()).await.unwrap();
+    assert!(theirs.store && theirs.drop_first, "{theirs:?}");
+    assert!(!fs.release(theirs.fh));
+    // Its lease ends: the pages it kept go with it (the earlier leases' pages were replaced).
+    assert!(dropped.lock().unwrap().is_empty());
+    fs.leases().revoke_all(EndReason::Revoke, None);
+    assert_eq!(*dropped.lock().unwrap(), [token], "the lease ended: its kept pages go");
+    let third = fs.open(token, libc::O_RDONLY, me.clone()).await.unwrap();
+    assert!(third.store && !third.drop_first, "they went with the lease: {third:?}");
+    assert!(!fs.release(third.fh));
+    // Kept past KEEP_CLOSED without an open: due, once.
+    tokio::time::sleep(KEEP_CLOSED).await;
+    let (due, next) = fs.kept_pages_due();
+    assert_eq!((due, next), (vec![token], None));
+    assert_eq!(fs.kept_pages_due(), (vec![], None), "nothing is kept any more");
+    let fourth = fs.open(token, libc::O_RDONLY, other).await.unwrap();
+    assert!(fourth.store && !fourth.drop_first, "nothing left to drop: {fourth:?}");
+    fs.release(fourth.fh);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

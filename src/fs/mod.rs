@@ -140,6 +140,17 @@ impl LeaseFs {
         problems
     }
 
+    /// Views whose closed pages were kept `KEEP_CLOSED` without an open replacing them: their
+    /// pages must go now. Also how long until the next is due (`None`: none is kept).
+    pub fn kept_pages_due(&self) -> (Vec<u64>, Option<std::time::Duration>) {
+        self.views.expire_kept(views::KEEP_CLOSED)
+    }
+
+    /// Completes once a closed view keeps its pages (see `kept_pages_due`).
+    pub async fn pages_kept(&self) {
+        self.views.kept_added().await
+    }
+
     /// Called with each inode whose pages must leave the page cache (its lease ended).
     pub fn on_drop_pages(&self, f: impl Fn(u64) + Send + Sync + 'static) {
         let _ = self.drop_pages.set(Box::new(f));

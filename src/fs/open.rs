@@ -238,8 +238,9 @@ impl LeaseFs {
     ///
     /// The view is private to this binding, so its contents go through its page cache: the open is
     /// answered once they are stored there (`store`), and the kernel serves the reads, the end of
-    /// file and `fstat` itself. The pages go at the view's last close and when the lease ends
-    /// (then a held descriptor's next read reaches the daemon and fails with `EKEYEXPIRED`).
+    /// file and `fstat` itself. The pages go when the lease ends (then a held descriptor's next
+    /// read reaches the daemon and fails with `EKEYEXPIRED`), and after the view's last close at
+    /// its next open or within `KEEP_CLOSED` (see `Views::closed`).
     fn view_handle(
         &self,
         view: u64,
@@ -248,8 +249,8 @@ impl LeaseFs {
         lease: Arc<Lease>,
     ) -> Result<Opened, FsError> {
         let b = Bound::new(who.uid, bytes, Some(lease.clone()));
-        let told = match self.views.bind(view, &b) {
-            Ok(Bind::Fresh { told, .. }) => told,
+        let (told, drop_first) = match self.views.bind(view, &b) {
+            Ok(Bind::Fresh { told, drop_first, .. }) => (told, drop_first),
             Ok(Bind::Joined(have)) if !near_end(&have, self.leases.clock().now()) => {
                 self.leases.closed(&lease);
                 return self.joined(view, who, have);
@@ -273,9 +274,16 @@ impl LeaseFs {
         let h = Handle { ino: view, pid, bytes: b.bytes, lease: b.lease, written: 0, cached: false, paged: false };
         let fh = self.handles.insert(h);
         // Storing raises the kernel's size to the contents' (and makes it ask for the attributes
-        // again); a smaller size than it holds must be asked for.
-        let opened =
-            Opened { keep_cache: true, store: size > 0, refresh_attr: size < told, ..Opened::direct(fh, size) };
+        // again); a smaller size than it holds must be asked for. Pages the view kept from its
+        // last binding are replaced by the store, or dropped first when it would not replace them
+        // whole.
+        let opened = Opened {
+            keep_cache: true,
+            store: size > 0,
+            refresh_attr: size < told,
+            drop_first,
+            ..Opened::direct(fh, size)
+        };
         Ok(opened.cached())
     }
 

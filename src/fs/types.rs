@@ -86,12 +86,15 @@ pub struct Opened {
     /// The handle's size: the kernel's idea of the file's size must reach at least this before
     /// the open is answered, or `sendfile`/`splice` (which the kernel bounds by it) read nothing.
     pub size: u64,
+    /// The inode's pages hold other bytes (a view's kept pages that this open's contents would
+    /// not replace whole): they must be dropped before anything is stored or answered.
+    pub drop_first: bool,
 }
 
 impl Opened {
     /// A handle served with direct I/O; nothing else asked of the kernel.
     pub fn direct(fh: u64, size: u64) -> Opened {
-        Opened { fh, direct_io: true, keep_cache: false, refresh_attr: false, store: false, size }
+        Opened { fh, direct_io: true, keep_cache: false, refresh_attr: false, store: false, size, drop_first: false }
     }
 
     /// Served through the page cache instead.

@@ -11,14 +11,21 @@
 //! end of file and `fstat`), so each view remembers the size the kernel was last told: the next
 //! binding's bytes land on that size exactly or the kernel must be told again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::lease::Lease;
 use crate::memlock::SharedBytes;
+
+/// How long a closed view keeps its last binding's pages (a live lease's bytes) for the next
+/// open, which replaces them: a reader that opens the file again soon costs no page drop, and no
+/// `getattr` from that drop racing its next lookup. Then they are dropped (or at once when the
+/// lease ends, or when the next open's contents differ in length or user).
+pub const KEEP_CLOSED: Duration = Duration::from_millis(500);
 
 /// View node ids start here: far above any tree inode (a tree holds at most a few million).
 pub const FIRST_VIEW: u64 = 1 << 40;
@@ -75,6 +82,16 @@ struct View {
     shown: Option<u64>,
     /// The size the kernel was last told (a lookup or `getattr` answer, or an open's contents).
     told: u64,
+    /// Closed, its pages still hold its last binding's bytes (see `KEEP_CLOSED`).
+    kept: Option<Kept>,
+}
+
+/// The pages a closed view still holds: its last binding's bytes, of a lease that is live.
+struct Kept {
+    uid: u32,
+    lease: String,
+    size: u64,
+    since: Instant,
 }
 
 /// A view is open for another user: an open of the same node by this one is refused.
@@ -83,8 +100,10 @@ pub struct OtherUser;
 
 /// What binding a view to a new open's contents gave.
 pub enum Bind {
-    /// Bound to them; `rebound`: it was bound before; `told`: the size the kernel holds for it.
-    Fresh { rebound: bool, told: u64 },
+    /// Bound to them; `rebound`: it was bound before; `told`: the size the kernel holds for it;
+    /// `drop_first`: its pages still hold another binding's bytes that these contents would not
+    /// replace whole (another length, or another user's): they must go before the store.
+    Fresh { rebound: bool, told: u64, drop_first: bool },
     /// Already open (and bound) for the same user: the open shares that binding instead.
     Joined(Bound),
     /// A view several threads were handed, bound by the first one's open (or after it, never
@@ -104,8 +123,12 @@ struct Inner {
     /// path walk revalidates). The next lookup takes it, so a `cat` loop costs one lookup, not
     /// two; it is never handed to two lookups at once.
     spare: HashMap<u64, u64>,
-    /// Open views by lease id: their pages hold the lease's bytes and must go when it ends.
+    /// Open views, and closed ones that kept their pages, by lease id: their pages hold the
+    /// lease's bytes and must go when it ends.
     by_lease: HashMap<String, Vec<u64>>,
+    /// Views that kept their pages at close, oldest first, with when (an entry whose view was
+    /// bound or kept again since is skipped).
+    kept: VecDeque<(u64, Instant)>,
 }
 
 impl Inner {
@@ -138,6 +161,9 @@ impl Inner {
             if self.spare.get(&v.entry) == Some(&id) {
                 self.spare.remove(&v.entry);
             }
+            if let Some(k) = v.kept {
+                self.unlist(&k.lease, id);
+            }
         }
     }
 }
@@ -145,11 +171,13 @@ impl Inner {
 pub struct Views {
     inner: Mutex<Inner>,
     next: AtomicU64,
+    /// Told when a closed view keeps its pages (whoever drops them when they are due waits on it).
+    kept_added: tokio::sync::Notify,
 }
 
 impl Default for Views {
     fn default() -> Self {
-        Views { inner: Mutex::default(), next: AtomicU64::new(FIRST_VIEW) }
+        Views { inner: Mutex::default(), next: AtomicU64::new(FIRST_VIEW), kept_added: tokio::sync::Notify::new() }
     }
 }
 
@@ -218,6 +246,7 @@ impl Views {
             last: None,
             shown: None,
             told: 0,
+            kept: None,
         };
         g.map.insert(id, v);
         if pid != 0 {
@@ -262,7 +291,9 @@ impl Views {
     /// it until the view's last close (`ended`).
     pub fn bind(&self, view: u64, b: &Bound) -> Result<Bind, OtherUser> {
         let mut g = self.inner.lock();
-        let Some(v) = g.map.get_mut(&view) else { return Ok(Bind::Fresh { rebound: false, told: 0 }) };
+        let Some(v) = g.map.get_mut(&view) else {
+            return Ok(Bind::Fresh { rebound: false, told: 0, drop_first: false });
+        };
         match &v.bound {
             Some(have) if have.uid != b.uid => Err(OtherUser),
             _ if v.shared && v.used => {
@@ -280,7 +311,14 @@ impl Views {
                 // The open answers with these contents: the kernel's size becomes theirs.
                 let told = std::mem::replace(&mut v.told, b.size);
                 v.last = Some((b.uid, b.size));
+                // The pages it kept are replaced whole by a store of as many bytes for the same
+                // user; any others go first.
+                let kept = v.kept.take();
+                let drop_first = kept.as_ref().is_some_and(|k| k.uid != b.uid || k.size != b.size);
                 let entry = v.entry;
+                if let Some(k) = kept {
+                    g.unlist(&k.lease, view);
+                }
                 g.unhand(view);
                 if g.spare.get(&entry) == Some(&view) {
                     g.spare.remove(&entry);
@@ -288,7 +326,7 @@ impl Views {
                 if let Some(lease) = &b.lease {
                     g.by_lease.entry(lease.id.clone()).or_default().push(view);
                 }
-                Ok(Bind::Fresh { rebound, told })
+                Ok(Bind::Fresh { rebound, told, drop_first })
             }
         }
     }
@@ -311,9 +349,12 @@ impl Views {
         }
     }
 
-    /// A handle on the view closed; with none left, the binding ends: `drop_pages` is called
-    /// (its pages hold the binding's bytes) before another lookup can be handed the view, so
-    /// that the drop is queued ahead of that lookup's open.
+    /// A handle on the view closed; with none left, the binding ends. Its pages hold the
+    /// binding's bytes: while its lease is live (and the kernel holds the view, and no other
+    /// thread was handed it) they are kept for up to `KEEP_CLOSED` — only an open of the view
+    /// makes them readable, and that open replaces them first (`Bind::Fresh::drop_first`).
+    /// Otherwise `drop_pages` is called before another lookup can be handed the view, so that
+    /// the drop is queued ahead of that lookup's open.
     pub fn closed(&self, view: u64, drop_pages: impl FnOnce(u64)) {
         let mut g = self.inner.lock();
         let Some(v) = g.map.get_mut(&view) else { return };
@@ -321,9 +362,20 @@ impl Views {
         if v.open > 0 {
             return;
         }
-        let lease = v.bound.take().and_then(|b| b.lease).map(|l| l.id.clone());
+        let bound = v.bound.take();
         let (lookups, entry, v_shared) = (v.lookups, v.entry, v.shared);
-        if let Some(id) = lease {
+        let live = bound.as_ref().and_then(|b| b.lease.as_ref().filter(|l| l.is_live()).map(|l| (b.uid, b.size, l)));
+        if let Some((uid, size, lease)) = live.filter(|_| lookups > 0 && !v_shared) {
+            // Still listed under its lease: the lease's end drops them.
+            let since = Instant::now();
+            v.kept = Some(Kept { uid, lease: lease.id.clone(), size, since });
+            g.kept.push_back((view, since));
+            g.spare.insert(entry, view);
+            drop(g);
+            self.kept_added.notify_one();
+            return;
+        }
+        if let Some(id) = bound.and_then(|b| b.lease).map(|l| l.id.clone()) {
             g.unlist(&id, view);
         }
         drop_pages(view);
@@ -349,9 +401,47 @@ impl Views {
         size
     }
 
-    /// The views whose pages hold the bytes of lease `id`, which ended.
+    /// The views whose pages hold the bytes of lease `id`, which ended (open, or closed and kept).
     pub fn ended(&self, id: &str) -> Vec<u64> {
-        self.inner.lock().by_lease.remove(id).unwrap_or_default()
+        let mut g = self.inner.lock();
+        let views = g.by_lease.remove(id).unwrap_or_default();
+        for view in &views {
+            if let Some(v) = g.map.get_mut(view)
+                && v.kept.as_ref().is_some_and(|k| k.lease == id)
+            {
+                v.kept = None;
+            }
+        }
+        views
+    }
+
+    /// Closed views that have kept their pages for `keep` or longer, which must now go (they are
+    /// no longer kept), and how long until the next one is due (`None`: none is kept).
+    pub fn expire_kept(&self, keep: Duration) -> (Vec<u64>, Option<Duration>) {
+        let now = Instant::now();
+        let mut g = self.inner.lock();
+        let mut due = Vec::new();
+        while let Some(&(view, since)) = g.kept.front() {
+            let age = now.saturating_duration_since(since);
+            if age < keep {
+                return (due, Some(keep - age));
+            }
+            g.kept.pop_front();
+            let Some(v) = g.map.get_mut(&view) else { continue };
+            if v.kept.as_ref().is_none_or(|k| k.since != since) {
+                continue;
+            }
+            if let Some(k) = v.kept.take() {
+                g.unlist(&k.lease, view);
+                due.push(view);
+            }
+        }
+        (due, None)
+    }
+
+    /// Completes when a closed view has kept its pages since the last call (or one did before).
+    pub async fn kept_added(&self) {
+        self.kept_added.notified().await
     }
 
     /// Views the kernel still holds.
@@ -387,7 +477,7 @@ mod tests {
         assert_eq!((v.entry(a), v.entry(7)), (Some(7), Some(7)));
         assert_eq!(v.size(a, 0), 0, "not opened: the listed size");
         let first = bound(1, "first");
-        assert!(matches!(v.bind(a, &first), Ok(Bind::Fresh { rebound: false, told: 0 })));
+        assert!(matches!(v.bind(a, &first), Ok(Bind::Fresh { rebound: false, told: 0, drop_first: false })));
         let second = bound(1, "second, longer");
         assert!(matches!(v.bind(a, &second), Ok(Bind::Joined(b)) if b.bytes.len() == Some(5)));
         assert!(v.bind(a, &bound(2, "other user")).is_err());
@@ -401,7 +491,7 @@ mod tests {
         assert!(matches!(v.bind(b, &first), Ok(Bind::Fresh { rebound: false, .. })));
         assert!(close(&v, b));
         assert!(v.bound(b).is_none());
-        assert!(matches!(v.bind(b, &second), Ok(Bind::Fresh { rebound: true, told: 5 })));
+        assert!(matches!(v.bind(b, &second), Ok(Bind::Fresh { rebound: true, told: 5, drop_first: false })));
         close(&v, b);
         v.forget(b, 1);
         assert_eq!(v.len(), 0);
