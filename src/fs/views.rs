@@ -86,11 +86,10 @@ struct View {
     kept: Option<Kept>,
 }
 
-/// The pages a closed view still holds: its last binding's bytes, of a lease that is live.
+/// The pages a closed view still holds: its last binding's bytes (its user and size are the
+/// view's `last`), of a lease that is live.
 struct Kept {
-    uid: u32,
     lease: String,
-    size: u64,
     since: Instant,
 }
 
@@ -310,11 +309,11 @@ impl Views {
                 let rebound = std::mem::replace(&mut v.used, true);
                 // The open answers with these contents: the kernel's size becomes theirs.
                 let told = std::mem::replace(&mut v.told, b.size);
-                v.last = Some((b.uid, b.size));
                 // The pages it kept are replaced whole by a store of as many bytes for the same
                 // user; any others go first.
+                let last = v.last.replace((b.uid, b.size));
                 let kept = v.kept.take();
-                let drop_first = kept.as_ref().is_some_and(|k| k.uid != b.uid || k.size != b.size);
+                let drop_first = kept.is_some() && last != Some((b.uid, b.size));
                 let entry = v.entry;
                 if let Some(k) = kept {
                     g.unlist(&k.lease, view);
@@ -364,11 +363,11 @@ impl Views {
         }
         let bound = v.bound.take();
         let (lookups, entry, v_shared) = (v.lookups, v.entry, v.shared);
-        let live = bound.as_ref().and_then(|b| b.lease.as_ref().filter(|l| l.is_live()).map(|l| (b.uid, b.size, l)));
-        if let Some((uid, size, lease)) = live.filter(|_| lookups > 0 && !v_shared) {
+        let live = bound.as_ref().and_then(|b| b.lease.as_ref()).filter(|l| l.is_live());
+        if let Some(lease) = live.filter(|_| lookups > 0 && !v_shared) {
             // Still listed under its lease: the lease's end drops them.
             let since = Instant::now();
-            v.kept = Some(Kept { uid, lease: lease.id.clone(), size, since });
+            v.kept = Some(Kept { lease: lease.id.clone(), since });
             g.kept.push_back((view, since));
             g.spare.insert(entry, view);
             drop(g);
@@ -427,14 +426,10 @@ impl Views {
                 return (due, Some(keep - age));
             }
             g.kept.pop_front();
-            let Some(v) = g.map.get_mut(&view) else { continue };
-            if v.kept.as_ref().is_none_or(|k| k.since != since) {
-                continue;
-            }
-            if let Some(k) = v.kept.take() {
-                g.unlist(&k.lease, view);
-                due.push(view);
-            }
+            // Kept since then, not bound (or kept again) meanwhile.
+            let Some(k) = g.map.get_mut(&view).and_then(|v| v.kept.take_if(|k| k.since == since)) else { continue };
+            g.unlist(&k.lease, view);
+            due.push(view);
         }
         (due, None)
     }

@@ -295,10 +295,15 @@ pub fn read_doc(doc: &str, path: &str) -> Option<Result<SecretFields, String>> {
 }
 
 /// The `data` of one document given as its own text (no check of its path: the caller sliced it
-/// from the listing it parsed). None when it has none or it does not parse.
-pub fn data_of(doc: &str) -> Option<SecretFields> {
-    let d: DocData<'_> = serde_json::from_str(doc).ok()?;
-    match d.data {
+/// from the listing it parsed), unparsed; `Some(None)` when it has none, `None` when the document
+/// does not parse.
+pub fn data_raw(doc: &str) -> Option<Option<&RawValue>> {
+    serde_json::from_str::<DocData<'_>>(doc).ok().map(|d| d.data)
+}
+
+/// The fields of a document's `data` (none: no fields). None when it is not an object.
+pub fn fields_of(data: Option<&RawValue>) -> Option<SecretFields> {
+    match data {
         None => Some(SecretFields::default()),
         Some(data) => SecretFields::from_json_object(data.get()).ok(),
     }
@@ -312,12 +317,11 @@ struct LoneValue<'a> {
     value: &'a str,
 }
 
-/// The rendered length of a document whose `data` is exactly `{"value": "…"}`, its string free
-/// of escapes, for an entry without `format` (the value is its contents, byte for byte): the
-/// listing's size without building the fields. `None`: any other shape (render it).
-pub fn lone_value_len(doc: &str) -> Option<usize> {
-    let d: DocData<'_> = serde_json::from_str(doc).ok()?;
-    serde_json::from_str::<LoneValue<'_>>(d.data?.get()).ok().map(|v| v.value.len())
+/// The rendered length of a `data` that is exactly `{"value": "…"}`, its string free of escapes,
+/// for an entry without `format` (the value is its contents, byte for byte): the listing's size
+/// without building the fields. `None`: any other shape (render it).
+pub fn lone_value_len(data: &RawValue) -> Option<usize> {
+    serde_json::from_str::<LoneValue<'_>>(data.get()).ok().map(|v| v.value.len())
 }
 
 /// Reads the `data` of the document at `index`, checking that it is still the secret at `path`.
@@ -360,7 +364,9 @@ mod tests {
 
     #[test]
     fn a_lone_value_is_sized_without_rendering_and_exactly_as_rendered() {
-        let rendered = |doc: &str| crate::render::render_static(&data_of(doc).unwrap(), None).unwrap().len();
+        let rendered =
+            |doc: &str| crate::render::render_static(&fields_of(data_raw(doc).unwrap()).unwrap(), None).unwrap().len();
+        let lone_value_len = |doc: &str| data_raw(doc).flatten().and_then(lone_value_len);
         for doc in [
             r#"{"path": "a", "data": {"value": "secret-0-0-1"}}"#,
             r#"{"path": "a", "data": { "value" : "" } }"#,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use super::document::{data_of, lone_value_len, parse_file, read_data, read_doc};
+use super::document::{data_raw, fields_of, lone_value_len, parse_file, read_data, read_doc};
 use super::{Listing, Source, SourceError};
 use crate::attrs::{Pending, Step, locate};
 use crate::defaults::Defaults;
@@ -59,12 +59,15 @@ fn size_statics(text: &str, secrets: &mut [SecretMeta]) {
     for m in secrets.iter_mut().filter(|m| m.kind == SecretKind::Static) {
         let Locator::File { offset, len, .. } = &m.locator else { continue };
         let (start, end) = (*offset as usize, *offset as usize + *len as usize);
-        let doc = text.get(start..end);
+        let Some(data) = text.get(start..end).and_then(data_raw) else {
+            m.size = None;
+            continue;
+        };
         let format = m.policy().format.as_ref();
         // Most documents hold one plain `value`: sized without building and rendering the fields.
-        let lone = doc.filter(|_| format.is_none()).and_then(lone_value_len);
+        let lone = data.filter(|_| format.is_none()).and_then(lone_value_len);
         m.size = lone
-            .or_else(|| doc.and_then(data_of).and_then(|f| render_static(&f, format).ok()).map(|b| b.len()))
+            .or_else(|| fields_of(data).and_then(|f| render_static(&f, format).ok()).map(|b| b.len()))
             .and_then(|n| u32::try_from(n).ok());
     }
 }
